@@ -1,0 +1,109 @@
+"""Stage 02 logic: plan which messy inputs to write, and write each one as it arrives.
+
+Each planned item gets a stable id from (task, source record id, index), a
+style drawn by weight from ``random.Random(f"{seed}:{source_id}:{k}")`` so any
+item can be reproduced alone, and a cache key over everything that shapes the
+reply (messages, model, sampling parameters). A re-run skips items whose file
+holds the same key and makes no request for them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import read_json, stable_hash, write_json
+from .tasks import Style, Task
+
+
+@dataclass
+class SynthItem:
+    id: str
+    source_id: str
+    index: int
+    style: Style
+    record: dict
+    messages: list[dict]
+    key: str
+    seed: int
+
+    @property
+    def path_name(self) -> str:
+        return f"{self.id}.json"
+
+
+def pick_style(styles: list[Style], seed: int, source_id: str, k: int) -> Style:
+    rng = random.Random(f"{seed}:{source_id}:{k}")
+    return rng.choices(styles, weights=[s.weight for s in styles], k=1)[0]
+
+
+def plan(task: Task, records: list[dict], *, per_record: int, seed: int, model: str,
+         params: dict) -> list[SynthItem]:
+    if not task.styles:
+        raise ValueError(f"task {task.name} has no styles")
+    items = []
+    for rec in records:
+        sid = str(rec["id"])
+        for k in range(per_record):
+            style = pick_style(task.styles, seed, sid, k)
+            msgs = task.synthesis_messages(rec, style)
+            item_seed = int(stable_hash(seed, sid, k, length=8), 16) % (2**31)
+            key = stable_hash(msgs, model, params, item_seed)
+            items.append(SynthItem(id=f"{task.name}-{stable_hash(task.name, sid, k, length=12)}",
+                                   source_id=sid, index=k, style=style, record=rec, messages=msgs,
+                                   key=key, seed=item_seed))
+    return items
+
+
+def is_done(out_dir: Path, item: SynthItem) -> bool:
+    p = out_dir / item.path_name
+    if not p.exists():
+        return False
+    try:
+        return read_json(p).get("key") == item.key
+    except Exception:  # a corrupt file is redone, never trusted
+        return False
+
+
+def clean_text(text: str) -> str:
+    """The teacher's text as the student will see it: no wrapping quotes or fences."""
+    t = text.strip()
+    if t.startswith("```") and t.endswith("```"):
+        t = t.strip("`").split("\n", 1)[-1].strip()
+    return t
+
+
+def write_item(out_dir: Path, item: SynthItem, task: Task, completion) -> Path:
+    return write_json(out_dir / item.path_name, {
+        "id": item.id,
+        "source_id": item.source_id,
+        "task": task.name,
+        "style": item.style.name,
+        "text": clean_text(completion.content),
+        "model": completion.model,
+        "prompt_hash": stable_hash(item.messages),
+        "key": item.key,
+        "seed": item.seed,
+        "usage": completion.usage,
+        "finish_reason": completion.finish_reason,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # The source record travels with the input so stage 03 can verify labels against it.
+        "source": item.record,
+    })
+
+
+def load_synthetic(in_dir: Path) -> list[dict]:
+    rows = []
+    for p in sorted(in_dir.glob("*.json")):
+        if p.name in ("manifest.json", "stats.json"):
+            continue
+        row = read_json(p)
+        if "text" in row and "id" in row:
+            rows.append(row)
+    return rows
+
+
+def dumps_short(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False)[:200]
