@@ -14,8 +14,8 @@ def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) 
     g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://localhost:1234/v1"),
                    help="server URL: LM Studio http://localhost:1234/v1 (default), Ollama http://localhost:11434/v1, "
                         "vLLM http://localhost:8000/v1, llama-server http://localhost:8080/v1")
-    g.add_argument("--model", default="qwen3-14b",
-                   help="model id as the server names it (GET /v1/models lists them)")
+    g.add_argument("--model", default="",
+                   help="model id as the server names it, e.g. qwen3-14b (default: the first model the server lists)")
     g.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "lm-studio"),
                    help="API key (default: $OPENAI_API_KEY, else 'lm-studio'; local servers ignore it)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")

@@ -142,3 +142,143 @@ def verify(label: dict, task: Task, record: dict | None, text: str) -> tuple[dic
     if failures:
         return checks, "rejected", ",".join(failures)
     return checks, "accepted", "ok"
+
+
+# --- stage orchestration -------------------------------------------------------------
+
+import datetime as _dt  # noqa: E402
+import random  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .io import read_json, stable_hash, write_json  # noqa: E402
+
+
+@dataclass
+class LabelItem:
+    id: str
+    row: dict          # the stage-02 input (text, style, source record)
+    messages: list[dict]
+    key: str
+    model: str
+
+    @classmethod
+    def make(cls, task: Task, row: dict, model: str, params: dict) -> "LabelItem":
+        msgs = task.label_messages(row["text"])
+        # The key covers everything that shapes the label, so a changed prompt,
+        # schema, model or parameter re-labels, and nothing else does.
+        key = stable_hash(msgs, task.schema, model, params, [r.__dict__ for r in task.fields.values()])
+        return cls(id=row["id"], row=row, messages=msgs, key=key, model=model)
+
+
+def is_done(out_dir: Path, item: LabelItem) -> bool:
+    """Finished = a label with the same key whose verdict is not 'failed' (failures are retried)."""
+    p = out_dir / f"{item.id}.json"
+    if not p.exists():
+        return False
+    try:
+        rec = read_json(p)
+    except Exception:
+        return False
+    return rec.get("key") == item.key and rec.get("verdict") in ("accepted", "rejected")
+
+
+def _base(item: LabelItem) -> dict:
+    return {"id": item.id, "source_id": item.row.get("source_id"), "task": item.row.get("task"),
+            "style": item.row.get("style"), "key": item.key, "model": item.model,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def failed_label(item: LabelItem, reason: str, detail: str) -> dict:
+    return _base(item) | {"reasoning": None, "output": None, "verdict": "failed", "reason": reason,
+                          "detail": detail[:500], "checks": {}}
+
+
+def make_label(item: LabelItem, task: Task, completion) -> dict:
+    """Turn one teacher reply into a label record with checks and a verdict."""
+    rec = _base(item) | {"reasoning": completion.reasoning, "raw_content": completion.content,
+                         "usage": completion.usage, "response_format": completion.response_format_used,
+                         "output": None, "repaired": False, "schema_errors": [], "checks": {}}
+    if completion.finish_reason == "length":
+        return rec | {"verdict": "failed", "reason": "length"}
+    try:
+        obj, repaired = parse_answer(completion.content)
+    except LabelError as exc:
+        return rec | {"verdict": "rejected", "reason": exc.reason, "detail": exc.detail}
+    rec["repaired"] = repaired
+    errors = validate(obj, task.schema)
+    if errors:
+        return rec | {"output": obj, "verdict": "rejected", "reason": "schema", "schema_errors": errors[:10]}
+    checks, verdict, reason = verify(obj, task, item.row.get("source"), item.row["text"])
+    return rec | {"output": obj, "checks": checks, "verdict": verdict, "reason": reason}
+
+
+def write_label(out_dir: Path, rec: dict) -> Path:
+    return write_json(out_dir / f"{rec['id']}.json", rec)
+
+
+def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """n rows spread evenly over styles (round-robin over shuffled per-style lists)."""
+    rng = random.Random(seed)
+    by_style: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_style[r.get("style") or "?"].append(r)
+    for v in by_style.values():
+        rng.shuffle(v)
+    out: list[dict] = []
+    while len(out) < n and any(by_style.values()):
+        for style in sorted(by_style):
+            if by_style[style] and len(out) < n:
+                out.append(by_style[style].pop())
+    return out
+
+
+def report(out_dir: Path, ids: list[str], task: Task) -> dict:
+    """Verdicts, rejection reasons and per-field / per-style pass rates over the given ids."""
+    verdicts: Counter = Counter()
+    reasons: Counter = Counter()
+    field_status: dict[str, Counter] = defaultdict(Counter)
+    style_verdicts: dict[str, Counter] = defaultdict(Counter)
+    for i in ids:
+        p = out_dir / f"{i}.json"
+        if not p.exists():
+            verdicts["missing"] += 1
+            continue
+        rec = read_json(p)
+        verdicts[rec["verdict"]] += 1
+        style_verdicts[rec.get("style") or "?"][rec["verdict"]] += 1
+        if rec["verdict"] != "accepted":
+            for r in str(rec.get("reason", "")).split(","):
+                reasons[r] += 1
+        for f, c in (rec.get("checks") or {}).items():
+            field_status[f][c.get("status", "?")] += 1
+            if c.get("grounded") is False:
+                field_status[f]["not_in_text"] += 1
+    return {"verdicts": dict(verdicts), "rejected_by_reason": dict(reasons.most_common()),
+            "fields": {f: dict(c) for f, c in field_status.items()},
+            "styles": {s: dict(c) for s, c in style_verdicts.items()}}
+
+
+def _rate(c: dict, good: str = "ok", bad: tuple = ("mismatch", "not_in_text")) -> str:
+    n = c.get(good, 0) + sum(c.get(b, 0) for b in bad)
+    return f"{c.get(good, 0) / n:6.1%}" if n else "   n/a"
+
+
+def format_report(rep: dict) -> str:
+    v = rep["verdicts"]
+    total = sum(v.values()) or 1
+    lines = [f"labels: {v.get('accepted', 0)} accepted ({v.get('accepted', 0) / total:.0%}), "
+             f"{v.get('rejected', 0)} rejected, {v.get('failed', 0)} failed"]
+    if rep["rejected_by_reason"]:
+        lines.append("not accepted, by reason: " + ", ".join(f"{k} {n}" for k, n in rep["rejected_by_reason"].items()))
+    if rep["fields"]:
+        lines.append("pass rate per field (ok / checked; missing and unverifiable not counted):")
+        for f, c in rep["fields"].items():
+            lines.append(f"  {f:<22} {_rate(c)}   {c}")
+    if rep["styles"]:
+        lines.append("accepted per style:")
+        for s, c in sorted(rep["styles"].items()):
+            n = sum(c.values())
+            lines.append(f"  {s:<22} {c.get('accepted', 0)}/{n}")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Stage 02: a teacher LLM writes messy inputs (posts, captions, scraped pages) from source records.
+
+Each source record yields --per-record inputs, each in a style drawn by weight
+(seeded) from the task's styles. One JSON file per input, named by a stable id.
+Re-running skips finished inputs without a request; a changed prompt, model or
+sampling parameter redoes them.
+
+Usage:
+    python 02_generate_synthetic.py --limit 200                          # LM Studio on localhost:1234
+    python 02_generate_synthetic.py --base-url http://localhost:11434/v1 --model qwen3:14b   # Ollama
+    python 02_generate_synthetic.py --input data/01_source --per-record 2 --concurrency 8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill.cli import add_llm_args, llm_config_from_args, run  # noqa: E402
+from distill.io import SOURCE_DIR, SYNTHETIC_DIR  # noqa: E402
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # What to read and write
+    p.add_argument("--input", type=Path, default=SOURCE_DIR,
+                   help="01's output directory (records.jsonl) or a source CSV/JSONL file")
+    p.add_argument("--output-dir", type=Path, default=SYNTHETIC_DIR, help="where the generated inputs go")
+    p.add_argument("--task", default="recipe", help="task folder under tasks/ (see: python 01_download_dataset.py --list-tasks)")
+    # How much
+    p.add_argument("--limit", type=int, default=2, help="source records to use (0 = all)")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N source records")
+    p.add_argument("--per-record", type=int, default=1, help="messy inputs to write per source record")
+    p.add_argument("--seed", type=int, default=42, help="seed for style choice and sampling")
+    add_llm_args(p, default_max_tokens=2048)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return run(lambda: _main(args))
+
+
+def _main(args) -> int:
+    from distill import synth
+    from distill.io import StageError, clear_manifest, run_lock, write_jsonl, write_manifest
+    from distill.llm import LLMClient, LLMError, RunStats, run_concurrently
+    from distill.source import load_records
+    from distill.tasks import load_task
+
+    task = load_task(args.task)
+    if args.limit < 0 or args.skip < 0 or args.per_record < 1:
+        raise StageError("--limit and --skip must be >= 0 and --per-record >= 1")
+    records, _ = load_records(args.input, task.source.get("parser", "jsonl"))
+    records = records[args.skip:]
+    if args.limit:
+        records = records[:args.limit]
+    if not records:
+        raise StageError(f"no source records in {args.input} after --skip {args.skip}")
+
+    client = LLMClient(llm_config_from_args(args, seed=args.seed))
+    if not args.model:
+        client.ping()  # resolves the server's default model: part of every cache key
+    model = client.model
+    params = {"temperature": args.temperature, "max_tokens": args.max_tokens}
+    items = synth.plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params)
+    out = args.output_dir
+    with run_lock(out):
+        clear_manifest(out)
+        todo = [it for it in items if not synth.is_done(out, it)]
+        stats = RunStats()
+        stats.skip(len(items) - len(todo))
+        failures = []
+        print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs "
+              f"({stats.skipped} already done, {len(todo)} to write) with {model} at {args.base_url}")
+        if todo:
+            client.ping()
+
+            def work(item):
+                c = client.complete(item.messages)
+                return c
+
+            for item, res in run_concurrently(todo, work, concurrency=args.concurrency, desc="02 synthesize"):
+                if isinstance(res, LLMError):
+                    stats.fail(res)
+                    failures.append({"id": item.id, "source_id": item.source_id, "reason": res.reason,
+                                     "detail": str(res)[:300]})
+                elif isinstance(res, BaseException):
+                    raise res
+                else:
+                    synth.write_item(out, item, task, res)
+                    stats.ok(res)
+        write_jsonl(out / "failures.jsonl", failures)
+        counts = {"planned": len(items), "written": stats.done, "skipped": stats.skipped,
+                  "failed": sum(stats.failed.values()), "failed_by_reason": dict(stats.failed),
+                  "requests": stats.as_dict()}
+        by_style = {}
+        for it in items:
+            by_style[it.style.name] = by_style.get(it.style.name, 0) + 1
+        counts["planned_by_style"] = by_style
+        # The pass is finished even when some inputs failed: they are listed with a
+        # reason and a re-run retries exactly those.
+        write_manifest(out, "02_generate_synthetic", vars(args) | {"api_key": "***"}, counts,
+                       task=task.name, task_fingerprint=task.fingerprint())
+        print(stats.summary())
+        print(f"styles: {by_style}")
+        if failures:
+            print(f"{len(failures)} inputs failed (see {out / 'failures.jsonl'}); re-run the same command to retry them.")
+        print(f"wrote {out}")
+    return 1 if failures and stats.done + stats.skipped == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Stage 03: the teacher extracts structured JSON with a reasoning trace; every label is checked.
+
+For each input from stage 02 the teacher reasons, then answers with JSON. The
+reasoning is taken from wherever the server puts it (<think> tags, even half of
+them, reasoning_content, reasoning). The JSON is parsed (fences stripped, only
+safe repairs), validated against the task's JSON Schema, and verified against
+the source record and the input text field by field. Each label is written with
+its checks and a verdict: accepted, rejected (with reasons) or failed (no usable
+reply). Only accepted labels are trained on.
+
+Usage:
+    python 03_label_with_reasoning.py                         # LM Studio on localhost:1234
+    python 03_label_with_reasoning.py --calibrate 20          # label a stratified sample, print pass rates, stop
+    python 03_label_with_reasoning.py --base-url http://localhost:8080/v1 --model smollm2 --concurrency 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill.cli import add_llm_args, llm_config_from_args, run  # noqa: E402
+from distill.io import LABELED_DIR, SYNTHETIC_DIR  # noqa: E402
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input-dir", type=Path, default=SYNTHETIC_DIR, help="02's output directory")
+    p.add_argument("--output-dir", type=Path, default=LABELED_DIR, help="where labels go")
+    p.add_argument("--task", default=None, help="task name (default: the one 02 used)")
+    p.add_argument("--limit", type=int, default=0, help="inputs to label (0 = all)")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N inputs (sorted by id)")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="label a style-stratified sample of N inputs, print the pass rate per field and per "
+                        "style, then stop without a manifest (0 = off): check the teacher before a long run")
+    p.add_argument("--seed", type=int, default=42, help="seed for sampling and the calibration sample")
+    add_llm_args(p, default_max_tokens=4096)
+    p.set_defaults(temperature=0.2)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return run(lambda: _main(args))
+
+
+def _main(args) -> int:
+    from distill import labels as labeling
+    from distill.io import StageError, clear_manifest, require_manifest, run_lock, write_manifest
+    from distill.llm import LLMClient, LLMError, RunStats, run_concurrently
+    from distill.synth import load_synthetic
+    from distill.tasks import load_task
+
+    m = require_manifest(args.input_dir, "02_generate_synthetic.py")
+    task = load_task(args.task or m.get("task", "recipe"))
+    rows = [r for r in load_synthetic(args.input_dir) if r.get("task", task.name) == task.name]
+    rows = rows[args.skip:]
+    if args.limit:
+        rows = rows[:args.limit]
+    if args.calibrate:
+        rows = labeling.stratified_sample(rows, args.calibrate, seed=args.seed)
+    if not rows:
+        raise StageError(f"no inputs for task {task.name} in {args.input_dir}")
+
+    client = LLMClient(llm_config_from_args(args, seed=args.seed))
+    if not args.model:
+        client.ping()  # resolves the server's default model: part of every cache key
+    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": args.seed}
+    items = [labeling.LabelItem.make(task, r, client.model, params) for r in rows]
+    out = args.output_dir
+    with run_lock(out):
+        if not args.calibrate:
+            clear_manifest(out)
+        todo = [it for it in items if not labeling.is_done(out, it)]
+        stats = RunStats()
+        stats.skip(len(items) - len(todo))
+        print(f"03: {len(items)} inputs ({stats.skipped} already labeled, {len(todo)} to label) "
+              f"with {client.model} at {args.base_url}")
+        if todo:
+            client.ping()
+            for item, res in run_concurrently(todo, lambda it: client.complete(it.messages, response_schema=task.schema),
+                                              concurrency=args.concurrency, desc="03 label"):
+                if isinstance(res, LLMError):
+                    rec = labeling.failed_label(item, res.reason, str(res))
+                    stats.fail(res)
+                elif isinstance(res, BaseException):
+                    raise res
+                else:
+                    rec = labeling.make_label(item, task, res)
+                    stats.ok(res)
+                labeling.write_label(out, rec)
+        report = labeling.report(out, [it.id for it in items], task)
+        print(stats.summary())
+        print(labeling.format_report(report))
+        if args.calibrate:
+            print("calibration only: no manifest written. Fix the prompt if pass rates are low, then run without --calibrate.")
+            return 0
+        write_manifest(out, "03_label_with_reasoning", vars(args) | {"api_key": "***"},
+                       {"inputs": len(items), "labeled_now": len(todo), "skipped": stats.skipped, **report["verdicts"],
+                        "rejected_by_reason": report["rejected_by_reason"], "requests": stats.as_dict()},
+                       task=task.name, task_fingerprint=task.fingerprint(), report=report)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

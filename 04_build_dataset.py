@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Stage 04: pair inputs with their accepted labels and write chat-format JSONL splits.
+
+Rows are {"messages": [system, user, assistant], id, source_id, style, task,
+reference, ...}. The assistant turn is "<think>reasoning</think>" then the JSON,
+or the JSON alone with --reasoning strip. Splits are grouped by source record
+(all inputs written from one record land in one split), stratified by style,
+seeded; near-duplicate inputs are dropped first. Stats (counts per split and
+style, rejected labels by reason, length percentiles) are printed and saved.
+
+Usage:
+    python 04_build_dataset.py                                   # 0.8,0.1,0.1 split
+    python 04_build_dataset.py --split 0.9,0.1 --reasoning strip
+    python 04_build_dataset.py --tokenizer path/to/hf-model      # real token-length percentiles
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill.cli import run  # noqa: E402
+from distill.io import DATASET_DIR, LABELED_DIR, SYNTHETIC_DIR  # noqa: E402
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--synthetic-dir", type=Path, default=SYNTHETIC_DIR, help="02's output (the inputs)")
+    p.add_argument("--labeled-dir", type=Path, default=LABELED_DIR, help="03's output (the labels)")
+    p.add_argument("--output-dir", type=Path, default=DATASET_DIR, help="where train/val/test.jsonl go")
+    p.add_argument("--task", default=None, help="task name (default: the one 03 used)")
+    p.add_argument("--split", default="0.8,0.1,0.1",
+                   help="train,val,test fractions summing to 1; 'A,B' means train,test with no val")
+    p.add_argument("--seed", type=int, default=42, help="seed for the split")
+    p.add_argument("--reasoning", choices=("keep", "strip"), default="keep",
+                   help="keep the teacher's reasoning as <think>...</think> before the JSON, or train on JSON alone")
+    p.add_argument("--dedupe-threshold", type=float, default=95.0,
+                   help="drop an input whose text is this similar (0-100, rapidfuzz ratio) to an earlier one; 100 = exact only")
+    p.add_argument("--limit", type=int, default=0, help="use at most N accepted examples (0 = all)")
+    p.add_argument("--tokenizer", default=None,
+                   help="local HF tokenizer folder for real token-length percentiles (default: chars/4 estimate)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return run(lambda: _main(args))
+
+
+def _main(args) -> int:
+    from distill import dataset as D
+    from distill.io import (StageError, clear_manifest, read_json, require_manifest, run_lock, write_json,
+                            write_jsonl, write_manifest)
+    from distill.synth import load_synthetic
+    from distill.tasks import load_task
+
+    fractions = D.parse_split(args.split)
+    require_manifest(args.synthetic_dir, "02_generate_synthetic.py")
+    lm = require_manifest(args.labeled_dir, "03_label_with_reasoning.py")
+    task = load_task(args.task or lm.get("task", "recipe"))
+    synthetic = {r["id"]: r for r in load_synthetic(args.synthetic_dir)}
+
+    verdicts: Counter = Counter()
+    reasons: Counter = Counter()
+    accepted, orphans = [], 0
+    for p in sorted(args.labeled_dir.glob("*.json")):
+        if p.name == "manifest.json":
+            continue
+        lab = read_json(p)
+        if "verdict" not in lab:
+            continue
+        if lab["id"] not in synthetic:
+            orphans += 1
+            continue
+        verdicts[lab["verdict"]] += 1
+        if lab["verdict"] == "accepted":
+            accepted.append(lab)
+        else:
+            for r in str(lab.get("reason", "")).split(","):
+                reasons[r] += 1
+    if not accepted:
+        raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; rejected by reason: "
+                         f"{dict(reasons)}): check the teacher with 03 --calibrate")
+    if args.limit:
+        accepted = accepted[:args.limit]
+
+    rows = D.build_rows(task, synthetic, accepted, keep_reasoning=args.reasoning == "keep")
+    rows, dropped = D.dedupe(rows, args.dedupe_threshold)
+    key = task.extra.get("stratify", "style")
+    assignment = D.assign_splits(rows, fractions, args.seed, key=key)
+    splits = {s: [r for r in rows if assignment[r["source_id"]] == s] for s in D.SPLITS}
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+
+    out = args.output_dir
+    with run_lock(out):
+        clear_manifest(out)
+        for s in D.SPLITS:
+            write_jsonl(out / f"{s}.jsonl", splits[s])
+        stats = {
+            "counts": {s: len(v) for s, v in splits.items()},
+            "source_records": {s: len({r["source_id"] for r in v}) for s, v in splits.items()},
+            "by_style": {s: dict(Counter(r["style"] for r in v)) for s, v in splits.items()},
+            "stratified_by": key,
+            "labels": dict(verdicts),
+            "not_accepted_by_reason": dict(reasons.most_common()),
+            "near_duplicates_dropped": len(dropped),
+            "labels_without_input": orphans,
+            "with_reasoning": sum(r["has_reasoning"] for r in rows),
+            "length": {s: D.length_stats(v, tokenizer) for s, v in splits.items() if v},
+        }
+        write_json(out / "stats.json", stats)
+        write_jsonl(out / "dropped_duplicates.jsonl",
+                    [{"id": r["id"], "duplicate_of": r["duplicate_of"]} for r in dropped])
+        write_manifest(out, "04_build_dataset", vars(args), stats["counts"], task=task.name,
+                       system_prompt=task.student_system_prompt, user_template=task.student_user_template,
+                       reasoning=args.reasoning, stats=stats)
+    print(f"04: {len(rows)} examples from {len(accepted)} accepted labels "
+          f"({len(dropped)} near-duplicates dropped; labels: {dict(verdicts)})")
+    for s in D.SPLITS:
+        print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records  "
+              f"styles {stats['by_style'][s]}  length {stats['length'].get(s, {})}")
+    if reasons:
+        print(f"not accepted, by reason: {dict(reasons.most_common())}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Stage 04 logic: accepted labels -> chat-format train/val/test splits without leaks.
+
+Leak-free means every input written from one source record lands in the same
+split (grouped by ``source_id``), and near-duplicate inputs are dropped before
+splitting. Splits are stratified by style (or the task's ``stratify:`` key)
+and seeded.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter, defaultdict
+from typing import Any
+
+from .io import StageError
+from .tasks import Task
+
+SPLITS = ("train", "val", "test")
+THINK_RE = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
+
+
+def parse_split(spec: str) -> dict[str, float]:
+    """'0.8,0.1,0.1' -> {'train': .8, 'val': .1, 'test': .1}; two parts mean train,test."""
+    try:
+        parts = [float(x) for x in spec.split(",")]
+    except ValueError as exc:
+        raise StageError(f"--split {spec!r}: expected numbers like 0.8,0.1,0.1") from exc
+    if len(parts) == 1:
+        parts = [parts[0], 0.0, round(1 - parts[0], 10)]
+    elif len(parts) == 2:
+        parts = [parts[0], 0.0, parts[1]]
+    if len(parts) != 3 or any(p < 0 for p in parts) or not math.isclose(sum(parts), 1.0, abs_tol=1e-6):
+        raise StageError(f"--split {spec!r}: give train,val,test fractions that sum to 1 (e.g. 0.8,0.1,0.1)")
+    return dict(zip(SPLITS, parts))
+
+
+def assistant_content(label: dict, reasoning: str | None, keep_reasoning: bool) -> str:
+    """The assistant turn: '<think>reasoning</think>' + JSON, or the JSON alone."""
+    answer = json.dumps(label, ensure_ascii=False)
+    if keep_reasoning and reasoning and reasoning.strip():
+        return f"<think>\n{reasoning.strip()}\n</think>\n\n{answer}"
+    return answer
+
+
+def strip_reasoning(content: str) -> str:
+    return THINK_RE.sub("", content, count=1).strip()
+
+
+def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[dict]]:
+    """Drop inputs whose text is a near-duplicate (rapidfuzz ratio >= threshold) of an earlier one."""
+    from rapidfuzz import fuzz, process
+
+    from .fields import normalize_text
+
+    keep, dropped = [], []
+    seen_norm: dict[str, str] = {}
+    kept_texts: list[str] = []
+    for r in rows:
+        norm = normalize_text(r["text"])[:3000]
+        if norm in seen_norm:
+            dropped.append(r | {"duplicate_of": seen_norm[norm]})
+            continue
+        if kept_texts:
+            best = process.extractOne(norm, kept_texts, scorer=fuzz.ratio, score_cutoff=threshold)
+            if best is not None:
+                dropped.append(r | {"duplicate_of": keep[best[2]]["id"]})
+                continue
+        seen_norm[norm] = r["id"]
+        kept_texts.append(norm)
+        keep.append(r)
+    return keep, dropped
+
+
+def stratum(row: dict, key: str) -> str:
+    for src in (row, row.get("reference") or {}, row.get("source") or {}):
+        if isinstance(src, dict) and key in src and src[key] is not None:
+            return str(src[key])
+    return "?"
+
+
+def assign_splits(rows: list[dict], fractions: dict[str, float], seed: int, key: str = "style") -> dict[str, str]:
+    """source_id -> split, grouped by source record and stratified by ``key``.
+
+    Groups are ordered stratum by stratum (shuffled within each, seeded) and
+    dealt out one at a time to the split furthest below its target share, so
+    every stratum is spread over the splits in proportion and the totals match
+    the fractions to within one group.
+    """
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["source_id"]].append(r)
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for gid, members in sorted(groups.items()):
+        by_stratum[Counter(stratum(m, key) for m in members).most_common(1)[0][0]].append(gid)
+    rng = random.Random(seed)
+    order: list[str] = []
+    for s_name in sorted(by_stratum):
+        gids = by_stratum[s_name]
+        rng.shuffle(gids)
+        order.extend(gids)
+    assigned = {s: 0 for s in SPLITS}
+    assignment: dict[str, str] = {}
+    for i, gid in enumerate(order, 1):
+        split = max(SPLITS, key=lambda s: (fractions[s] * i - assigned[s], fractions[s]))
+        assigned[split] += 1
+        assignment[gid] = split
+    return assignment
+
+
+def build_rows(task: Task, synthetic: dict[str, dict], labels: list[dict], keep_reasoning: bool) -> list[dict]:
+    rows = []
+    for lab in labels:
+        syn = synthetic[lab["id"]]
+        msgs = task.student_messages(syn["text"]) + [
+            {"role": "assistant", "content": assistant_content(lab["output"], lab.get("reasoning"), keep_reasoning)}]
+        rows.append({"messages": msgs, "id": lab["id"], "source_id": syn["source_id"], "style": syn.get("style"),
+                     "task": task.name, "reference": lab["output"], "text": syn["text"],
+                     "source": syn.get("source"), "has_reasoning": bool(lab.get("reasoning"))})
+    return rows
+
+
+def percentiles(values: list[int], ps=(50, 90, 95, 99, 100)) -> dict[str, int]:
+    if not values:
+        return {}
+    v = sorted(values)
+    return {f"p{p}": v[min(len(v) - 1, max(0, math.ceil(p / 100 * len(v)) - 1))] for p in ps}
+
+
+def length_stats(rows: list[dict], tokenizer: Any = None) -> dict:
+    """Per-row lengths of the full chat: real tokens with a tokenizer, else chars/4 (labelled)."""
+    if tokenizer is not None:
+        lens = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True)) for r in rows]
+        unit = "tokens"
+    else:
+        lens = [math.ceil(sum(len(m["content"]) for m in r["messages"]) / 4) for r in rows]
+        unit = "approx_tokens_chars_div_4"
+    return {"unit": unit, **percentiles(lens)}

@@ -1,0 +1,174 @@
+"""Stages 02 -> 03 -> 04 in-process against the fault-injecting server with an oracle teacher."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fake_openai_server import FakeOpenAIServer, error, hang, reply
+from fake_teacher import OracleTeacher
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "tasks" / "recipe" / "sample.csv"
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), ROOT / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+S02, S03, S04 = (script(n) for n in ("02_generate_synthetic.py", "03_label_with_reasoning.py", "04_build_dataset.py"))
+
+
+def chat_requests(srv):
+    return len(srv.history)
+
+
+def run_02(srv, out, *extra):
+    return S02.main(["--input", str(SAMPLE), "--output-dir", str(out), "--base-url", srv.url, "--model", "teacher",
+                     "--retries", "1", "--timeout", "5", *extra])
+
+
+def run_03(srv, inp, out, *extra):
+    return S03.main(["--input-dir", str(inp), "--output-dir", str(out), "--base-url", srv.url, "--model", "teacher",
+                     "--retries", "1", "--timeout", "5", *extra])
+
+
+def outputs(d: Path):
+    return sorted(p for p in d.glob("*.json") if p.name not in ("manifest.json", "stats.json"))
+
+
+@pytest.mark.parametrize("channel", ["reasoning_content", "reasoning", "think", "closing_only"])
+def test_pipeline_end_to_end_and_resume(tmp_path, channel):
+    teacher = OracleTeacher(reasoning_channel=channel)
+    with FakeOpenAIServer(teacher) as srv:
+        syn, lab, ds = tmp_path / "02", tmp_path / "03", tmp_path / "04"
+        assert run_02(srv, syn, "--limit", "12", "--per-record", "2", "--concurrency", "3") == 0
+        files = outputs(syn)
+        assert len(files) == 24 and teacher.calls["write"] == 24
+        row = json.loads(files[0].read_text())
+        for key in ("id", "source_id", "style", "text", "model", "prompt_hash", "usage"):
+            assert key in row
+        # The style never leaks into what the student sees; ids are not recipe names.
+        for p in files:
+            r = json.loads(p.read_text())
+            assert r["style"] not in r["text"] and r["source"]["name"] not in p.name
+        assert json.loads((syn / "manifest.json").read_text())["counts"]["written"] == 24
+
+        before = chat_requests(srv)
+        assert run_02(srv, syn, "--limit", "12", "--per-record", "2") == 0
+        assert chat_requests(srv) == before, "a re-run must make zero requests for finished items"
+
+        assert run_03(srv, syn, lab, "--concurrency", "2") == 0
+        labels = [json.loads(p.read_text()) for p in outputs(lab)]
+        assert len(labels) == 24
+        assert all(l["verdict"] == "accepted" for l in labels), [l["reason"] for l in labels]
+        assert all(l["reasoning"] and "starred lines" in l["reasoning"] for l in labels)
+        assert all(l["checks"]["recipeIngredient"]["status"] == "ok" for l in labels)
+        before = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0
+        assert chat_requests(srv) == before
+
+        assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds),
+                         "--split", "0.5,0.25,0.25"]) == 0
+        splits = {s: [json.loads(l) for l in (ds / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val", "test")}
+        # Two inputs of one record in the same style are the same text: dropped as near-duplicates.
+        unique = len({json.loads(p.read_text())["text"] for p in files})
+        stats = json.loads((ds / "stats.json").read_text())
+        assert sum(len(v) for v in splits.values()) == unique == 24 - stats["near_duplicates_dropped"]
+        assert unique > 12
+        sources = {s: {r["source_id"] for r in v} for s, v in splits.items()}
+        assert not (sources["train"] & sources["test"]) and not (sources["train"] & sources["val"])
+        assert not (sources["val"] & sources["test"])
+        ex = splits["train"][0]
+        assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant"]
+        assert ex["messages"][2]["content"].startswith("<think>\n")
+        answer = ex["messages"][2]["content"].split("</think>", 1)[1]
+        assert json.loads(answer) == ex["reference"]
+        manifest = json.loads((ds / "manifest.json").read_text())
+        assert manifest["task"] == "recipe" and manifest["system_prompt"] == ex["messages"][0]["content"]
+        assert stats["counts"] == {s: len(v) for s, v in splits.items()}
+
+
+def test_wrong_labels_are_rejected_with_reasons(tmp_path):
+    def corrupt(lab):
+        return lab | {"recipeIngredient": ["3 cups unicorn tears", "1 dragon egg"], "cookTime": "PT999M"}
+
+    with FakeOpenAIServer(OracleTeacher(corrupt=corrupt)) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "3") == 0
+        assert run_03(srv, syn, lab) == 0
+        labels = [json.loads(p.read_text()) for p in outputs(lab)]
+        assert {l["verdict"] for l in labels} == {"rejected"}
+        for l in labels:
+            assert "recipeIngredient_mismatch" in l["reason"]
+            assert l["checks"]["recipeIngredient"]["grounded"] is False
+        assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab),
+                         "--output-dir", str(tmp_path / "04")]) == 1  # nothing accepted: a clear error
+
+
+def test_failures_are_counted_and_retried(tmp_path, capsys):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "3", "--concurrency", "1") == 0
+        # First label request: truncated; second: 400; third: fine.
+        srv.push(reply('{"name": "Cut', finish_reason="length"), error(400, "bad request"))
+        assert run_03(srv, syn, lab, "--concurrency", "1") == 0
+        labels = {json.loads(p.read_text())["verdict"] for p in outputs(lab)}
+        assert labels == {"failed", "accepted"}
+        out = capsys.readouterr().out
+        assert "length" in out and "http_400" in out
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab, "--concurrency", "1") == 0
+        assert chat_requests(srv) == n + 2, "only the two failed labels are retried"
+        assert all(json.loads(p.read_text())["verdict"] == "accepted" for p in outputs(lab))
+
+
+def test_timeout_is_a_failure_not_a_crash(tmp_path):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        srv.push(hang(3), hang(3))
+        syn = tmp_path / "02"
+        assert S02.main(["--input", str(SAMPLE), "--output-dir", str(syn), "--base-url", srv.url, "--model", "t",
+                         "--limit", "2", "--timeout", "0.5", "--retries", "0", "--concurrency", "1"]) == 1
+        failures = [json.loads(l) for l in (syn / "failures.jsonl").read_text().splitlines()]
+        assert [f["reason"] for f in failures] == ["timeout", "timeout"]
+
+
+def test_server_down_is_one_clear_line(tmp_path, capsys):
+    from fake_openai_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    rc = S02.main(["--input", str(SAMPLE), "--output-dir", str(tmp_path / "02"), "--base-url", url,
+                   "--retries", "0", "--limit", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_changed_prompt_redoes_work(tmp_path, monkeypatch):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn = tmp_path / "02"
+        assert run_02(srv, syn, "--limit", "2") == 0
+        n = chat_requests(srv)
+        assert run_02(srv, syn, "--limit", "2", "--temperature", "0.1") == 0
+        assert chat_requests(srv) == n + 2
+
+
+def test_03_refuses_unfinished_02(tmp_path, capsys):
+    (tmp_path / "02").mkdir()
+    assert S03.main(["--input-dir", str(tmp_path / "02"), "--output-dir", str(tmp_path / "03")]) == 1
+    assert "02_generate_synthetic.py" in capsys.readouterr().err
+
+
+def test_calibrate_prints_pass_rates_and_stops(tmp_path, capsys):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "10") == 0
+        capsys.readouterr()
+        assert run_03(srv, syn, lab, "--calibrate", "4") == 0
+        out = capsys.readouterr().out
+        assert "pass rate per field" in out and "accepted per style" in out
+        assert len(outputs(lab)) == 4 and not (lab / "manifest.json").exists()
