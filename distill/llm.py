@@ -1,0 +1,583 @@
+"""OpenAI-compatible chat client for local servers, plus concurrency helpers.
+
+Works against any server that speaks ``POST /v1/chat/completions``:
+
+  LM Studio          http://localhost:1234/v1   (default)
+  Ollama             http://localhost:11434/v1
+  vLLM               http://localhost:8000/v1
+  llama.cpp server   http://localhost:8080/v1
+
+Typical use in a stage::
+
+    client = LLMClient(LLMConfig(base_url=args.base_url, model=args.model))
+    client.ping()                                   # clear error if the server is down
+    stats = RunStats()
+    for item, result in run_concurrently(items, lambda it: client.complete(msgs(it), response_schema=schema),
+                                         concurrency=client.config.concurrency, desc="labeling"):
+        if isinstance(result, LLMError):
+            stats.fail(result)                      # counted by result.reason: timeout, length, http_400, ...
+            continue
+        write_json(out / f"{item['id']}.json", {...})   # one atomic write per result, as it arrives
+        stats.ok(result)
+    print(stats.summary())
+
+Design notes:
+
+* Plain ``httpx`` (one shared, thread-safe ``httpx.Client``) so every request, retry and
+  fallback is visible here rather than hidden inside an SDK's own retry loop.
+* Retries (``tenacity``): exponential backoff with jitter, capped, only for failures that can
+  pass by themselves (connection errors, timeouts, 429, 5xx). Other 4xx fail at once.
+* Structured output: ``json_schema`` first, then ``json_object`` (+ schema, llama.cpp style), then
+  plain prompting. The first mode the server accepts is remembered for the client's lifetime.
+* Reasoning ("thinking") is separated from the answer whichever channel the server uses; see
+  :func:`split_reasoning`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import httpx
+import tenacity
+
+from distill.io import StageError
+
+log = logging.getLogger("distill.llm")
+
+DEFAULT_BASE_URL = "http://localhost:1234/v1"
+RESPONSE_FORMATS = ("json_schema", "json_object", "prompt")
+
+# Words in an error body that show the server objected to response_format rather than to the
+# request as a whole (LM Studio: "'response_format.type' must be 'json_schema'", llama.cpp forks:
+# "response_format type must be one of ...", llama-cpp-python's validation errors).
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar")
+
+
+def _default_api_key() -> str:
+    return os.environ.get("OPENAI_API_KEY") or "lm-studio"
+
+
+@dataclass
+class LLMConfig:
+    """Connection and sampling settings for one OpenAI-compatible server."""
+
+    base_url: str = DEFAULT_BASE_URL
+    model: str = ""  # "" = the first model the server lists (resolved by ping())
+    api_key: str = field(default_factory=_default_api_key)
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    timeout: float = 300.0  # seconds per request (local reasoning models are slow)
+    retries: int = 4  # extra attempts after the first, for transient failures only
+    concurrency: int = 4  # parallel requests; match the server's slots / parallel setting
+    seed: int | None = None
+    # "auto" probes json_schema -> json_object -> prompt; or force one of RESPONSE_FORMATS.
+    response_format: str = "auto"
+    backoff: float = 1.0  # first retry wait (s); doubles each attempt, plus jitter
+    backoff_max: float = 30.0  # cap on one wait (s)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        if self.response_format != "auto" and self.response_format not in RESPONSE_FORMATS:
+            raise StageError(
+                f"response_format must be auto or one of {', '.join(RESPONSE_FORMATS)}, got {self.response_format!r}"
+            )
+
+
+@dataclass
+class Completion:
+    """One successful chat completion."""
+
+    content: str  # the answer, with any reasoning removed
+    reasoning: str | None
+    finish_reason: str | None
+    usage: dict  # {"prompt_tokens": int, "completion_tokens": int}
+    model: str | None
+    raw: dict  # the response JSON as received
+    response_format_used: str  # "json_schema" | "json_object" | "prompt"
+    attempts: int = 1
+    elapsed: float = 0.0
+
+
+class LLMError(Exception):
+    """A request that failed. ``reason`` is short and countable: ``timeout``, ``length``,
+    ``empty``, ``http_400``, ``http_503``, ``disconnected``, ``bad_response``.
+
+    For ``length`` and ``empty`` the server did answer: ``completion`` holds that answer
+    (e.g. the truncated reasoning) so a stage can record it.
+    """
+
+    def __init__(self, reason: str, detail: str = "", completion: Completion | None = None):
+        self.reason = reason
+        self.detail = detail
+        self.completion = completion
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class LLMUnavailable(StageError):
+    """The server cannot be reached at all (after retries). Stages should stop, not count it.
+
+    It is a StageError, so a script that lets it propagate prints one ``error: ...`` line.
+    """
+
+
+class _Transient(Exception):
+    """Internal: a failure worth retrying."""
+
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None, unreachable: bool = False):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.retry_after, self.unreachable = reason, detail, retry_after, unreachable
+
+
+class _FormatRefused(Exception):
+    """Internal: the server rejected the response_format we sent."""
+
+
+# --------------------------------------------------------------------------- reasoning
+
+_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def split_reasoning(message: dict) -> tuple[str | None, str]:
+    """Split an assistant ``message`` dict into ``(reasoning, content)``.
+
+    Reasoning can arrive in several places depending on server and chat template:
+
+    * ``message.reasoning_content`` (llama.cpp ``--reasoning-format``, vLLM, DeepSeek API)
+    * ``message.reasoning`` (Ollama, LM Studio's separate reasoning setting, newer vLLM)
+    * ``<think>...</think>`` inside ``content``
+    * only ``</think>`` in ``content``: Qwen3-style templates put ``<think>`` into the prompt,
+      so everything before the closing tag is reasoning
+    * only ``<think>`` (unterminated, usually cut off by max_tokens): everything after it is
+      reasoning and there is no answer yet
+
+    Returns ``reasoning`` as None when there is none, ``content`` stripped ("" if absent).
+    """
+    parts: list[str] = []
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value.strip():
+            parts.append(value.strip())
+            break  # some servers fill both with the same text
+
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+    parts.extend(m.strip() for m in _THINK_BLOCK.findall(content))
+    content = _THINK_BLOCK.sub("", content)
+    if "</think>" in content:
+        before, _, content = content.rpartition("</think>")
+        parts.insert(0, before.replace("<think>", "").strip())
+    if "<think>" in content:
+        content, _, after = content.partition("<think>")
+        parts.append(after.strip())
+
+    reasoning = "\n\n".join(p for p in parts if p)
+    return (reasoning or None), content.strip()
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _schema_name(schema: dict) -> str:
+    # OpenAI requires ^[a-zA-Z0-9_-]{1,64}$; servers that check copy that rule.
+    name = re.sub(r"[^a-zA-Z0-9_-]+", "_", str(schema.get("title") or "output")).strip("_")
+    return (name or "output")[:64]
+
+
+def _response_format(mode: str, schema: dict | None) -> dict | None:
+    if schema is None or mode == "prompt":
+        return None
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": _schema_name(schema), "schema": schema, "strict": True}}
+    # llama.cpp's server reads a "schema" next to json_object; others ignore it and give plain JSON mode.
+    return {"type": "json_object", "schema": schema}
+
+
+def _error_detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        text = resp.text
+    else:
+        err = body.get("error", body) if isinstance(body, dict) else body
+        text = err.get("message", err) if isinstance(err, dict) else err
+        text = text if isinstance(text, str) else str(text)
+    text = " ".join(text.split())
+    return text[:300] or resp.reason_phrase
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return float(resp.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+class LLMClient:
+    """A thread-safe client for one OpenAI-compatible server. Share one per stage run."""
+
+    def __init__(self, config: LLMConfig | None = None):
+        self.config = config or LLMConfig()
+        self.model = self.config.model
+        cfg = self.config
+        self._http = httpx.Client(
+            base_url=cfg.base_url,
+            headers={"Authorization": f"Bearer {cfg.api_key}"},
+            timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
+            limits=httpx.Limits(max_connections=max(cfg.concurrency * 2, 10)),
+        )
+        # The response_format mode that works on this server; None until the first probe.
+        self._mode: str | None = None if cfg.response_format == "auto" else cfg.response_format
+        self._mode_lock = threading.Lock()
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "LLMClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def response_format_mode(self) -> str | None:
+        """The remembered structured-output mode (None until a schema request succeeded)."""
+        return self._mode
+
+    # -- HTTP with retries
+
+    def _unreachable_message(self, why: str) -> str:
+        return f"cannot reach {self.config.base_url} — is LM Studio / llama-server running? ({why})"
+
+    def _send(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        """One HTTP request; transient failures raise _Transient, the rest return the response."""
+        try:
+            resp = self._http.request(method, path, json=body)
+        except httpx.ConnectError as exc:
+            why = "connection refused" if "refused" in str(exc).lower() else f"connect error: {exc}"
+            raise _Transient("unreachable", why, unreachable=True) from exc
+        except httpx.ConnectTimeout as exc:
+            raise _Transient("unreachable", "connect timeout", unreachable=True) from exc
+        except httpx.TimeoutException as exc:
+            raise _Transient("timeout", f"no answer within {self.config.timeout:g}s") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise _Transient("disconnected", str(exc) or type(exc).__name__) from exc
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise _Transient(f"http_{resp.status_code}", _error_detail(resp), retry_after=_retry_after(resp))
+        return resp
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        # Exponential backoff, capped, with jitter (a random half of the step) so parallel workers
+        # don't retry in lockstep; a server's Retry-After wins if longer.
+        cfg = self.config
+        delay = min(cfg.backoff_max, cfg.backoff * 2 ** (state.attempt_number - 1))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Transient) and exc.retry_after:
+            delay = max(delay, min(exc.retry_after, cfg.backoff_max))
+        return delay
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s; retry %d/%d in %.1fs",
+            exc, state.attempt_number, self.config.retries, state.next_action.sleep if state.next_action else 0,
+        )
+
+    def _request(self, method: str, path: str, body: dict | None = None, fallback_on: Callable | None = None):
+        """Send with retries. Returns (response, attempts). Raises LLMUnavailable / LLMError / _FormatRefused.
+
+        ``fallback_on(status, detail) -> bool`` marks responses that mean "response_format refused":
+        those are not retried even when they are 500s.
+        """
+        attempts = 0
+
+        def once() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return self._send(method, path, body)
+            except _Transient as exc:
+                if fallback_on and exc.reason.startswith("http_5") and fallback_on(int(exc.reason[5:]), exc.detail):
+                    raise _FormatRefused(str(exc)) from exc
+                raise
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.config.retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Transient),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            resp = retrying(once)
+        except _Transient as exc:
+            if exc.unreachable:
+                raise LLMUnavailable(self._unreachable_message(exc.detail)) from None
+            raise LLMError(exc.reason, exc.detail) from None
+        if resp.status_code >= 400:
+            detail = _error_detail(resp)
+            if fallback_on and fallback_on(resp.status_code, detail):
+                raise _FormatRefused(f"http_{resp.status_code}: {detail}")
+            if resp.status_code in (401, 403):
+                detail += " (check the API key: --api-key or OPENAI_API_KEY)"
+            raise LLMError(f"http_{resp.status_code}", detail)
+        return resp, attempts
+
+    # -- public API
+
+    def models(self) -> list[str]:
+        """Model ids the server lists (GET /models). Raises LLMUnavailable if it is down."""
+        resp, _ = self._request("GET", "/models")
+        try:
+            data = resp.json().get("data", [])
+            return [m["id"] for m in data if isinstance(m, dict) and "id" in m]
+        except (ValueError, AttributeError) as exc:
+            raise LLMUnavailable(
+                f"{self.config.base_url}/models did not return an OpenAI model list — is this an OpenAI-compatible "
+                f"base URL (usually ending in /v1)?"
+            ) from exc
+
+    def ping(self) -> list[str]:
+        """Check the server at stage start; picks the first listed model when none was configured.
+
+        A configured model missing from the list is not an error: LM Studio loads models on demand
+        and llama.cpp serves its one model under any name.
+        """
+        try:
+            ids = self.models()
+        except LLMError as exc:
+            raise LLMUnavailable(
+                f"{self.config.base_url} answered GET /models with {exc} — is the base URL right "
+                f"(usually ending in /v1)?"
+            ) from None
+        if not self.model:
+            if not ids:
+                raise StageError(f"{self.config.base_url} lists no models: load one or pass --model")
+            self.model = ids[0]
+        return ids
+
+    def _body(self, messages: list[dict], schema: dict | None, mode: str) -> dict:
+        cfg = self.config
+        body: dict[str, Any] = {
+            "model": self.model or "default",
+            "messages": messages,
+            "temperature": cfg.temperature,
+            "max_tokens": cfg.max_tokens,
+            "stream": False,
+        }
+        if cfg.seed is not None:
+            body["seed"] = cfg.seed
+        rf = _response_format(mode, schema)
+        if rf is not None:
+            body["response_format"] = rf
+        return body
+
+    def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool) -> Completion:
+        def refused(status: int, detail: str) -> bool:
+            # Only while probing: once a mode works (or was forced), errors are plain LLMErrors.
+            if not probing or mode == "prompt" or schema is None:
+                return False
+            if status in (400, 422, 500) and any(w in detail.lower() for w in _FORMAT_WORDS):
+                return True
+            # llama-cpp-python answers an unsupported response_format with a bare 500; while we
+            # don't know the server's mode yet, a 500 moves on to the next mode instead of retrying.
+            return status == 500
+
+        started = time.monotonic()
+        resp, attempts = self._request("POST", "/chat/completions", self._body(messages, schema, mode), refused)
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise LLMError("bad_response", f"not a chat completion: {resp.text[:200]!r}") from None
+        if schema is not None and probing and self._mode is None:
+            self._mode = mode  # the server accepted this response_format: remember it
+        reasoning, content = split_reasoning(message)
+        usage = data.get("usage") or {}
+        completion = Completion(
+            content=content,
+            reasoning=reasoning,
+            finish_reason=choice.get("finish_reason"),
+            usage={
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+            },
+            model=data.get("model"),
+            raw=data,
+            response_format_used=mode if schema is not None else "prompt",
+            attempts=attempts,
+            elapsed=time.monotonic() - started,
+        )
+        if completion.finish_reason == "length":
+            raise LLMError("length", f"truncated at max_tokens={self.config.max_tokens}", completion)
+        if not content:
+            raise LLMError("empty", "the answer was empty" + (" (only reasoning)" if reasoning else ""), completion)
+        return completion
+
+    def complete(self, messages: list[dict], response_schema: dict | None = None) -> Completion:
+        """Send one chat request; returns a Completion or raises LLMError / LLMUnavailable.
+
+        With ``response_schema`` the server is asked for JSON matching it, using the best
+        response_format the server accepts. The caller still parses and validates ``content``:
+        in ``prompt`` mode (and on servers that ignore the schema) nothing is enforced.
+        """
+        if response_schema is None:
+            return self._chat(messages, None, "prompt", probing=False)
+        if self._mode is None:
+            # Probe once, under a lock: concurrent first requests wait instead of all paying the
+            # fallback chain. Once the mode is known the lock is never taken again.
+            with self._mode_lock:
+                if self._mode is None:
+                    return self._probe(messages, response_schema)
+        return self._chat(messages, response_schema, self._mode, probing=False)
+
+    def _probe(self, messages: list[dict], schema: dict) -> Completion:
+        for mode in RESPONSE_FORMATS:
+            try:
+                return self._chat(messages, schema, mode, probing=True)
+            except _FormatRefused as exc:
+                log.info("server refused response_format %s (%s); trying the next mode", mode, exc)
+        raise AssertionError("unreachable: prompt mode is never refused")
+
+
+# --------------------------------------------------------------------------- concurrency
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_concurrently(
+    items: Iterable[T],
+    fn: Callable[[T], R],
+    concurrency: int = 4,
+    desc: str = "requests",
+    fatal: tuple[type[BaseException], ...] = (LLMUnavailable,),
+) -> Iterator[tuple[T, R | Exception]]:
+    """Run ``fn(item)`` on a bounded thread pool; yield ``(item, result_or_exception)`` as each finishes.
+
+    Results arrive in completion order so the caller can write each one atomically straight away.
+    At most ``2 * concurrency`` items are submitted ahead, so a huge or lazy ``items`` is fine.
+    An exception of a ``fatal`` type (default: server unreachable) stops the run and is raised.
+    On Ctrl-C, a fatal error or the caller leaving the loop, work not yet started is cancelled;
+    requests already in flight finish in the background (at most one client timeout) and their
+    results are dropped — everything yielded before is already in the caller's hands.
+    """
+    from tqdm.auto import tqdm  # imported here: only stages with long loops need it
+
+    concurrency = max(1, int(concurrency))
+    total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+    source = iter(items)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
+    pending: dict[Future, T] = {}
+    bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True)
+
+    def fill() -> None:
+        while len(pending) < 2 * concurrency:
+            try:
+                item = next(source)
+            except StopIteration:
+                return
+            pending[pool.submit(fn, item)] = item
+
+    try:
+        fill()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                item = pending.pop(fut)
+                exc = fut.exception()
+                bar.update(1)
+                if exc is not None and isinstance(exc, fatal):
+                    raise exc
+                if exc is not None and not isinstance(exc, Exception):
+                    raise exc  # KeyboardInterrupt/SystemExit inside fn
+                yield item, (exc if exc is not None else fut.result())
+            fill()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+
+
+@dataclass
+class RunStats:
+    """Counters for a stage run. Update from the consuming (main) thread only."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: Counter = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def _add_usage(self, completion: Completion | None) -> None:
+        if completion is not None:
+            self.prompt_tokens += completion.usage.get("prompt_tokens", 0)
+            self.completion_tokens += completion.usage.get("completion_tokens", 0)
+
+    def ok(self, completion: Completion | None = None) -> None:
+        self.done += 1
+        self._add_usage(completion)
+
+    def skip(self, n: int = 1) -> None:
+        self.skipped += n
+
+    def fail(self, reason: str | BaseException, completion: Completion | None = None) -> None:
+        """Count a failure: an LLMError (its .reason and any partial completion) or a reason string."""
+        if isinstance(reason, LLMError):
+            completion = completion or reason.completion
+            reason = reason.reason
+        elif isinstance(reason, BaseException):
+            reason = type(reason).__name__
+        self.failed[reason] += 1
+        self._add_usage(completion)
+
+    @property
+    def requests(self) -> int:
+        return self.done + sum(self.failed.values())
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.elapsed if self.elapsed > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        """For manifests."""
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": dict(self.failed),
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "elapsed_s": round(self.elapsed, 2),
+            "requests_per_s": round(self.requests_per_s, 3),
+        }
+
+    def summary(self) -> str:
+        failed = sum(self.failed.values())
+        reasons = ", ".join(f"{r} {n}" for r, n in self.failed.most_common())
+        elapsed = self.elapsed
+        tok_s = self.completion_tokens / elapsed if elapsed > 0 else 0.0
+        return (
+            f"done {self.done}, skipped {self.skipped}, failed {failed}" + (f" ({reasons})" if reasons else "")
+            + f" | {self.requests} requests in {elapsed:.1f}s ({self.requests_per_s:.2f}/s)"
+            + f" | tokens {self.prompt_tokens} prompt + {self.completion_tokens} completion ({tok_s:.1f} completion tok/s)"
+        )

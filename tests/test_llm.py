@@ -1,0 +1,486 @@
+"""distill.llm against a real HTTP server that injects faults (tests/fake_openai_server.py)."""
+from __future__ import annotations
+
+import _thread
+import json
+import threading
+import time
+
+import pytest
+
+from distill.io import StageError
+from distill.llm import (
+    Completion,
+    LLMClient,
+    LLMConfig,
+    LLMError,
+    LLMUnavailable,
+    RunStats,
+    run_concurrently,
+    split_reasoning,
+)
+from fake_openai_server import (  # noqa: F401  (fake_server is a fixture)
+    FakeOpenAIServer,
+    drop,
+    error,
+    fake_server,
+    fenced,
+    free_port,
+    hang,
+    json_reply,
+    reply,
+)
+
+SCHEMA = {
+    "title": "Recipe extraction",
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "servings": {"type": "integer"}},
+    "required": ["name"],
+}
+MSGS = [{"role": "system", "content": "Extract."}, {"role": "user", "content": "Pancakes for 4"}]
+
+
+_clients: list[LLMClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def make_client(url: str, **kw) -> LLMClient:
+    """A client with tiny backoff so retry tests take milliseconds; closed after each test."""
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("backoff_max", 0.05)
+    kw.setdefault("timeout", 5.0)
+    kw.setdefault("retries", 3)
+    client = LLMClient(LLMConfig(base_url=url, model=kw.pop("model", "teacher"), **kw))
+    _clients.append(client)
+    return client
+
+
+# --------------------------------------------------------------------------- split_reasoning
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ({"content": '{"a": 1}'}, (None, '{"a": 1}')),
+        ({"content": "<think>count eggs</think>\n{\"a\": 1}"}, ("count eggs", '{"a": 1}')),
+        # Qwen3-style template: <think> was in the prompt, only the closing tag is generated
+        ({"content": "count eggs\nthen flour</think>\n\n{\"a\": 1}"}, ("count eggs\nthen flour", '{"a": 1}')),
+        # unterminated: cut off while thinking, no answer yet
+        ({"content": "<think>count eggs, then"}, ("count eggs, then", "")),
+        ({"content": '{"a": 1}', "reasoning_content": "from the field"}, ("from the field", '{"a": 1}')),
+        ({"content": '{"a": 1}', "reasoning": "ollama style"}, ("ollama style", '{"a": 1}')),
+        ({"content": None, "reasoning_content": "only thoughts"}, ("only thoughts", "")),
+        ({"content": "<think>\n\n</think>\n\nok"}, (None, "ok")),  # empty think block (thinking off)
+        ({"content": "  ok  ", "reasoning_content": "   "}, (None, "ok")),
+        ({"content": "<think>a</think>x<think>b</think>y"}, ("a\n\nb", "xy")),
+        ({"content": "ok", "reasoning_content": "same", "reasoning": "same"}, ("same", "ok")),
+        ({"content": [{"type": "text", "text": "<think>r</think>"}, {"type": "text", "text": "ok"}]}, ("r", "ok")),
+    ],
+)
+def test_split_reasoning(message, expected):
+    assert split_reasoning(message) == expected
+
+
+def test_split_reasoning_joins_field_and_inline_tags():
+    reasoning, content = split_reasoning({"content": "<think>inline</think>ok", "reasoning_content": "field"})
+    assert reasoning == "field\n\ninline" and content == "ok"
+
+
+# --------------------------------------------------------------------------- basic requests
+
+
+def test_plain_completion_fields_and_request_body(fake_server):
+    fake_server.push(reply("hello", usage={"prompt_tokens": 7, "completion_tokens": 2}))
+    client = make_client(fake_server.url, temperature=0.2, max_tokens=123, seed=42)
+    c = client.complete(MSGS)
+    assert isinstance(c, Completion)
+    assert (c.content, c.reasoning, c.finish_reason) == ("hello", None, "stop")
+    assert c.usage == {"prompt_tokens": 7, "completion_tokens": 2}
+    assert c.model == "teacher" and c.raw["choices"][0]["message"]["content"] == "hello"
+    assert c.response_format_used == "prompt" and c.attempts == 1
+    (body,) = fake_server.history
+    assert body["model"] == "teacher" and body["messages"] == MSGS
+    assert (body["temperature"], body["max_tokens"], body["seed"], body["stream"]) == (0.2, 123, 42, False)
+    assert "response_format" not in body
+
+
+def test_api_key_sent_as_bearer_token(monkeypatch):
+    seen = {}
+
+    def handler(body):
+        return "ok"
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+    with FakeOpenAIServer(handler) as srv:
+        client = make_client(srv.url)
+        # capture the header through httpx's event hook: the fake server only records bodies
+        client._http.event_hooks["request"].append(lambda r: seen.update(auth=r.headers["authorization"]))
+        client.complete(MSGS)
+    assert seen["auth"] == "Bearer sk-local-test"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert LLMConfig().api_key == "lm-studio"
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        reply('{"name": "Pancakes"}', reasoning_content="The dish is pancakes."),
+        reply('{"name": "Pancakes"}', reasoning="The dish is pancakes."),
+        reply('<think>The dish is pancakes.</think>\n{"name": "Pancakes"}'),
+        reply('The dish is pancakes.\n</think>\n\n{"name": "Pancakes"}'),
+        json_reply({"name": "Pancakes"}, reasoning="The dish is pancakes.", think_tags=True),
+    ],
+    ids=["reasoning_content", "reasoning", "think_tags", "closing_tag_only", "json_reply_tags"],
+)
+def test_reasoning_from_every_channel(fake_server, behaviour):
+    fake_server.push(behaviour)
+    c = make_client(fake_server.url).complete(MSGS)
+    assert c.reasoning == "The dish is pancakes."
+    assert json.loads(c.content) == {"name": "Pancakes"}
+
+
+def test_fenced_json_is_returned_verbatim_for_the_caller_to_parse(fake_server):
+    fake_server.push(fenced({"name": "Pancakes"}))
+    c = make_client(fake_server.url).complete(MSGS, response_schema=SCHEMA)
+    assert "```json" in c.content and '{"name": "Pancakes"}' in c.content
+    assert c.response_format_used == "json_schema"
+
+
+# --------------------------------------------------------------------------- retries and failures
+
+
+def test_5xx_is_retried_until_success(fake_server):
+    fake_server.push(error(503), error(502), reply("ok"))
+    c = make_client(fake_server.url, retries=3).complete(MSGS)
+    assert c.content == "ok" and c.attempts == 3
+    assert len(fake_server.history) == 3
+
+
+def test_429_is_retried_and_retry_after_is_honoured(fake_server):
+    fake_server.push(error(429, "slow down", headers={"Retry-After": "0.3"}), reply("ok"))
+    t0 = time.monotonic()
+    c = make_client(fake_server.url, backoff_max=1.0).complete(MSGS)
+    assert c.content == "ok" and len(fake_server.history) == 2
+    assert time.monotonic() - t0 >= 0.3
+
+
+def test_5xx_gives_up_after_retries_with_countable_reason(fake_server):
+    fake_server.push(*[error(503, "model is loading")] * 10)
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url, retries=2).complete(MSGS)
+    assert ei.value.reason == "http_503" and "model is loading" in str(ei.value)
+    assert str(ei.value).startswith("http_503: ")
+    assert len(fake_server.history) == 3  # first attempt + 2 retries
+
+
+def test_backoff_grows_exponentially(fake_server):
+    fake_server.push(*[error(500)] * 4)
+    t0 = time.monotonic()
+    with pytest.raises(LLMError):
+        make_client(fake_server.url, retries=3, backoff=0.1, backoff_max=10).complete(MSGS)
+    # waits of at least 0.05 + 0.1 + 0.2 (each step is jittered within its upper half)
+    assert time.monotonic() - t0 >= 0.35
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_other_4xx_fail_at_once_without_retry(fake_server, status):
+    fake_server.push(error(status, "bad request: messages must not be empty"), reply("never"))
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url).complete(MSGS)
+    assert ei.value.reason == f"http_{status}"
+    assert "messages must not be empty" in ei.value.detail
+    assert len(fake_server.history) == 1
+
+
+def test_401_mentions_the_api_key(fake_server):
+    fake_server.push(error(401, "invalid api key"))
+    with pytest.raises(LLMError, match="OPENAI_API_KEY"):
+        make_client(fake_server.url).complete(MSGS)
+
+
+def test_timeout_is_retried_then_reported(fake_server):
+    fake_server.push(hang(5), hang(5), reply("never reached"))
+    t0 = time.monotonic()
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url, timeout=0.3, retries=1).complete(MSGS)
+    assert ei.value.reason == "timeout"
+    assert len(fake_server.history) == 2
+    assert time.monotonic() - t0 < 3
+
+
+def test_timeout_then_success(fake_server):
+    fake_server.push(hang(5), reply("ok"))
+    assert make_client(fake_server.url, timeout=0.3, retries=2).complete(MSGS).content == "ok"
+    assert len(fake_server.history) == 2
+
+
+def test_dropped_connection_is_retried(fake_server):
+    fake_server.push(drop(), reply("ok"))
+    c = make_client(fake_server.url).complete(MSGS)
+    assert c.content == "ok" and c.attempts == 2
+
+
+def test_finish_reason_length_is_a_failure_with_the_partial_answer(fake_server):
+    fake_server.push(reply('{"name": "Panc', reasoning_content="long thoughts", finish_reason="length"))
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url, max_tokens=50).complete(MSGS)
+    assert ei.value.reason == "length" and "max_tokens=50" in str(ei.value)
+    assert ei.value.completion.content == '{"name": "Panc'
+    assert ei.value.completion.reasoning == "long thoughts"
+    assert len(fake_server.history) == 1  # not retried: the same request would be cut again
+
+
+def test_unterminated_think_is_length_not_empty(fake_server):
+    fake_server.push(reply("<think>still thinking about", finish_reason="length"))
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url).complete(MSGS)
+    assert ei.value.reason == "length"
+    assert ei.value.completion.reasoning == "still thinking about"
+
+
+@pytest.mark.parametrize("behaviour", [reply(""), reply(None), reply("  \n"), reply("", reasoning_content="hmm")])
+def test_empty_content_is_a_failure(fake_server, behaviour):
+    fake_server.push(behaviour)
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url).complete(MSGS)
+    assert ei.value.reason == "empty"
+    assert ei.value.completion is not None
+
+
+def test_non_chat_response_is_bad_response(fake_server):
+    fake_server.handler = lambda body: error(200, "")  # 200 with an error body and no choices
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url).complete(MSGS)
+    assert ei.value.reason == "bad_response"
+
+
+# --------------------------------------------------------------------------- server down / ping
+
+
+def test_server_down_raises_llm_unavailable_quickly():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    client = make_client(url, retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(LLMUnavailable) as ei:
+        client.complete(MSGS)
+    assert time.monotonic() - t0 < 2
+    msg = str(ei.value)
+    assert msg.startswith(f"cannot reach {url}") and "running?" in msg and "connection refused" in msg
+    assert isinstance(ei.value, StageError)  # scripts print it as one 'error: ...' line
+    with pytest.raises(LLMUnavailable, match="cannot reach"):
+        client.ping()
+
+
+def test_ping_lists_models_and_resolves_an_empty_model():
+    with FakeOpenAIServer(models=("qwen3-8b", "other")) as srv:
+        client = make_client(srv.url, model="")
+        assert client.ping() == ["qwen3-8b", "other"]
+        assert client.model == "qwen3-8b"
+        client.complete(MSGS)
+        assert srv.history[0]["model"] == "qwen3-8b"
+        assert srv.paths[0] == "GET /v1/models"
+
+        configured = make_client(srv.url, model="my-model")
+        configured.ping()
+        assert configured.model == "my-model"  # kept: servers may load it on demand
+
+
+def test_ping_on_a_wrong_base_url_says_so(fake_server):
+    base = fake_server.url[: -len("/v1")]  # forgot the /v1
+    with pytest.raises(LLMUnavailable, match=r"http_404.*ending in /v1"):
+        make_client(base).ping()
+
+
+# --------------------------------------------------------------------------- response_format fallback
+
+
+def test_json_schema_is_tried_first_and_shaped_for_openai(fake_server):
+    fake_server.push(json_reply({"name": "Pancakes"}), json_reply({"name": "Waffles"}))
+    client = make_client(fake_server.url)
+    c = client.complete(MSGS, response_schema=SCHEMA)
+    client.complete(MSGS, response_schema=SCHEMA)
+    assert c.response_format_used == "json_schema" and client.response_format_mode == "json_schema"
+    rf = fake_server.history[0]["response_format"]
+    assert rf == {"type": "json_schema", "json_schema": {"name": "Recipe_extraction", "schema": SCHEMA, "strict": True}}
+    assert fake_server.formats() == ["json_schema", "json_schema"]
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_fallback_to_json_object_is_remembered(status):
+    with FakeOpenAIServer(refuse_formats={"json_schema": status}) as srv:
+        client = make_client(srv.url)
+        c1 = client.complete(MSGS, response_schema=SCHEMA)
+        c2 = client.complete(MSGS, response_schema=SCHEMA)
+        assert c1.response_format_used == c2.response_format_used == "json_object"
+        assert srv.formats() == ["json_schema", "json_object", "json_object"]
+        assert srv.history[1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+
+
+def test_full_chain_down_to_prompting_with_llama_cpp_python_500():
+    # llama-cpp-python: bare 500 for json_schema; and a server that refuses json_object too
+    with FakeOpenAIServer(refuse_formats={"json_schema": 500, "json_object": 400}) as srv:
+        client = make_client(srv.url, retries=3)
+        c1 = client.complete(MSGS, response_schema=SCHEMA)
+        c2 = client.complete(MSGS, response_schema=SCHEMA)
+        assert c1.response_format_used == c2.response_format_used == "prompt"
+        assert client.response_format_mode == "prompt"
+        # no retries of the refused modes, and the probe is not paid again
+        assert srv.formats() == ["json_schema", "json_object", None, None]
+
+
+def test_lm_studio_refusing_json_object_keeps_json_schema():
+    with FakeOpenAIServer(refuse_formats={"json_object": 400}) as srv:
+        client = make_client(srv.url)
+        client.complete(MSGS, response_schema=SCHEMA)
+        assert client.response_format_mode == "json_schema" and srv.formats() == ["json_schema"]
+
+
+def test_once_the_mode_is_known_a_500_is_retried_not_a_fallback(fake_server):
+    client = make_client(fake_server.url)
+    client.complete(MSGS, response_schema=SCHEMA)
+    fake_server.push(error(500, "CUDA out of memory"), reply('{"name": "x"}'))
+    c = client.complete(MSGS, response_schema=SCHEMA)
+    assert c.response_format_used == "json_schema" and c.attempts == 2
+    assert fake_server.formats() == ["json_schema"] * 3
+
+
+def test_a_transient_failure_during_the_probe_does_not_pin_a_mode(fake_server):
+    fake_server.push(error(503), error(503))
+    client = make_client(fake_server.url, retries=1)
+    with pytest.raises(LLMError, match="http_503"):
+        client.complete(MSGS, response_schema=SCHEMA)
+    assert client.response_format_mode is None
+    client.complete(MSGS, response_schema=SCHEMA)
+    assert client.response_format_mode == "json_schema"
+
+
+def test_truncated_answer_still_pins_the_accepted_mode():
+    with FakeOpenAIServer(refuse_formats={"json_schema": 400}) as srv:
+        srv.push(reply('{"na', finish_reason="length"))
+        client = make_client(srv.url)
+        with pytest.raises(LLMError, match="length"):
+            client.complete(MSGS, response_schema=SCHEMA)
+        assert client.response_format_mode == "json_object"
+
+
+def test_concurrent_first_requests_probe_only_once():
+    with FakeOpenAIServer(refuse_formats={"json_schema": 400}, delay=0.05) as srv:
+        client = make_client(srv.url, concurrency=8)
+        results = list(run_concurrently(range(8), lambda i: client.complete(MSGS, SCHEMA), concurrency=8, desc="t"))
+        assert all(isinstance(r, Completion) for _, r in results)
+        assert srv.formats().count("json_schema") == 1
+        assert srv.formats().count("json_object") == 8
+
+
+def test_forced_mode_skips_the_probe(fake_server):
+    client = make_client(fake_server.url, response_format="prompt")
+    c = client.complete(MSGS, response_schema=SCHEMA)
+    assert c.response_format_used == "prompt" and fake_server.formats() == [None]
+    with pytest.raises(StageError, match="response_format"):
+        LLMConfig(response_format="grammar")
+
+
+def test_forced_json_schema_refused_is_an_ordinary_error():
+    with FakeOpenAIServer(refuse_formats={"json_schema": 400}) as srv:
+        client = make_client(srv.url, response_format="json_schema")
+        with pytest.raises(LLMError) as ei:
+            client.complete(MSGS, response_schema=SCHEMA)
+        assert ei.value.reason == "http_400" and "response_format" in ei.value.detail
+
+
+# --------------------------------------------------------------------------- run_concurrently / RunStats
+
+
+def test_run_concurrently_yields_every_item_with_results_and_errors():
+    def handler(body):
+        text = body["messages"][-1]["content"]
+        return error(400, "bad item") if text == "3" else f"echo {text}"
+
+    with FakeOpenAIServer(handler, slots=3, delay=0.05) as srv:
+        client = make_client(srv.url)
+        out = dict(
+            run_concurrently(
+                [str(i) for i in range(10)],
+                lambda t: client.complete([{"role": "user", "content": t}]),
+                concurrency=3,
+                desc="test",
+            )
+        )
+        assert set(out) == {str(i) for i in range(10)}
+        assert isinstance(out["3"], LLMError) and out["3"].reason == "http_400"
+        assert out["7"].content == "echo 7"
+        assert srv.max_active == 3  # bounded by the pool, and the pool filled the slots
+
+
+def test_run_concurrently_accepts_a_lazy_iterable():
+    gen = (i for i in range(20))
+    got = sorted(r for _, r in run_concurrently(gen, lambda i: i * i, concurrency=2, desc="t"))
+    assert got == [i * i for i in range(20)]
+
+
+def test_run_concurrently_stops_on_unavailable_server():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    client = make_client(url, retries=0)
+    calls = []
+
+    def fn(i):
+        calls.append(i)
+        return client.complete(MSGS)
+
+    with pytest.raises(LLMUnavailable):
+        for _ in run_concurrently(range(100), fn, concurrency=2, desc="t"):
+            pass
+    time.sleep(0.2)
+    assert len(calls) <= 4  # the window ahead, not all 100
+
+
+def test_leaving_the_loop_cancels_pending_work():
+    with FakeOpenAIServer(slots=2, delay=0.1) as srv:
+        client = make_client(srv.url)
+        for n, _ in enumerate(run_concurrently(range(50), lambda i: client.complete(MSGS), concurrency=2, desc="t")):
+            if n == 1:
+                break
+        time.sleep(0.5)  # let in-flight requests finish
+        assert len(srv.history) <= 6  # 2 done + at most the submitted window, never 50
+
+
+def test_ctrl_c_cancels_pending_work_and_keeps_what_was_yielded():
+    with FakeOpenAIServer(slots=2, delay=0.1) as srv:
+        client = make_client(srv.url)
+        received = []
+        timer = threading.Timer(0.35, _thread.interrupt_main)  # a real KeyboardInterrupt in the main thread
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            for item, result in run_concurrently(range(100), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
+                received.append(item)
+        assert time.monotonic() - t0 < 2  # returns promptly, not after 100 requests
+        time.sleep(0.3)
+        assert 2 <= len(received) < 20
+        assert len(srv.history) <= len(received) + 4
+
+
+def test_run_stats_counts_and_summary():
+    stats = RunStats()
+    c = Completion("x", None, "stop", {"prompt_tokens": 10, "completion_tokens": 5}, "m", {}, "json_schema")
+    stats.ok(c)
+    stats.ok(c)
+    stats.skip(3)
+    stats.fail(LLMError("timeout"))
+    stats.fail(LLMError("length", "cut", completion=c))
+    stats.fail("schema_invalid", c)
+    stats.fail(ValueError("boom"))
+    assert (stats.done, stats.skipped, stats.requests) == (2, 3, 6)
+    assert stats.failed == {"timeout": 1, "length": 1, "schema_invalid": 1, "ValueError": 1}
+    assert (stats.prompt_tokens, stats.completion_tokens) == (40, 20)
+    s = stats.summary()
+    assert "done 2, skipped 3, failed 4" in s and "timeout 1" in s and "6 requests" in s and "40 prompt" in s
+    d = stats.as_dict()
+    assert d["failed"]["length"] == 1 and d["requests"] == 6 and d["elapsed_s"] >= 0
+    json.dumps(d)  # goes into manifests
