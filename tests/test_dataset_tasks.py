@@ -1,0 +1,91 @@
+"""Splitting, dedupe and chat rows (04), and task folder loading."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from distill import dataset as D
+from distill.io import StageError
+from distill.tasks import list_tasks, load_task
+
+
+def test_parse_split():
+    assert D.parse_split("0.8,0.1,0.1") == {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert D.parse_split("0.9,0.1") == {"train": 0.9, "val": 0.0, "test": 0.1}
+    for bad in ("0.8,0.3", "a,b", "0.5,0.6,-0.1"):
+        with pytest.raises(StageError):
+            D.parse_split(bad)
+
+
+def rows(n_sources, per=2, styles=("a", "b", "c")):
+    return [{"id": f"{s}-{k}", "source_id": f"s{s}", "style": styles[(s + k) % len(styles)], "text": f"t{s}{k}"}
+            for s in range(n_sources) for k in range(per)]
+
+
+def test_splits_are_grouped_by_source_and_proportional():
+    rs = rows(100)
+    a = D.assign_splits(rs, D.parse_split("0.8,0.1,0.1"), seed=1)
+    assert Counter(a.values()) == {"train": 80, "val": 10, "test": 10}
+    assert set(a) == {r["source_id"] for r in rs}   # one split per source record
+
+
+def test_splits_are_stratified_and_seeded():
+    rs = [{"id": str(i), "source_id": f"s{i}", "style": "rare" if i < 10 else "common"} for i in range(100)]
+    a = D.assign_splits(rs, D.parse_split("0.8,0.1,0.1"), seed=3)
+    rare = Counter(a[f"s{i}"] for i in range(10))
+    assert rare == {"train": 8, "val": 1, "test": 1}
+    assert a == D.assign_splits(rs, D.parse_split("0.8,0.1,0.1"), seed=3)
+    assert a != D.assign_splits(rs, D.parse_split("0.8,0.1,0.1"), seed=4)
+
+
+def test_dedupe_drops_near_duplicates_only():
+    base = "Grandma's banana bread. 3 bananas, 1/3 cup butter, 1 1/2 cups flour. Bake 1 hour at 350F. " * 3
+    rs = [{"id": "a", "text": base}, {"id": "b", "text": base.replace("Bake", "bake")},
+          {"id": "c", "text": base + " Also great toasted!"}, {"id": "d", "text": "Completely different soup recipe."}]
+    keep, dropped = D.dedupe(rs, threshold=95)
+    assert [r["id"] for r in keep] == ["a", "d"]
+    assert {r["id"]: r["duplicate_of"] for r in dropped} == {"b": "a", "c": "a"}
+
+
+def test_assistant_content_keep_and_strip():
+    lab = {"name": "x"}
+    kept = D.assistant_content(lab, "because", keep_reasoning=True)
+    assert kept == '<think>\nbecause\n</think>\n\n{"name": "x"}'
+    assert D.strip_reasoning(kept) == '{"name": "x"}'
+    assert D.assistant_content(lab, "because", keep_reasoning=False) == '{"name": "x"}'
+    assert D.assistant_content(lab, None, keep_reasoning=True) == '{"name": "x"}'
+
+
+def test_every_shipped_task_loads():
+    assert "recipe" in list_tasks()
+    for name in list_tasks():
+        t = load_task(name)
+        assert t.student_messages("hello")[1]["content"].endswith("hello")
+        assert t.fields
+
+
+def test_unknown_task_key_is_an_error(tmp_path):
+    src = load_task("recipe").dir
+    dst = tmp_path / "mytask"
+    dst.mkdir()
+    for p in ("schema.json",):
+        (dst / p).write_text((src / p).read_text())
+    (dst / "prompts").mkdir()
+    (dst / "prompts" / "s.md").write_text("Extract.")
+    (dst / "task.yaml").write_text(
+        "name: mytask\ndescription: d\nschema: schema.json\nstudent: {system_prompt: prompts/s.md, user_template: '{text}'}\n"
+        "fields: {name: {score: text}}\nstyels: []\n")
+    with pytest.raises(StageError, match="unknown key.*styels"):
+        load_task(dst)
+    (dst / "task.yaml").write_text(
+        "name: mytask\ndescription: d\nschema: schema.json\nstudent: {system_prompt: prompts/s.md, user_template: '{text}'}\n"
+        "fields: {name: {score: fuzzy}}\n")
+    with pytest.raises(StageError, match="score"):
+        load_task(dst)
+
+
+def test_unknown_task_name_lists_installed():
+    with pytest.raises(StageError, match="recipe"):
+        load_task("no-such-task")

@@ -1,0 +1,104 @@
+"""Parsing, repair, validation and verification of teacher labels on real messy cases."""
+from __future__ import annotations
+
+import pytest
+
+from distill import fields as F
+from distill.labels import LabelError, parse_answer, validate, verify
+from distill.tasks import load_task
+
+TASK = load_task("recipe")
+GOOD = {"@context": "https://schema.org", "@type": "Recipe", "name": "Easy Banana Bread",
+        "recipeIngredient": ["3 ripe bananas", "⅓ cup melted butter", "1 ½ cups all-purpose flour"],
+        "recipeInstructions": [{"@type": "HowToStep", "text": "Mash the bananas."}],
+        "prepTime": "PT10M", "cookTime": "PT1H", "totalTime": "PT1H10M", "recipeYield": "8 servings"}
+RECORD = {"id": "r-1", "name": "Easy Banana Bread", "ingredients": ["3 ripe bananas", "1/3 cup melted butter",
+          "1 1/2 cups all-purpose flour"], "prep_minutes": 10, "cook_minutes": 60, "total_minutes": 70, "servings": 8}
+TEXT = ("OMG you guys. ADVERTISEMENT. Easy banana bread!! grab 3 ripe bananas, ⅓ cup melted butter and "
+        "1 ½ cups all-purpose flour. prep 10 min, bake 1 hour. serves 8")
+
+
+@pytest.mark.parametrize("value,minutes", [
+    ("PT1H20M", 80), ("PT45M", 45), ("P1DT2H", 1560), ("PT90S", 1.5), ("1 hr 20 mins", 80),
+    ("2 hours", 120), ("10 min", 10), (25, 25), (None, None), ("soon", None), ("", None)])
+def test_to_minutes(value, minutes):
+    assert F.to_minutes(value) == minutes
+
+
+@pytest.mark.parametrize("minutes,iso", [(80, "PT1H20M"), (60, "PT1H"), (5, "PT5M"), (1560, "P1DT2H"), (0, "PT0M")])
+def test_minutes_to_iso_round_trips(minutes, iso):
+    assert F.minutes_to_iso(minutes) == iso
+    assert F.to_minutes(iso) == minutes
+
+
+def test_normalize_text_spells_fractions_and_folds_punctuation():
+    assert F.normalize_text("1 ½ Cups All-Purpose Flour, sifted.") == "1 1/2 cups all purpose flour sifted"
+    assert F.normalize_text("⅓ cup") == "1/3 cup"
+    assert F.to_number("Makes 2 dozen (24 cookies)") == 2
+    assert F.to_number("8 servings") == 8
+
+
+def test_match_lists_is_one_to_one():
+    res = F.match_lists(["1 cup flour", "1 cup flour", "2 eggs"], ["1 cup flour", "2 large eggs"])
+    assert (res["tp"], res["fp"], res["fn"]) == (2, 1, 0)
+    assert res["precision"] == pytest.approx(2 / 3) and res["recall"] == 1.0
+    assert F.match_lists([], [])["f1"] == 1.0
+    assert F.match_lists(["x"], [])["f1"] == 0.0
+
+
+@pytest.mark.parametrize("content,expected,repaired", [
+    ('{"a": 1}', {"a": 1}, False),
+    ('```json\n{"a": 1}\n```', {"a": 1}, False),
+    ('Sure! Here is the recipe:\n```\n{"a": 1}\n```\nEnjoy!', {"a": 1}, False),
+    ('Here it is: {"a": 1} hope that helps', {"a": 1}, False),
+    ('{"a": 1, "b": [1, 2,],}', {"a": 1, "b": [1, 2]}, True),     # trailing commas
+    ("{'a': 'x'}", {"a": "x"}, True),                             # single quotes
+    ('```json\n{"a": 1}', {"a": 1}, False),                       # unclosed fence
+])
+def test_parse_answer(content, expected, repaired):
+    assert parse_answer(content) == (expected, repaired)
+
+
+@pytest.mark.parametrize("content,reason", [("", "empty"), ("   ", "empty"), (None, "empty"),
+                                            ("I cannot find a recipe here.", "no_json")])
+def test_parse_answer_rejects(content, reason):
+    with pytest.raises(LabelError) as exc:
+        parse_answer(content)
+    assert exc.value.reason == reason
+
+
+def test_validate_reports_paths():
+    assert validate(GOOD, TASK.schema) == []
+    bad = GOOD | {"prepTime": "10 minutes", "recipeIngredient": "flour", "extra": 1}
+    errors = validate(bad, TASK.schema)
+    assert any(e.startswith("prepTime:") for e in errors)
+    assert any(e.startswith("recipeIngredient:") for e in errors)
+    assert any("extra" in e for e in errors)
+
+
+def test_verify_accepts_a_correct_label():
+    checks, verdict, reason = verify(GOOD, TASK, RECORD, TEXT)
+    assert (verdict, reason) == ("accepted", "ok")
+    assert checks["recipeIngredient"]["status"] == "ok" and checks["recipeIngredient"]["grounded"] is True
+    assert checks["cookTime"] == {"status": "ok", "minutes": 60.0, "source": 60}
+    assert checks["recipeInstructions"]["status"] == "unverifiable"
+
+
+def test_verify_rejects_wrong_times_and_invented_ingredients():
+    wrong = GOOD | {"cookTime": "PT45M", "recipeIngredient": GOOD["recipeIngredient"] + ["2 cups chocolate chips"]}
+    checks, verdict, reason = verify(wrong, TASK, RECORD, TEXT)
+    assert verdict == "rejected"
+    assert "cookTime_mismatch" in reason and "recipeIngredient_not_in_text" in reason
+    assert checks["recipeIngredient"]["not_in_text"] == ["2 cups chocolate chips"]
+
+
+def test_verify_missing_fields_are_not_guesses():
+    partial = GOOD | {"prepTime": None, "recipeYield": None}
+    checks, verdict, _ = verify(partial, TASK, RECORD, TEXT)
+    assert verdict == "accepted"
+    assert checks["prepTime"]["status"] == "missing"
+
+
+def test_verify_title_mismatch():
+    _, verdict, reason = verify(GOOD | {"name": "Chocolate Lava Cake"}, TASK, RECORD, TEXT)
+    assert verdict == "rejected" and reason == "name_mismatch"
