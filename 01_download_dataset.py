@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Stage 01: fetch the source dataset (kagglehub) or import a local file, clean it into records.
+
+Writes to --output-dir: records.jsonl (one cleaned record per line, stable "id"),
+raw/ (a copy of the source file as read), clean_report.json (duplicates, unparseable
+rows by reason, encoding) and manifest.json last. Re-running replaces the output.
+
+Kaggle needs credentials: KAGGLE_USERNAME + KAGGLE_KEY (or KAGGLE_API_TOKEN), or a
+kaggle.json in the project root or ~/.kaggle/. kagglehub asks Kaggle for the latest
+version of an unpinned handle even when it has a copy cached, so offline only a
+pinned version (OWNER/SLUG/versions/N) already in $KAGGLEHUB_CACHE works.
+
+Usage:
+    python 01_download_dataset.py                                        # latest nguyentuongquang/all-recipes
+    python 01_download_dataset.py --dataset nguyentuongquang/all-recipes/versions/1   # pinned (cache-friendly)
+    python 01_download_dataset.py --from-file ~/Downloads/allrecipes.csv  # offline: a local copy
+    python 01_download_dataset.py --sample                               # offline: the task's bundled sample
+    python 01_download_dataset.py --task recipe --limit 500 --output-dir data/01_source
+    python 01_download_dataset.py --list-tasks
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill.cli import run  # noqa: E402
+from distill.io import SOURCE_DIR  # noqa: E402
+
+STAGE = "01_download_dataset"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Where the data comes from (one of; default: the task's Kaggle dataset)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default=None, metavar="OWNER/SLUG[/versions/N]",
+                     help="Kaggle dataset handle (default: the task's source.kaggle, "
+                          "nguyentuongquang/all-recipes for recipe); pin /versions/N to work offline from the cache")
+    src.add_argument("--from-file", type=Path, default=None, metavar="PATH",
+                     help="import a local CSV/JSONL instead of downloading (the offline route)")
+    src.add_argument("--sample", action="store_true",
+                     help="import the task folder's bundled sample file (offline smoke runs)")
+    # How to read it
+    p.add_argument("--task", default="recipe", help="task folder under tasks/; picks the parser and default dataset")
+    p.add_argument("--parser", default=None,
+                   help="source parser: allrecipes_csv, csv or jsonl (default: the task's source.parser)")
+    p.add_argument("--limit", type=int, default=0, help="keep the first N cleaned records (0 = all)")
+    # Where it goes
+    p.add_argument("--output-dir", type=Path, default=SOURCE_DIR, help="output directory (records.jsonl etc.)")
+    p.add_argument("--list-tasks", action="store_true", help="list the available task folders and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return run(lambda: _main(args))
+
+
+def _clear_stale(raw_dir: Path, keep: set[Path]) -> None:
+    """raw/ mirrors this run's source only; files from an earlier source go."""
+    if not raw_dir.is_dir():
+        return
+    for p in sorted(raw_dir.rglob("*"), reverse=True):
+        if p.is_file() and p.resolve() not in keep:
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+
+
+def _main(args) -> int:
+    import hashlib
+
+    from distill.io import StageError, clear_manifest, run_lock, write_json, write_jsonl, write_manifest
+    from distill.source import (
+        DEFAULT_KAGGLE_DATASET,
+        copy_file_atomic,
+        download_kaggle,
+        get_parser,
+        pick_source_file,
+    )
+    from distill.tasks import list_tasks, load_task
+
+    if args.list_tasks:
+        for name in list_tasks():
+            print(name)
+        return 0
+    if args.limit < 0:
+        raise StageError("--limit must be 0 (all) or more")
+
+    task = load_task(args.task)
+    parser_name = args.parser or task.source.get("parser") or "allrecipes_csv"
+    parse = get_parser(parser_name)
+
+    local: Path | None = None
+    if args.from_file is not None:
+        local = args.from_file.expanduser()
+    elif args.sample:
+        local = task.sample_path()
+        if local is None:
+            raise StageError(f"task {task.name} has no source.sample file; use --from-file or --dataset")
+    elif args.dataset is None and task.source.get("file") and not task.source.get("kaggle"):
+        local = task.dir / task.source["file"]
+    if local is not None and not local.is_file():
+        raise StageError(f"{local}: no such file")
+
+    out = args.output_dir
+    raw_dir = out / "raw"
+    with run_lock(out):
+        clear_manifest(out)
+        if local is not None:
+            dest = raw_dir / local.name
+            if local.resolve() != dest.resolve():
+                copy_file_atomic(local, dest)
+            src_file = dest
+            source = {"kind": "file", "path": str(local)}
+            _clear_stale(raw_dir, {dest.resolve()})
+        else:
+            handle = args.dataset or task.source.get("kaggle") or DEFAULT_KAGGLE_DATASET
+            print(f"fetching Kaggle dataset {handle} with kagglehub ...", flush=True)
+            got = download_kaggle(handle, raw_dir)
+            _clear_stale(raw_dir, {Path(f).resolve() for f in got["files"]})
+            src_file = pick_source_file(got["files"], parser_name)
+            source = {"kind": "kaggle", "handle": got["handle"], "version": got["version"],
+                      "requested": handle, "credentials": got["credentials"]}
+        source["file"] = src_file.name
+        source["sha256"] = hashlib.sha256(src_file.read_bytes()).hexdigest()
+
+        records, report = parse(src_file)
+        if args.limit and len(records) > args.limit:
+            records = records[: args.limit]
+            report["limited_to"] = args.limit
+        if not records:
+            raise StageError(f"{src_file.name}: no usable records (see {out / 'clean_report.json'})")
+        report["records_written"] = len(records)
+        report["source"] = source
+
+        write_jsonl(out / "records.jsonl", records)
+        write_json(out / "clean_report.json", report)
+        unparseable = sum(report.get("unparseable", {}).values())
+        counts = {
+            "rows_read": report.get("rows_read", len(records)),
+            "duplicates_dropped": report.get("duplicates_dropped", 0),
+            "duplicate_ids_dropped": report.get("duplicate_ids_dropped", 0),
+            "unparseable": unparseable,
+            "records": len(records),
+        }
+        write_manifest(out, STAGE, vars(args), counts, task=task.name, parser=parser_name, source=source,
+                       encoding=report.get("encoding"))
+
+    where = f"{source['handle']} v{source['version']}" if source["kind"] == "kaggle" else source["path"]
+    reasons = ", ".join(f"{k} {v}" for k, v in report.get("unparseable", {}).items()) or "none"
+    print(f"01 source: {src_file.name} from {where} (parser {parser_name}, encoding {report.get('encoding')})")
+    print(f"  rows read            {counts['rows_read']}")
+    print(f"  duplicates dropped   {counts['duplicates_dropped']} exact rows, {counts['duplicate_ids_dropped']} repeated recipes")
+    print(f"  unparseable          {unparseable} ({reasons})")
+    if report.get("field_problems"):
+        probs = ", ".join(f"{k} {v}" for k, v in report["field_problems"].items())
+        print(f"  kept, field unparsed {probs}")
+    if report.get("unicode_escapes_converted"):
+        print(f"  <U+....> escapes     {report['unicode_escapes_converted']} converted")
+    print(f"  records written      {len(records)}" + (f" (--limit {args.limit})" if "limited_to" in report else ""))
+    print(f"  -> {out / 'records.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
