@@ -144,6 +144,9 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+            # headers and body go out as two writes: without TCP_NODELAY, Nagle + delayed ACK
+            # add ~40 ms to every response and the benchmark would measure that instead.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
