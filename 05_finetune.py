@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Stage 05: LoRA fine-tuning of the student on the chat dataset (Unsloth, or transformers+PEFT).
+
+Loss is on the assistant turn only, with the model family's own chat template. Writes the
+LoRA adapter, tokenizer, distill_config.json (training config + the task's prompts and the
+chat template, so inference reproduces the training prompt), history.json and loss.png to
+--save-dir; optionally a merged model (--save-merged) and a GGUF (--save-gguf, offline).
+
+Usage:
+    python 05_finetune.py                                               # quick run: 50 updates
+    python 05_finetune.py --max-steps -1 --num-epochs 1 --save-gguf     # one full epoch + GGUF
+    python 05_finetune.py --model-name path/to/model.gguf --lora-rank 16 --max-seq-length 1024
+    python 05_finetune.py --backend hf --optimizer adamw_torch          # no Unsloth
+    python 05_finetune.py --reasoning strip                              # train without <think> blocks
+
+--backend auto uses Unsloth wherever it imports (CUDA GPU, or its CPU mode), else
+transformers+PEFT+TRL (Apple MPS, or Unsloth not installed).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill.cli import run  # noqa: E402
+from distill.train.config import add_config_args, config_from_args  # noqa: E402
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+
+    def _main() -> int:
+        cfg = config_from_args(args)
+        from distill.train.core import run as train
+
+        out = train(cfg)
+        m = out["metrics"]
+        print(f"05: backend {out['backend']}, {m['updates']} updates, train loss {m['train_loss']:.4f}"
+              + (f", val loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
+              + f" -> {out['save_dir']}")
+        return 0
+
+    return run(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The training core shared by 05_finetune.py, 06_finetune_wandb.py and the notebook.
+
+``run(cfg, tracker)`` picks a backend, loads and checks the data, trains with TRL's
+SFTTrainer on pre-tokenised examples whose labels are -100 outside the assistant turn,
+then writes everything into a temp folder next to ``--save-dir`` and renames it at the
+end, so an interrupted or failed run never leaves a folder that looks finished.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from distill.io import StageError, write_json, write_manifest
+
+from .config import TrainConfig
+from .tracking import NullTracker, Tracker
+
+DISTILL_CONFIG = "distill_config.json"
+
+
+# ------------------------------------------------------------------ backend choice
+
+def _mps() -> bool:
+    import torch
+
+    return not torch.cuda.is_available() and getattr(torch.backends, "mps", None) is not None \
+        and torch.backends.mps.is_available()
+
+
+def select_backend(cfg: TrainConfig):
+    """Import and return the backend module. Unsloth is imported before transformers when used."""
+    if cfg.backend == "hf":
+        return importlib.import_module("distill.train.hf_backend")
+    if cfg.backend == "auto" and importlib.util.find_spec("unsloth") is None:
+        print("backend: hf (Unsloth is not installed)")
+        return importlib.import_module("distill.train.hf_backend")
+    if cfg.backend == "auto" and _mps():
+        print("backend: hf (Apple MPS: Unsloth does not run there)")
+        return importlib.import_module("distill.train.hf_backend")
+    try:
+        mod = importlib.import_module("distill.train.unsloth_backend")
+    except Exception as exc:  # noqa: BLE001 - Unsloth raises many kinds on unsupported machines
+        if cfg.backend == "unsloth":
+            raise StageError(f"--backend unsloth: Unsloth does not import here ({type(exc).__name__}: {exc}); "
+                             f"use --backend hf") from exc
+        print(f"backend: hf (Unsloth does not import here: {type(exc).__name__})")
+        return importlib.import_module("distill.train.hf_backend")
+    return mod
+
+
+def _has_bnb_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def resolve_optimizer(cfg: TrainConfig) -> str:
+    if cfg.optimizer == "adamw_8bit" and not _has_bnb_cuda():
+        print("note: --optimizer adamw_8bit needs a CUDA GPU with bitsandbytes; using adamw_torch "
+              "(pass --optimizer adamw_torch to silence this)")
+        return "adamw_torch"
+    return cfg.optimizer
+
+
+def check_quantized_load(cfg: TrainConfig) -> None:
+    if (cfg.load_4bit or cfg.load_8bit) and not _has_bnb_cuda():
+        flag = "--load-4bit" if cfg.load_4bit else "--load-8bit"
+        raise StageError(f"{flag} needs a CUDA GPU with bitsandbytes: drop {flag} on this machine")
+
+
+# ------------------------------------------------------------------ helpers
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
+
+
+def oom_error(cfg: TrainConfig) -> StageError:
+    return StageError(
+        f"out of memory: lower --batch-size (now {cfg.batch_size}) and raise --gradient-accumulation-steps "
+        f"to keep the effective batch, or lower --max-seq-length (now {cfg.max_seq_length}) / --lora-rank "
+        f"(now {cfg.lora_rank}), or add --gradient-checkpointing"
+    )
+
+
+def total_updates(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(1, math.ceil(n_train / cfg.batch_size / cfg.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * cfg.num_epochs))
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    ev = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if tr:
+        ax.plot(*zip(*tr), label="train loss")
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="val loss")
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_answer(text: str) -> tuple[bool, Any]:
+    """Does the answer (after an optional <think> block) parse as JSON?"""
+    from .data import strip_reasoning
+
+    body = strip_reasoning(text).strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    try:
+        return True, json.loads(body)
+    except json.JSONDecodeError:
+        return False, None
+
+
+def generate(model, tok, prompt: str, max_new_tokens: int = 512) -> str:
+    import torch
+
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def inference_test(model, tok, rows: list[dict], n: int, template: str) -> list[dict]:
+    from .data import render_prompt
+
+    results = []
+    model.eval()
+    for r in rows[:n]:
+        prompt = render_prompt(tok, r["messages"], template)
+        ref = r["messages"][-1]["content"]
+        max_new = min(1024, len(tok(ref, add_special_tokens=False)["input_ids"]) * 2 + 32)
+        out = generate(model, tok, prompt, max_new)
+        ok, parsed = parse_answer(out)
+        user = next(m["content"] for m in r["messages"] if m["role"] == "user")
+        print(f"--- input: {user[:200]!r}\n    output: {out[:300]!r}\n    JSON parses: {ok}")
+        results.append({"id": r.get("id"), "output": out, "json_ok": ok, "exact_match": ok and parsed == parse_answer(ref)[1]})
+    return results
+
+
+# ------------------------------------------------------------------ run
+
+def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
+    tracker = tracker or NullTracker()
+    backend = select_backend(cfg)  # first: Unsloth must be imported before transformers
+    check_quantized_load(cfg)
+    from .data import load_dataset_dir, tokenize_rows, training_chat_template
+    from .models import resolve_model
+
+    ds = load_dataset_dir(cfg.dataset_dir, cfg.reasoning, cfg.max_train_samples)
+    model_path = resolve_model(cfg.model_name)
+    optim = resolve_optimizer(cfg)
+
+    import transformers
+
+    transformers.set_seed(cfg.seed)
+    t0 = time.time()
+    model, tok = backend.load(cfg, model_path)
+    template = training_chat_template(tok)
+    tok.chat_template = template  # saved with the adapter: inference renders the training prompt
+    print(f"backend: {backend.NAME}; model {cfg.model_name} loaded in {time.time() - t0:.1f}s")
+
+    train_tok = tokenize_rows(tok, template, ds.train, cfg.max_seq_length, "train")
+    val_tok = tokenize_rows(tok, template, ds.val, cfg.max_seq_length, "val") if ds.val else None
+    print(f"train: {train_tok.n_kept}/{train_tok.n_total} examples keep answer tokens after truncation to "
+          f"{cfg.max_seq_length} ({train_tok.n_truncated} truncated); {train_tok.supervised_tokens} supervised of "
+          f"{train_tok.total_tokens} tokens")
+    if val_tok:
+        print(f"val:   {val_tok.n_kept}/{val_tok.n_total} examples")
+
+    from datasets import Dataset as HFDataset
+
+    train_ds = HFDataset.from_list(train_tok.rows)
+    eval_ds = HFDataset.from_list(val_tok.rows) if val_tok and val_tok.rows else None
+    updates = total_updates(cfg, len(train_ds))
+    eval_steps = cfg.eval_steps if cfg.eval_steps > 0 else max(1, updates // 5)
+    do_eval = eval_ds is not None and cfg.eval_steps != -1
+
+    trainer = build_trainer(cfg, backend, model, tok, train_ds, eval_ds if do_eval else None, optim, eval_steps,
+                            tracker)
+    t0 = time.time()
+    try:
+        result = trainer.train()
+        final_eval = trainer.evaluate() if do_eval else {}
+    except Exception as exc:
+        if is_oom(exc):
+            raise oom_error(cfg) from exc
+        raise
+    train_time = time.time() - t0
+    history = list(trainer.state.log_history)
+    losses = [h["loss"] for h in history if "loss" in h]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        raise StageError(f"training loss is not finite ({losses[-3:]}): lower --learning-rate")
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": round(train_time, 1),
+               "updates": trainer.state.global_step, "s_per_update": round(train_time / max(1, trainer.state.global_step), 3),
+               "supervised_tokens": train_tok.supervised_tokens, "train_examples": train_tok.n_kept}
+    if final_eval:
+        metrics["eval_loss"] = final_eval.get("eval_loss")
+        tracker.log({"eval/loss": final_eval.get("eval_loss")}, step=trainer.state.global_step)
+    print(f"trained {metrics['updates']} updates in {train_time:.0f}s ({metrics['s_per_update']} s/update); "
+          f"train loss {result.training_loss:.4f}" + (f", val loss {metrics['eval_loss']:.4f}" if final_eval else ""))
+
+    save_dir = Path(cfg.save_dir)
+    tmp = save_dir.parent / f".{save_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp)  # LoRA adapter only
+        tok.save_pretrained(tmp)
+        write_json(tmp / "history.json", history)
+        plot_history(history, tmp / "loss.png")
+        dcfg = {
+            "train_config": cfg.to_dict(), "backend": backend.NAME, "base_model": cfg.model_name,
+            "base_model_resolved": model_path, "task": ds.manifest.get("task"),
+            "system_prompt": ds.manifest.get("system_prompt"), "user_template": ds.manifest.get("user_template"),
+            "reasoning": cfg.reasoning, "chat_template": template, "eos_token": tok.eos_token,
+            "metrics": metrics, "dataset_dir": str(ds.dir),
+        }
+        write_json(tmp / DISTILL_CONFIG, dcfg)
+
+        tests = []
+        if not cfg.skip_inference_test:
+            rows = ds.test or ds.val
+            if rows:
+                tests = inference_test(model, tok, rows, cfg.inference_examples, template)
+                write_json(tmp / "inference_test.json", tests)
+                metrics["inference_json_ok"] = sum(t["json_ok"] for t in tests)
+                metrics["inference_exact"] = sum(t["exact_match"] for t in tests)
+                print(f"inference test: JSON parses {metrics['inference_json_ok']}/{len(tests)}, "
+                      f"exact match {metrics['inference_exact']}/{len(tests)}")
+            else:
+                print("inference test: no test.jsonl or val.jsonl rows, skipped")
+
+        gguf_path = None
+        if cfg.save_merged or cfg.save_gguf:
+            merged_dir = tmp / ("merged" if cfg.save_merged else "_merged_for_gguf")
+            backend.save_merged(model, tok, merged_dir)
+            if cfg.save_merged:
+                write_json(merged_dir / DISTILL_CONFIG, dcfg)
+            if cfg.save_gguf:
+                gguf_path = backend.export_gguf(model, tok, merged_dir, tmp / "gguf", cfg.gguf_quantization)
+                from distill.export import check_gguf
+
+                sample = (ds.test or ds.val or ds.train)[0]["messages"]
+                answer = check_gguf(gguf_path, sample, template_tok=tok)
+                metrics["gguf_check_answer"] = answer[:200]
+            if not cfg.save_merged:
+                shutil.rmtree(merged_dir, ignore_errors=True)
+        dcfg["metrics"] = metrics
+        write_json(tmp / DISTILL_CONFIG, dcfg)
+        write_manifest(tmp, "05_finetune", cfg.to_dict(), {"train_examples": train_tok.n_kept,
+                       "val_examples": val_tok.n_kept if val_tok else 0, "updates": metrics["updates"]},
+                       backend=backend.NAME, metrics=metrics)
+        _replace_dir(tmp, save_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out = {"save_dir": str(save_dir), "metrics": metrics, "history": history, "backend": backend.NAME,
+           "gguf": str(save_dir / Path(gguf_path).relative_to(tmp)) if gguf_path else None, "inference": tests}
+    tracker.summary(metrics)
+    tracker.log_image("loss_curve", save_dir / "loss.png")
+    tracker.log_artifact(save_dir, name="adapter", type="model")
+    print(f"saved adapter, tokenizer, {DISTILL_CONFIG}, history.json, loss.png to {save_dir}"
+          + (f"; GGUF {out['gguf']}" if gguf_path else ""))
+    return out
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps, tracker):
+    import torch
+    from transformers import TrainerCallback
+    from trl import SFTConfig
+
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs:
+                tracker.log({(k.replace("eval_", "eval/") if k.startswith("eval_") else f"train/{k}"): v
+                             for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    fp16 = torch.cuda.is_available() and not bf16
+    args = SFTConfig(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_steps=cfg.max_steps,
+        num_train_epochs=cfg.num_epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        optim=optim,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=eval_steps,
+        save_strategy="no",  # the final adapter is saved by run(); checkpoints would only cost time
+        report_to="none",  # metrics go through the tracker callback
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        max_length=cfg.max_seq_length,
+        padding_free=cfg.packing,
+        bf16=bf16,
+        fp16=fp16,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+    )
+    trainer_cls = backend.trainer_class()
+    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                       processing_class=tok, callbacks=[_Forward()])
+
+
+# ------------------------------------------------------------------ inference
+
+def load_for_inference(save_dir: str | Path):
+    """(model, tokenizer, distill_config) for a folder written by run(): adapter or merged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import resolve_model
+
+    save_dir = Path(save_dir)
+    cfg_path = save_dir / DISTILL_CONFIG
+    if not cfg_path.exists():
+        raise StageError(f"{save_dir} has no {DISTILL_CONFIG}: not a folder written by 05_finetune.py")
+    dcfg = json.loads(cfg_path.read_text())
+    tok = AutoTokenizer.from_pretrained(save_dir)
+    tok.chat_template = dcfg["chat_template"]
+    if (save_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(dcfg["base_model"]))
+        model = PeftModel.from_pretrained(base, save_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(save_dir)
+    model.eval()
+    return model, tok, dcfg

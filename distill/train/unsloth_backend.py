@@ -1,0 +1,104 @@
+"""Unsloth backend (CUDA GPUs, and Unsloth's CPU mode). The only module that imports unsloth.
+
+Importing this module imports ``unsloth`` first, as Unsloth requires (it patches
+transformers, PEFT and TRL on import). It follows Unsloth's documented API:
+``FastLanguageModel.from_pretrained`` / ``get_peft_model``, TRL's SFTTrainer as patched
+by Unsloth, ``save_pretrained_merged`` and ``save_pretrained_gguf``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import unsloth  # noqa: F401  (must come before transformers/peft/trl)
+from unsloth import FastLanguageModel
+
+from distill.io import StageError
+
+NAME = "unsloth"
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load(cfg, model_path: str):
+    from .models import _fix_special_tokens, model_not_found
+
+    try:
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=model_path,
+            max_seq_length=cfg.max_seq_length,
+            dtype=None,  # Unsloth picks bf16 where supported
+            load_in_4bit=cfg.load_4bit,
+            load_in_8bit=cfg.load_8bit,
+            full_finetuning=False,
+        )
+    except OSError as exc:
+        raise model_not_found(cfg.model_name, exc) from exc
+    tok = getattr(tok, "tokenizer", tok)  # multimodal processors wrap the text tokenizer
+    _fix_special_tokens(tok)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=TARGET_MODULES,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+        use_rslora=cfg.use_rslora,
+    )
+    return model, tok
+
+
+def trainer_class():
+    from trl import SFTTrainer  # patched by Unsloth at import
+
+    return SFTTrainer
+
+
+def save_merged(model, tok, out_dir) -> None:
+    model.save_pretrained_merged(str(out_dir), tok, save_method="merged_16bit")
+
+
+def _unsloth_llama_cpp_dir() -> Path | None:
+    """A folder laid out the way Unsloth's offline exporter expects (converter, quantize, sources)."""
+    try:
+        from distill.export import unsloth_llama_cpp_dir
+    except ImportError:
+        return None
+    return unsloth_llama_cpp_dir()
+
+
+def export_gguf(model, tok, merged_dir, out_dir, quant: str):
+    """Unsloth's own exporter, offline; if it fails, llama.cpp's converter on the merged folder."""
+    from distill.export import export_gguf as _export
+
+    out_dir = Path(out_dir)
+    lcpp = _unsloth_llama_cpp_dir()
+    if lcpp is not None:
+        env = {"UNSLOTH_LLAMA_CPP_PATH": str(lcpp), "UNSLOTH_LLAMA_CPP_OFFLINE": "1", "UNSLOTH_AUTO_INSTALL": "0"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
+            found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
+            if found:
+                return found[-1]
+            print("note: Unsloth's exporter wrote no .gguf; using llama.cpp's converter directly")
+        except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
+            print(f"note: Unsloth's GGUF exporter failed offline ({type(exc).__name__}: {str(exc)[:200]}); "
+                  f"using llama.cpp's converter directly")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return _export(merged_dir, out_dir, quant)
+
+
+def check_supported(cfg) -> None:
+    if cfg.load_4bit or cfg.load_8bit:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StageError("--load-4bit/--load-8bit need a CUDA GPU: drop the flag in Unsloth's CPU mode")
