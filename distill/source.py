@@ -145,9 +145,10 @@ def download_kaggle(
 
     A pinned version already complete in the kagglehub cache is served without
     credentials or network (kagglehub itself does not need them then); anything
-    else needs credentials. kagglehub would try public datasets anonymously, but
-    anonymous calls fail in ways that are hard to explain, so we stop early with
-    a message that says what to set.
+    else needs credentials. kagglehub itself would try a public dataset
+    anonymously; we require credentials so a missing setup is reported up front,
+    in one line that says what to set, instead of as whatever the API answers an
+    anonymous caller.
     """
     owner, slug, version = parse_handle(handle)
     handle = f"{owner}/{slug}" + (f"/versions/{version}" if version else "")
