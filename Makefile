@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PY := .venv/bin/python
+SETUP_INPUTS := scripts/setup.sh scripts/install_llama_cpp.sh requirements.txt requirements-dev.txt requirements-finetune-cpu.txt
+
+.PHONY: setup demo demo-small test test-fast clean-demo
+
+setup: .venv/.setup-done
+
+.venv/.setup-done: $(SETUP_INPUTS)
+	bash scripts/setup.sh
+	touch $@
+
+# The whole pipeline on the bundled sample, offline, on CPU (~20 min on 2 cores).
+demo: setup
+	$(PY) scripts/demo.py
+
+# The same at toy size (what CI runs).
+demo-small: setup
+	$(PY) scripts/demo.py --small
+
+# Every test, including real llama.cpp servers and real training steps.
+test: setup
+	$(PY) -m pytest -q
+
+# Skip the slow ones (real models and servers) while editing.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean-demo:
+	rm -rf demo_run

