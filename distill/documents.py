@@ -1,0 +1,136 @@
+"""Reading the user's inputs for 08_extract.py: plain text, Markdown and saved HTML pages.
+
+* Plain text and Markdown go to the model as they are (the student was trained on messy
+  text, Markdown included); only the line endings and a byte-order mark are normalised.
+* HTML becomes readable text through trafilatura (main-content extraction, Markdown output
+  so headings and numbered steps survive). Scripts, styles, navigation, footers and the
+  page's embedded JSON-LD / microdata never reach the prompt: a page that already carries
+  its schema.org answer must not hand it to the model. Pages too short for trafilatura's
+  main-content heuristics fall back to its whole-page text (scripts and styles still
+  removed).
+* Kinds come from the file suffix; stdin and unknown suffixes are sniffed (``<html`` or
+  ``<!doctype html`` near the start means HTML).
+
+``read_inputs(paths, input_dir=..., stdin=...)`` returns :class:`Document` objects with a
+``name`` (the input's stem, used for the output file name) and the ``text`` to extract from.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from .io import StageError
+
+HTML_SUFFIXES = {".html", ".htm", ".xhtml", ".shtml"}
+MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
+TEXT_SUFFIXES = {".txt", ".text", ""}
+# What a directory walk picks up (anything else in the folder is ignored and counted).
+KNOWN_SUFFIXES = HTML_SUFFIXES | MARKDOWN_SUFFIXES | (TEXT_SUFFIXES - {""})
+
+_HTML_SNIFF = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*(?:<!doctype\s+html|<html[\s>])", re.I | re.S)
+
+
+@dataclass
+class Document:
+    name: str          # output stem: the input's file stem, or "stdin"
+    source: str        # where it came from (path or "-"), for messages
+    kind: str          # "text" | "markdown" | "html"
+    text: str          # what the model reads
+    chars_in: int      # size of the raw input (characters after decoding)
+
+
+def _decode(data: bytes) -> str:
+    # UTF-8 (with or without BOM) is by far the most common; anything else is decoded with
+    # replacement characters rather than refused, since a stray byte should not lose a file.
+    text = data.decode("utf-8-sig", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def sniff_kind(data: bytes, suffix: str = "") -> str:
+    suffix = suffix.lower()
+    if suffix in HTML_SUFFIXES:
+        return "html"
+    if suffix in MARKDOWN_SUFFIXES:
+        return "markdown"
+    if _HTML_SNIFF.match(data[:4096]):
+        return "html"
+    return "text"
+
+
+def html_to_text(html: bytes | str) -> str:
+    """Readable main text of a saved web page (Markdown-ish), without scripts, styles, navigation or JSON-LD."""
+    import trafilatura  # imported here: only HTML inputs need it
+
+    text = trafilatura.extract(
+        html,
+        output_format="markdown",  # keeps headings, bullet and numbered lists
+        favor_recall=True,         # recipe cards are list-heavy; precision mode drops them as boilerplate
+        include_comments=False,    # reader comments are noise for extraction
+        include_tables=True,       # ingredient tables
+        include_links=False,
+        include_images=False,
+        with_metadata=False,       # metadata comes partly from JSON-LD: that is the answer, keep it out
+        deduplicate=False,
+    )
+    if not text or not text.strip():
+        # Short or unusual pages: whole-page text. html2txt parses with trafilatura's cleaner,
+        # which removes <script> (JSON-LD included), <style> and similar before taking the text.
+        text = trafilatura.html2txt(html, clean=True)
+    return (text or "").strip()
+
+
+def document_from_bytes(data: bytes, *, name: str, source: str, suffix: str = "") -> Document:
+    kind = sniff_kind(data, suffix)
+    if kind == "html":
+        raw = _decode(data)
+        text = html_to_text(raw)
+    else:
+        raw = _decode(data)
+        text = raw.strip()
+    return Document(name=name, source=source, kind=kind, text=text, chars_in=len(raw))
+
+
+def read_document(path: str | Path) -> Document:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise StageError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    return document_from_bytes(data, name=p.stem or p.name, source=str(p), suffix=p.suffix)
+
+
+def read_stdin(stream: BinaryIO | None = None) -> Document:
+    stream = stream or sys.stdin.buffer
+    return document_from_bytes(stream.read(), name="stdin", source="-")
+
+
+def list_input_dir(input_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(inputs, ignored): files with a known suffix in ``input_dir`` (recursively, sorted), and the rest."""
+    d = Path(input_dir)
+    if not d.is_dir():
+        raise StageError(f"--input-dir {d}: not a folder")
+    files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+    inputs = [p for p in files if p.suffix.lower() in KNOWN_SUFFIXES]
+    ignored = [p for p in files if p.suffix.lower() not in KNOWN_SUFFIXES]
+    return inputs, ignored
+
+
+def output_names(paths: Iterable[Path], root: Path | None = None) -> dict[Path, str]:
+    """Output stem per input: the file stem; inputs with clashing stems (a.txt and a.html, or
+    sub/a.txt) get their relative path with separators and suffix folded in, so none overwrites another."""
+    paths = list(paths)
+    stems: dict[str, int] = {}
+    for p in paths:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    names = {}
+    for p in paths:
+        if stems[p.stem] == 1:
+            names[p] = p.stem
+        else:
+            rel = p.relative_to(root) if root is not None else p
+            names[p] = "__".join(rel.parts[:-1] + (f"{p.stem}.{p.suffix.lstrip('.')}",)).replace(".", "_") \
+                if p.suffix else "__".join(rel.parts)
+    return names

@@ -1,0 +1,579 @@
+"""Running a model on extraction inputs: the one inference path of 07_evaluate.py and 08_extract.py.
+
+What is evaluated is what users run, so both scripts call :func:`load_predictor`::
+
+    with load_predictor("models/student") as pred:          # adapter or merged folder from 05
+        for p in pred.predict(texts):
+            p.output, p.schema_errors, p.parse_error, p.truncated_input
+
+``spec`` selects the backend:
+
+* a folder with ``distill_config.json`` (05's ``--save-dir``, or its ``merged/``): transformers
+  (+ PEFT for an adapter), greedy ``generate`` in batches of ``concurrency``;
+* a ``.gguf`` file: a llama.cpp server started for the run (``n_parallel = concurrency``).
+  When a training config is found next to it (the GGUF's folder or the two above it, which
+  is where 05 writes ``gguf/``) the prompt is rendered by the saved training chat template,
+  tokenised by the saved tokenizer and sent as token ids to ``/completion``: byte- and
+  token-identical to training, whatever template the GGUF carries. A GGUF without a
+  training config is a base model: its own chat template via ``/v1/chat/completions``;
+* ``openai:URL`` (with ``model_id``): any OpenAI-compatible server (teacher, LM Studio,
+  Ollama, a llama-server you started); the server applies its chat template;
+* anything else (hub id, HF folder): a base model through transformers with its own template.
+
+The prompt is always ``task.student_messages(text)``; for a trained model the task's
+system prompt and user template are the ones saved in ``distill_config.json`` at training.
+Decoding is greedy (temperature 0).
+
+Long inputs (documented rule, counted in :attr:`Prediction.truncated_input`): when the
+prompt plus ``max_new_tokens`` would exceed the context, the *head* of the input text is
+kept, cut at a token boundary, so that prompt + answer fit. Recipes, like most documents,
+state what matters first; the tail of a long page is usually comments and footers. With a
+remote ``openai:`` model there is no tokenizer, so truncation happens only when ``context``
+is given, estimating 3 characters per token (conservative for English text).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .io import StageError
+from .tasks import Task, load_task
+
+log = logging.getLogger("distill.infer")
+
+DISTILL_CONFIG = "distill_config.json"  # written by distill.train.core (same name)
+CHARS_PER_TOKEN = 3  # truncation estimate when no tokenizer is available (openai: backends)
+DEFAULT_CONTEXT = 8192  # when neither the caller, the training config nor the model says
+
+
+@dataclass
+class Prediction:
+    text: str                          # the input text as given
+    prompt_messages: list[dict]        # the chat messages sent (after any truncation)
+    raw: str = ""                      # model output as generated
+    reasoning: str | None = None       # <think> text, if any
+    answer: str = ""                   # raw without reasoning
+    output: dict | None = None         # parsed JSON (None if it did not parse)
+    parse_error: str | None = None     # why there is no output: empty, no_json, bad_json, length, http_400, ...
+    schema_errors: list[str] = field(default_factory=list)
+    truncated_input: bool = False
+    latency_s: float = 0.0
+    repaired: bool = False             # JSON needed json-repair to parse
+    finish_reason: str | None = None   # stop | length
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        """Parsed and schema-valid: the only answers 08 writes as results."""
+        return self.output is not None and not self.schema_errors and self.parse_error is None
+
+    @property
+    def error(self) -> str | None:
+        """One line saying why the answer is not valid (None if valid)."""
+        if self.parse_error:
+            return self.parse_error
+        if self.schema_errors:
+            return "schema: " + "; ".join(self.schema_errors[:5])
+        return None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["valid"] = self.valid
+        return d
+
+
+# ------------------------------------------------------------------ training configs and tasks
+
+def find_training_config(path: str | Path) -> Path | None:
+    """distill_config.json for a trained folder, a merged/ folder, or a GGUF inside <save-dir>/gguf/."""
+    p = Path(path)
+    start = p if p.is_dir() else p.parent
+    for d in (start, start.parent, start.parent.parent):
+        if (d / DISTILL_CONFIG).is_file():
+            return d / DISTILL_CONFIG
+    return None
+
+
+def task_for_config(dcfg: dict, task: Task | None = None) -> Task:
+    """The task with the prompt the model was trained on (system prompt and user template from the config)."""
+    if task is None:
+        name = dcfg.get("task")
+        if not name:
+            raise StageError("the training config names no task: pass --task")
+        task = load_task(name)
+    system, user = dcfg.get("system_prompt"), dcfg.get("user_template")
+    if system is None or user is None:
+        return task
+    if (system, user) != (task.student_system_prompt, task.student_user_template):
+        log.warning("task %s's prompt differs from the one saved at training; using the saved prompt", task.name)
+    return dataclasses.replace(task, student_system_prompt=system, student_user_template=user)
+
+
+def load_config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path}: unreadable training config ({exc})") from exc
+
+
+# ------------------------------------------------------------------ answers
+
+def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: str | None) -> Prediction:
+    """Split reasoning, parse, validate. A reply cut off by the token limit is never repaired into a result."""
+    from .labels import LabelError, parse_answer, validate
+    from .llm import split_reasoning
+
+    pred.raw = raw
+    pred.finish_reason = finish_reason
+    pred.reasoning, pred.answer = split_reasoning({"content": raw})
+    if finish_reason == "length":
+        pred.parse_error = "length"
+        return pred
+    try:
+        obj, pred.repaired = parse_answer(pred.answer)
+    except LabelError as exc:
+        pred.parse_error = exc.reason
+        return pred
+    if not isinstance(obj, dict):
+        pred.parse_error = "not_object"
+        return pred
+    pred.output = obj
+    pred.schema_errors = validate(obj, task.schema)
+    return pred
+
+
+# ------------------------------------------------------------------ truncation
+
+class _Truncator:
+    """Keeps the head of an input so that prompt + max_new_tokens fit in ``context`` tokens."""
+
+    def __init__(self, task: Task, context: int | None, max_new_tokens: int, count_fn=None, prompt_fn=None):
+        self.task, self.context, self.max_new = task, context, max_new_tokens
+        self.count = count_fn          # text -> tokens (None: estimate from characters)
+        self.prompt_tokens = prompt_fn  # messages -> prompt token count
+
+    def budget(self) -> int | None:
+        if self.context is None:
+            return None
+        if getattr(self, "_room", None) is not None:
+            return self._room
+        overhead = (self.prompt_tokens(self.task.student_messages("")) if self.prompt_tokens
+                    else len(self._render_chars(self.task.student_messages(""))) // CHARS_PER_TOKEN + 16)
+        room = self.context - self.max_new - overhead
+        if room < 16:
+            raise StageError(f"context {self.context} leaves no room for the input after the prompt ({overhead} tokens) "
+                             f"and --max-new-tokens {self.max_new}: raise --context or lower --max-new-tokens")
+        self._room = room
+        return room
+
+    @staticmethod
+    def _render_chars(messages: list[dict]) -> str:
+        return "".join(m["content"] for m in messages)
+
+    def __call__(self, text: str, tokenizer=None) -> tuple[str, bool]:
+        room = self.budget()
+        if room is None:
+            return text, False
+        if tokenizer is None:
+            limit = room * CHARS_PER_TOKEN
+            return (text, False) if len(text) <= limit else (text[:limit], True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= room:
+            return text, False
+        cut = tokenizer.decode(ids[:room], skip_special_tokens=False)
+        # Decoding then re-encoding can merge differently at the cut; shrink until it fits.
+        while len(tokenizer(cut, add_special_tokens=False)["input_ids"]) > room and cut:
+            cut = cut[: max(0, len(cut) - 8)]
+        return cut, True
+
+
+# ------------------------------------------------------------------ backends
+
+class _Backend:
+    name = "?"
+    batch = 1  # items per call of generate_many (HF) / parallel requests (servers)
+
+    def prepare(self, text: str) -> tuple[list[dict], bool]:
+        raise NotImplementedError
+
+    def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _HFBackend(_Backend):
+    """transformers (+ PEFT adapter); greedy, left-padded batches."""
+
+    def __init__(self, model, tok, task: Task, max_new_tokens: int, batch: int, context: int):
+        self.name = "transformers"
+        self.model, self.tok, self.task = model, tok, task
+        self.max_new, self.batch, self.context = max_new_tokens, max(1, batch), context
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.trunc = _Truncator(task, context, max_new_tokens, prompt_fn=lambda m: len(self._ids(m)))
+
+    def render(self, messages: list[dict]) -> str:
+        from distill.train.data import render_prompt
+
+        return render_prompt(self.tok, messages, self.tok.chat_template)
+
+    def _ids(self, messages: list[dict]) -> list[int]:
+        # Training tokenised the rendered conversation with add_special_tokens=False (the
+        # template itself writes any BOS); the same here, so prompt tokens match training.
+        return self.tok(self.render(messages), add_special_tokens=False)["input_ids"]
+
+    def prepare(self, text: str) -> tuple[list[dict], bool]:
+        cut, truncated = self.trunc(text, self.tok)
+        return self.task.student_messages(cut), truncated
+
+    def eos_ids(self) -> list[int]:
+        ids = {self.tok.eos_token_id}
+        cfg_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos])
+        return [i for i in ids if i is not None]
+
+    def generate_many(self, batch: list[list[dict]]) -> list[tuple[str, str, dict]]:
+        import torch
+
+        prompts = [self._ids(m) for m in batch]
+        width = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        eos = self.eos_ids()
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=self.max_new,
+                                      do_sample=False, eos_token_id=eos, pad_token_id=pad)
+        results = []
+        for p, row in zip(prompts, out[:, width:].tolist()):
+            stop = next((i for i, t in enumerate(row) if t in eos), None)
+            gen = row[:stop] if stop is not None else row
+            finish = "stop" if stop is not None else "length"
+            text = self.tok.decode(gen, skip_special_tokens=True)
+            results.append((text, finish, {"prompt_tokens": len(p), "completion_tokens": len(gen)}))
+        return results
+
+
+class _ServerBackend(_Backend):
+    """An OpenAI-compatible server, optionally a llama.cpp server fed token ids of our own rendering."""
+
+    def __init__(self, client, task: Task, max_new_tokens: int, concurrency: int, context: int | None,
+                 tokenizer=None, server=None, name: str = "openai"):
+        self.name = name
+        self.client, self.task, self.max_new = client, task, max_new_tokens
+        self.batch = max(1, concurrency)
+        self.tok, self.server = tokenizer, server
+        prompt_fn = (lambda m: len(self._ids(m))) if tokenizer is not None else None
+        self.trunc = _Truncator(task, context, max_new_tokens, prompt_fn=prompt_fn)
+
+    def _ids(self, messages: list[dict]) -> list[int]:
+        from distill.train.data import render_prompt
+
+        return self.tok(render_prompt(self.tok, messages, self.tok.chat_template), add_special_tokens=False)["input_ids"]
+
+    def prepare(self, text: str) -> tuple[list[dict], bool]:
+        cut, truncated = self.trunc(text, self.tok)
+        return self.task.student_messages(cut), truncated
+
+    def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
+        from .llm import LLMError
+
+        if self.tok is None:
+            try:
+                c = self.client.complete(messages)
+            except LLMError as exc:
+                if exc.completion is not None:  # length / empty: the server did answer
+                    c = exc.completion
+                    raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
+                    return raw, c.finish_reason or exc.reason, c.usage
+                raise
+            raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
+            return raw, c.finish_reason, c.usage
+        # llama.cpp /completion with the training prompt as token ids: exact tokens, no second BOS,
+        # no dependence on the GGUF's embedded template.
+        ids = self._ids(messages)
+        body = {"prompt": ids, "n_predict": self.max_new, "temperature": 0.0, "top_k": 1,
+                "cache_prompt": True, "stream": False}
+        resp, _ = self.client._request("POST", self.server.root_path("/completion"), body)
+        data = resp.json()
+        finish = "length" if data.get("stop_type") == "limit" or data.get("truncated") else "stop"
+        usage = {"prompt_tokens": data.get("tokens_evaluated", len(ids)),
+                 "completion_tokens": data.get("tokens_predicted", 0)}
+        return data.get("content", ""), finish, usage
+
+    def close(self) -> None:
+        self.client.close()
+        if self.server is not None:
+            self.server.__exit__(None, None, None)
+
+
+class _LlamaServerHandle:
+    """A started distill.llamacpp.LlamaServer plus the URL helpers this module needs."""
+
+    def __init__(self, gguf: Path, n_parallel: int, ctx: int):
+        from distill.llamacpp import LlamaServer
+
+        self._cm = LlamaServer(str(gguf), n_parallel=n_parallel, ctx=ctx)
+        self._srv = self._cm.__enter__()
+        base = (getattr(self._srv, "base_url", None) or self._cm.base_url).rstrip("/")
+        self.base_url = base if base.endswith("/v1") else base + "/v1"
+        self.root = self.base_url[: -len("/v1")]
+
+    def root_path(self, path: str) -> str:
+        # LLMClient's httpx client has base_url .../v1; llama.cpp's native endpoints live at the root.
+        return self.root + path
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cm.__exit__(*exc)
+
+
+# ------------------------------------------------------------------ predictor
+
+class Predictor:
+    """Runs one model on texts; see the module docstring. Use as a context manager or call close()."""
+
+    def __init__(self, backend: _Backend, task: Task, spec: str, info: dict):
+        self.backend, self.task, self.spec, self.info = backend, task, spec, info
+        try:
+            backend.trunc.budget()  # a context too small for prompt + answer fails now, not per input
+        except BaseException:
+            backend.close()
+            raise
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def _one(self, text: str) -> Prediction:
+        messages, truncated = self.backend.prepare(text)
+        pred = Prediction(text=text, prompt_messages=messages, truncated_input=truncated)
+        t0 = time.monotonic()
+        try:
+            raw, finish, usage = self.backend.generate(messages)
+        except Exception as exc:  # noqa: BLE001 - reported per input; unreachable servers are re-raised below
+            from .llm import LLMError, LLMUnavailable
+
+            if isinstance(exc, LLMUnavailable) or not isinstance(exc, LLMError):
+                raise
+            pred.parse_error, pred.latency_s = exc.reason, time.monotonic() - t0
+            return pred
+        pred.latency_s = time.monotonic() - t0
+        pred.prompt_tokens, pred.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return complete_prediction(pred, raw, self.task, finish)
+
+    def predict_iter(self, texts: list[str], progress: bool = True, desc: str = "extracting") -> Iterator[tuple[int, Prediction]]:
+        """Yield (index, Prediction) as each input finishes (completion order for servers)."""
+        from tqdm.auto import tqdm
+
+        items = list(enumerate(texts))
+        if isinstance(self.backend, _HFBackend):
+            bar = tqdm(total=len(items), desc=desc, unit="input", disable=not progress, dynamic_ncols=True)
+            try:
+                for start in range(0, len(items), self.backend.batch):
+                    chunk = items[start:start + self.backend.batch]
+                    prepared = [self.backend.prepare(t) for _, t in chunk]
+                    t0 = time.monotonic()
+                    outs = self.backend.generate_many([m for m, _ in prepared])
+                    dt = (time.monotonic() - t0) / len(chunk)
+                    for (i, text), (msgs, trunc), (raw, finish, usage) in zip(chunk, prepared, outs):
+                        pred = Prediction(text=text, prompt_messages=msgs, truncated_input=trunc, latency_s=dt,
+                                          prompt_tokens=usage["prompt_tokens"],
+                                          completion_tokens=usage["completion_tokens"])
+                        bar.update(1)
+                        yield i, complete_prediction(pred, raw, self.task, finish)
+            finally:
+                bar.close()
+            return
+        # Servers: a bounded thread pool, results in completion order (each one can be written at once).
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        n = self.backend.batch
+        pending: dict = {}
+        source = iter(items)
+        bar = tqdm(total=len(items), desc=desc, unit="input", disable=not progress, dynamic_ncols=True)
+        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="infer")
+        try:
+            def fill() -> None:
+                while len(pending) < 2 * n:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        return
+                    pending[pool.submit(self._one, nxt[1])] = nxt[0]
+
+            fill()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    bar.update(1)
+                    yield i, fut.result()  # errors per input are Predictions; what raises here is fatal
+                fill()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+
+    def predict(self, texts: list[str], progress: bool = True) -> list[Prediction]:
+        out: list[Prediction | None] = [None] * len(texts)
+        for i, pred in self.predict_iter(texts, progress=progress):
+            out[i] = pred
+        return out  # type: ignore[return-value]
+
+    def render_prompt(self, text: str) -> str | None:
+        """The exact prompt string for ``text`` when this backend renders it itself (None: the server does)."""
+        b = self.backend
+        tok = getattr(b, "tok", None)
+        if tok is None:
+            return None
+        from distill.train.data import render_prompt
+
+        messages, _ = b.prepare(text)
+        return render_prompt(tok, messages, tok.chat_template)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------ loading
+
+def _context_default(dcfg: dict | None, model_max: int | None) -> int:
+    """Training max_seq_length if known (the model has seen no longer inputs), else the model's window, capped."""
+    trained = (dcfg or {}).get("train_config", {}).get("max_seq_length") if dcfg else None
+    cands = [c for c in (trained, model_max) if isinstance(c, int) and c > 0]
+    return min(cands) if cands else DEFAULT_CONTEXT
+
+
+def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None) -> Predictor:
+    cfg_path = find_training_config(spec) if Path(spec).is_dir() else None
+    if cfg_path is not None and cfg_path.parent == Path(spec):
+        from distill.train.core import load_for_inference
+
+        model, tok, dcfg = load_for_inference(spec)
+        task = task_for_config(dcfg, task)
+        kind = "adapter" if (Path(spec) / "adapter_config.json").exists() else "merged"
+    else:
+        if task is None:
+            raise StageError(f"{spec} is not a folder trained by 05_finetune.py (no {DISTILL_CONFIG}): pass --task "
+                             f"to run it as a base model with the task's student prompt")
+        from transformers import AutoModelForCausalLM
+
+        from distill.train.models import load_tokenizer, resolve_model
+
+        path = resolve_model(spec)
+        tok = load_tokenizer(path)
+        if not tok.chat_template:
+            raise StageError(f"{spec}: the tokenizer has no chat template (a base model, not an instruct model?)")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        model.eval()
+        dcfg, kind = None, "base"
+    model_max = getattr(model.config, "max_position_embeddings", None)
+    ctx = context or _context_default(dcfg, model_max)
+    backend = _HFBackend(model, tok, task, max_new_tokens, concurrency, ctx)
+    return Predictor(backend, task, spec, {"backend": "transformers", "kind": kind, "context": ctx,
+                                           "training_config": dcfg is not None})
+
+
+def _gguf_context_length(gguf: Path) -> int | None:
+    try:
+        from gguf import GGUFReader
+
+        r = GGUFReader(str(gguf))
+        for key, f in r.fields.items():
+            if key.endswith(".context_length"):
+                return int(f.parts[f.data[0]][0])
+    except Exception:  # noqa: BLE001 - metadata is a nicety; the server still knows its own limit
+        return None
+    return None
+
+
+def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None) -> Predictor:
+    from .llm import LLMClient, LLMConfig
+
+    gguf = Path(spec)
+    if not gguf.is_file():
+        raise StageError(f"{spec}: no such GGUF file")
+    cfg_path = find_training_config(gguf)
+    tok, dcfg = None, None
+    if cfg_path is not None:
+        from transformers import AutoTokenizer
+
+        dcfg = load_config(cfg_path)
+        task = task_for_config(dcfg, task)
+        tok = AutoTokenizer.from_pretrained(cfg_path.parent)
+        tok.chat_template = dcfg["chat_template"]
+    elif task is None:
+        raise StageError(f"no {DISTILL_CONFIG} next to {spec} (or in the two folders above): pass --task to run it as "
+                         f"a base model with the task's student prompt")
+    ctx = context or _context_default(dcfg, _gguf_context_length(gguf))
+    n = max(1, concurrency)
+    # llama-server splits -c across its slots: give every slot the full per-input context.
+    server = _LlamaServerHandle(gguf, n_parallel=n, ctx=ctx * n)
+    client = LLMClient(LLMConfig(base_url=server.base_url, model=gguf.stem, temperature=0.0,
+                                 max_tokens=max_new_tokens, concurrency=n, timeout=600.0, retries=2,
+                                 response_format="prompt"))
+    backend = _ServerBackend(client, task, max_new_tokens, n, ctx, tokenizer=tok, server=server, name="llama.cpp")
+    return Predictor(backend, task, spec, {"backend": "llama.cpp", "kind": "gguf", "context": ctx,
+                                           "training_config": dcfg is not None,
+                                           "prompt": "training template, token ids" if tok is not None
+                                           else "the GGUF's chat template"})
+
+
+def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tokens: int, concurrency: int,
+                 context: int | None) -> Predictor:
+    from .llm import LLMClient, LLMConfig
+
+    url = spec[len("openai:"):]
+    if not url.startswith(("http://", "https://")):
+        raise StageError(f"--model {spec}: expected openai:http://host:port/v1")
+    if task is None:
+        raise StageError("an openai: model needs --task (a task name, or the trained folder whose prompt it was "
+                         "trained with)")
+    client = LLMClient(LLMConfig(base_url=url, model=model_id or "", temperature=0.0, max_tokens=max_new_tokens,
+                                 concurrency=max(1, concurrency), response_format="prompt"))
+    client.ping()
+    backend = _ServerBackend(client, task, max_new_tokens, concurrency, context, name="openai")
+    return Predictor(backend, task, spec, {"backend": "openai", "kind": "server", "url": url,
+                                           "model_id": client.model, "context": context})
+
+
+def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
+                   concurrency: int = 1, context: int | None = None) -> Predictor:
+    """A Predictor for ``spec`` (trained folder, .gguf, openai:URL, or base model + task); see the module docstring."""
+    if max_new_tokens < 1:
+        raise StageError("max_new_tokens must be at least 1")
+    if context is not None and context < 64:
+        raise StageError("context must be at least 64 tokens")
+    spec = str(spec)
+    if spec.startswith("openai:"):
+        return _load_openai(spec, model_id, task, max_new_tokens, concurrency, context)
+    if spec.endswith(".gguf"):
+        return _load_gguf(spec, task, max_new_tokens, concurrency, context)
+    p = Path(spec)
+    if p.exists() and not p.is_dir():
+        raise StageError(f"--model {spec}: expected a folder, a .gguf file or openai:URL")
+    return _load_hf(spec, task, max_new_tokens, concurrency, context)
+
+
+def resolve_task(value: str | None) -> Task | None:
+    """--task: a task name/folder, or a trained folder whose saved prompt should be used (openai: students)."""
+    if not value:
+        return None
+    cfg = find_training_config(value) if Path(value).is_dir() and not (Path(value) / "task.yaml").exists() else None
+    if cfg is not None:
+        return task_for_config(load_config(cfg))
+    return load_task(value)
