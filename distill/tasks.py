@@ -22,7 +22,7 @@ SCORE_METHODS = {"text", "exact", "minutes", "number", "list_f1", "set_f1", "mae
 # Allowed keys per section: (required, optional).
 _KEYS: dict[str, tuple[set[str], set[str]]] = {
     "": ({"name", "description", "schema", "student", "fields"},
-         {"source", "synthesis", "label", "adversarial", "steps", "tiers", "stratify"}),
+         {"source", "synthesis", "label", "adversarial", "steps", "tiers", "stratify", "price_check"}),
     "source": (set(), {"kaggle", "parser", "sample", "generator", "file"}),
     "synthesis": ({"prompt", "styles"}, {"record_fields"}),
     "style": ({"name", "weight", "instructions"}, set()),
@@ -30,6 +30,9 @@ _KEYS: dict[str, tuple[set[str], set[str]]] = {
     "student": ({"system_prompt", "user_template"}, set()),
     "field": (set(), {"verify", "grounded", "score", "weight"}),
     "verify": ({"source", "method"}, {"min", "tolerance"}),
+    "step": ({"name", "system_prompt", "user_template"}, {"target_template"}),
+    "tiers": ({"field", "score_fields", "bounds"}, set()),
+    "price_check": ({"menu", "items", "total"}, {"tolerance"}),
 }
 
 
@@ -50,6 +53,32 @@ class Style:
     name: str
     weight: float
     instructions: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model of a chained task: its own prompts; its target is rendered from the label.
+
+    ``target_template`` (Jinja2 text, read from the task folder) turns the verified
+    label into this step's answer; the last step has none: its answer is the label JSON.
+    """
+    name: str
+    system_prompt: str
+    user_template: str
+    target_template: str | None = None
+
+    def messages(self, text: str) -> list[dict]:
+        return [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": self.user_template.replace("{text}", text)}]
+
+    def render_target(self, label: dict) -> str:
+        if self.target_template is None:
+            raise ValueError(f"step {self.name} has no target_template: its target is the label JSON")
+        import jinja2  # a transformers dependency; only chained tasks need it
+
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                 keep_trailing_newline=False)
+        return env.from_string(self.target_template).render(**label).strip()
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,28 @@ class Task:
     label_user_template: str | None = None
     adversarial_path: Path | None = None
     extra: dict = field(default_factory=dict)   # steps / tiers / stratify for richer tasks
+    steps: list[Step] = field(default_factory=list)  # chained tasks: models run one after another
+
+    def step_task(self, index: int) -> "Task":
+        """This task as seen by one step's model: the step's prompts replace the student prompts."""
+        import dataclasses
+
+        st = self.steps[index]
+        return dataclasses.replace(self, student_system_prompt=st.system_prompt, student_user_template=st.user_template)
+
+    def tier_for(self, label: dict) -> str | None:
+        """The tier the ``tiers:`` bounds give for the mean of the label's score fields."""
+        t = self.extra.get("tiers")
+        if not t:
+            return None
+        vals = [label.get(f) for f in t["score_fields"]]
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in vals):
+            return None
+        mean = sum(vals) / len(vals)
+        for name, low in sorted(t["bounds"].items(), key=lambda kv: -kv[1]):
+            if mean >= low:
+                return name
+        return None
 
     # --- prompts -----------------------------------------------------------------
     def render_user(self, text: str) -> str:
@@ -237,6 +288,22 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
             weight=float(rule.get("weight", 1.0)),
         )
 
+    steps = _load_steps(task_dir, where, raw.get("steps"))
+    if "tiers" in raw:
+        t = raw["tiers"]
+        _check_keys("tiers", f"{where}: tiers", t)
+        if not (isinstance(t["bounds"], dict) and t["bounds"]
+                and all(isinstance(v, (int, float)) for v in t["bounds"].values())):
+            raise StageError(f"{where}: tiers.bounds must map tier names to lower bounds, e.g. {{high: 7, low: 0}}")
+        if not (isinstance(t["score_fields"], list) and t["score_fields"]):
+            raise StageError(f"{where}: tiers.score_fields must be a non-empty list of field names")
+    if "stratify" in raw and not isinstance(raw["stratify"], str):
+        raise StageError(f"{where}: stratify must be one field name (e.g. tier)")
+    if "price_check" in raw:
+        _check_keys("price_check", f"{where}: price_check", raw["price_check"])
+        if not (task_dir / raw["price_check"]["menu"]).is_file():
+            raise StageError(f"{where}: price_check.menu {raw['price_check']['menu']} not found in {task_dir}")
+
     adv = raw.get("adversarial")
     return Task(
         name=raw["name"], dir=task_dir, description=raw["description"], schema=schema,
@@ -245,5 +312,78 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
         fields=fields, source=source, synthesis_prompt=synthesis_prompt, record_fields=record_fields,
         styles=styles, label_prompt=label_prompt, label_user_template=label_user,
         adversarial_path=(task_dir / adv) if adv else None,
-        extra={k: raw[k] for k in ("steps", "tiers", "stratify") if k in raw},
+        extra={k: raw[k] for k in ("steps", "tiers", "stratify", "price_check") if k in raw},
+        steps=steps,
     )
+
+
+def _load_steps(task_dir: Path, where: str, raw_steps: Any) -> list[Step]:
+    if raw_steps is None:
+        return []
+    if not isinstance(raw_steps, list) or len(raw_steps) < 2:
+        raise StageError(f"{where}: steps must be a list of at least two steps (one model per step)")
+    steps = []
+    for i, st in enumerate(raw_steps):
+        w = f"{where}: steps[{i}]"
+        _check_keys("step", w, st)
+        last = i == len(raw_steps) - 1
+        if last and "target_template" in st:
+            raise StageError(f"{w}: the last step answers with the label JSON; drop its target_template")
+        if not last and "target_template" not in st:
+            raise StageError(f"{w}: a step before the last needs target_template (how its answer is made from the label)")
+        tmpl = _read_text(task_dir, st["target_template"], f"{w}.target_template") if not last else None
+        if tmpl is not None:
+            import jinja2
+
+            try:
+                jinja2.Environment().parse(tmpl)
+            except jinja2.TemplateSyntaxError as exc:
+                raise StageError(f"{w}.target_template: Jinja2 syntax error line {exc.lineno}: {exc.message}") from exc
+        steps.append(Step(st["name"], _read_text(task_dir, st["system_prompt"], f"{w}.system_prompt"),
+                          st["user_template"], tmpl))
+    if len({s.name for s in steps}) != len(steps):
+        raise StageError(f"{where}: step names must be unique")
+    return steps
+
+
+def describe_tasks() -> list[dict]:
+    """One line of facts per installed task (for --list-tasks and ``python -m distill.tasks``)."""
+    out = []
+    for name in list_tasks():
+        try:
+            t = load_task(name)
+        except StageError as exc:
+            out.append({"name": name, "error": str(exc)})
+            continue
+        src = t.source.get("kaggle") or t.source.get("file") or t.source.get("sample") or "-"
+        out.append({"name": name, "description": t.description, "source": src,
+                    "steps": [s.name for s in t.steps], "fields": len(t.fields), "styles": len(t.styles),
+                    "adversarial": t.adversarial_path.name if t.adversarial_path else None})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m distill.tasks``: list installed tasks; ``python -m distill.tasks NAME``: check one."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        try:
+            t = load_task(argv[0])
+        except StageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{t.name}: ok ({len(t.fields)} fields, {len(t.styles)} styles"
+              + (f", steps {' -> '.join(s.name for s in t.steps)}" if t.steps else "") + ")")
+        return 0
+    for d in describe_tasks():
+        if "error" in d:
+            print(f"{d['name']:<16} BROKEN: {d['error']}")
+            continue
+        chain = f"  steps: {' -> '.join(d['steps'])}" if d["steps"] else ""
+        print(f"{d['name']:<16} {d['description']}\n{'':<16} source: {d['source']}{chain}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
