@@ -573,6 +573,17 @@ PARSERS: dict[str, Callable[[str | os.PathLike], tuple[list[dict], dict]]] = {
 }
 
 
+# --- generators: "parsers" that make records from a spec file in the task folder ---
+# (issue 5) menu_orders draws seeded reference orders from a menu (distill/menu.py).
+def _menu_orders(path: str | os.PathLike) -> tuple[list[dict], dict]:
+    from distill.menu import generate_orders
+
+    return generate_orders(path)
+
+
+PARSERS["menu_orders"] = _menu_orders
+
+
 def get_parser(name: str) -> Callable[[str | os.PathLike], tuple[list[dict], dict]]:
     try:
         return PARSERS[name]
