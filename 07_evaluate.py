@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Stage 07: run a model on a held-out split and score it field by field against the labels.
+
+The model gets the exact training prompt, greedy. Every output is scored per field as the
+task declares (text similarity, exact, minutes, number, list/set F1 with fuzzy matching, MAE),
+plus JSON/schema validity, missing and invented fields and hallucinated items (not in the
+input), broken down by input style. The task's adversarial cases (a post with no recipe,
+two recipes, missing fields) run too and are reported as pass rates per kind.
+
+Writes to --output-dir (default reports/<name>): predictions.jsonl (resumable: a re-run
+only generates what is missing), eval.json (per example and aggregate), report.md (table,
+by style, adversarial, worst examples), fields.png, styles.png, manifest.json.
+
+Usage:
+    python 07_evaluate.py --model gemma-3/ --split test                  # the LoRA adapter from 05
+    python 07_evaluate.py --model gemma-3-gguf/model.Q8_0.gguf           # the exported GGUF, through llama.cpp
+    python 07_evaluate.py --model openai:http://localhost:1234/v1 --model-id qwen3-14b --task recipe --name teacher
+    python 07_evaluate.py --model path/to/base.gguf --task recipe --name base   # a base model, student prompt
+    python 07_evaluate.py --compare reports/base reports/student reports/teacher   # one table from earlier runs
+    python 07_evaluate.py --model gemma-3/ --compare reports/base reports/teacher  # evaluate, then side by side
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill.cli import run  # noqa: E402
+from distill.io import DATASET_DIR  # noqa: E402
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="a folder from 05 (adapter or merged), a .gguf file (served by llama.cpp for the run), "
+                        "openai:URL for any served model (with --model-id), or a base model (hub id/HF folder, "
+                        "needs --task)")
+    g.add_argument("--model-id", default=None,
+                   help="model name on the openai: server, e.g. qwen3-14b (default: the first it lists)")
+    g.add_argument("--task", default=None,
+                   help="task name or folder (default: the trained model's task, else the dataset's); for an "
+                        "openai: student, its trained folder gives the exact prompt")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset-dir", type=Path, default=DATASET_DIR, help="04's output")
+    g.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split to evaluate")
+    g.add_argument("--limit", type=int, default=0,
+                   help="evaluate N examples, spread evenly over styles (0 = the whole split)")
+    adv = g.add_mutually_exclusive_group()
+    adv.add_argument("--adversarial", dest="adversarial", action="store_true", default=None,
+                     help="also run the task's adversarial cases (default: on when the task has a case file)")
+    adv.add_argument("--no-adversarial", dest="adversarial", action="store_false", help="skip the adversarial cases")
+    g = p.add_argument_group("generation")
+    g.add_argument("--concurrency", type=int, default=0,
+                   help="requests in flight (servers) or batch size (transformers); "
+                        "0 = auto: 4 for openai:, 2 for a .gguf, 1 for a local folder")
+    g.add_argument("--max-new-tokens", type=int, default=1024, help="token limit per answer; a cut-off answer counts as invalid JSON")
+    g.add_argument("--context", type=int, default=None,
+                   help="context window in tokens; longer inputs keep their head (default: the training "
+                        "max length, else the model's window)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dir", type=Path, default=None,
+                   help="where results go (default: reports/<name>; reports/comparison with --compare alone)")
+    g.add_argument("--name", default=None, help="label of this run in tables (default: folder name, GGUF stem or model id)")
+    g.add_argument("--compare", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="earlier run folders (with eval.json) to put side by side; alone it only merges them")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return run(lambda: _main(args))
+
+
+def _main(args) -> int:
+    from distill import evaluate as E
+    from distill.io import StageError
+
+    if not args.model and not args.compare:
+        raise StageError("give --model to evaluate a model, or --compare DIR... to merge earlier runs")
+    if args.concurrency < 0 or args.max_new_tokens < 1:
+        raise StageError("--concurrency must be 0 (auto) or more and --max-new-tokens at least 1")
+
+    if not args.model:
+        out = args.output_dir or Path("reports") / "comparison"
+        evals = E.run_compare(args.compare, out)
+        print(E.format_table(evals))
+        print(f"\nwrote {out}/report.md, fields.png, styles.png, compare.json")
+        return 0
+
+    ev = E.run_evaluation(args.model, task=args.task, model_id=args.model_id, dataset_dir=args.dataset_dir,
+                          split=args.split, output_dir=args.output_dir, name=args.name, limit=args.limit,
+                          concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
+                          adversarial=args.adversarial, progress=not args.no_progress,
+                          compare_dirs=args.compare or ())
+    out = args.output_dir or Path("reports") / ev["name"]
+    evals = [ev] + (E.compare(args.compare) if args.compare else [])
+    print()
+    print(E.format_table(evals))
+    if ev["missing_predictions"]:
+        print(f"\nwarning: {ev['missing_predictions']} inputs have no prediction (failed requests: "
+              f"{ev['request_failures']}); they are not scored. Re-run the same command to retry them.",
+              file=sys.stderr)
+    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {ev['aggregate']['n']} examples scored"
+          + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
+             if ev.get("adversarial") else ""))
+    print(f"wrote {out}/eval.json, report.md, fields.png, styles.png, predictions.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

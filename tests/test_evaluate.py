@@ -1,0 +1,405 @@
+"""07's scoring on hand-made cases with numbers worked out by hand, adversarial cases, aggregates,
+tables, reports and run comparison."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from distill import evaluate as E
+from distill.io import StageError
+from distill.tasks import FieldRule, load_task
+
+RECIPE = load_task("recipe")
+
+
+def rule(score, **kw):
+    return FieldRule(name=kw.pop("name", "f"), score=score, **kw)
+
+
+# ------------------------------------------------------------------ parsing
+
+@pytest.mark.parametrize("pred,valid,obj,err", [
+    ({"name": "x"}, True, {"name": "x"}, None),
+    (None, False, None, "no_output"),
+    ("null", True, {}, None),                                   # "nothing here" is a valid, empty answer
+    ("{}", True, {}, None),
+    ("[1, 2]", False, None, "not_object"),
+    ('<think>title first</think>\n{"name": "a"}', True, {"name": "a"}, None),
+    ('thinking without opening tag</think>{"name": "a"}', True, {"name": "a"}, None),
+    ('Here:\n```json\n{"name": "a"}\n```', True, {"name": "a"}, None),
+    ("I could not find a recipe.", False, None, "no_json"),
+    ("", False, None, "empty"),
+])
+def test_parse_prediction(pred, valid, obj, err):
+    got, info = E.parse_prediction(pred)
+    assert got == obj and info["json_valid"] is valid and info["parse_error"] == err
+
+
+def test_parse_prediction_repairs_broken_json():
+    got, info = E.parse_prediction('{"name": "a", "recipeIngredient": ["x", "y"')
+    assert got == {"name": "a", "recipeIngredient": ["x", "y"]} and info["repaired"] and info["json_valid"]
+
+
+# ------------------------------------------------------------------ one field, every method
+
+def test_text_field():
+    r = E.score_field(rule("text"), "Banana Bread!", "banana bread")
+    assert r["score"] == 1.0 and r["exact"]
+    r = E.score_field(rule("text"), "banana bread", "Banana Breads")   # one insertion in 25 chars
+    assert r["score"] == pytest.approx(0.96) and not r["exact"]
+    assert E.score_field(rule("text"), None, "x")["score"] == 0.0
+    r = E.score_field(rule("text"), None, None)
+    assert r["score"] == 1.0 and r["exact"] and r["pred_empty"] and r["ref_empty"]
+
+
+def test_exact_field():
+    assert E.score_field(rule("exact"), "Vegan", "vegan")["score"] == 1.0
+    assert E.score_field(rule("exact"), "5", 5)["exact"]
+    assert E.score_field(rule("exact"), True, True)["exact"]
+    assert not E.score_field(rule("exact"), False, True)["exact"]
+    assert E.score_field(rule("exact"), "a", "b")["score"] == 0.0
+    assert E.score_field(rule("exact"), None, None)["exact"]
+    assert not E.score_field(rule("exact"), None, "x")["exact"]
+
+
+def test_minutes_field():
+    r = E.score_field(rule("minutes"), "PT1H20M", "1 hr 20 mins")
+    assert r["exact"] and r["abs_error"] == 0.0 and r["score"] == 1.0
+    r = E.score_field(rule("minutes"), "PT30M", "PT45M")
+    assert r["abs_error"] == 15.0 and r["score"] == 0.0
+    assert E.score_field(rule("minutes", verify_tolerance=5), "PT40M", "PT45M")["exact"]
+    r = E.score_field(rule("minutes"), "soon", "PT10M")
+    assert r.get("unreadable") and r["score"] == 0.0 and "abs_error" not in r
+    assert E.score_field(rule("minutes"), None, "PT10M")["score"] == 0.0   # missing
+    assert E.score_field(rule("minutes"), "PT10M", None)["score"] == 0.0   # invented
+    assert E.score_field(rule("minutes"), None, None)["score"] == 1.0
+
+
+def test_number_field():
+    assert E.score_field(rule("number"), "8 servings", 8)["exact"]
+    r = E.score_field(rule("number"), "Makes 2 dozen", "24")
+    assert r["abs_error"] == 22.0 and not r["exact"]
+
+
+def test_list_f1_field():
+    r = E.score_field(rule("list_f1"), ["1 cup flour", "2 eggs", "1 tsp salt"],
+                      ["1 cup flour", "2 eggs", "1 cup sugar", "1 tsp vanilla"])
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 2)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(1 / 2)
+    assert r["f1"] == pytest.approx(4 / 7) and r["score"] == r["f1"] and not r["exact"]
+    assert E.score_field(rule("list_f1"), [], [])["f1"] == 1.0
+    assert E.score_field(rule("list_f1"), ["x"], [])["f1"] == 0.0
+    # HowToStep objects are compared by their text
+    steps = [{"@type": "HowToStep", "text": "Mix."}, {"@type": "HowToStep", "text": "Bake."}]
+    assert E.score_field(rule("list_f1"), steps, ["Mix.", "Bake."])["exact"]
+
+
+def test_set_f1_ignores_repeats():
+    assert E.score_field(rule("list_f1"), ["salt", "salt", "pepper"], ["salt", "pepper"])["f1"] == pytest.approx(0.8)
+    assert E.score_field(rule("set_f1"), ["salt", "salt", "pepper"], ["salt", "pepper"])["f1"] == 1.0
+    assert E.score_field(rule("set_f1"), "salt", ["salt"])["f1"] == 1.0   # a scalar is a one-item set
+
+
+def test_mae_field_scalar_and_dimensions():
+    prop = {"type": "integer", "minimum": 0, "maximum": 10}
+    r = E.score_field(rule("mae", name="impact", verify_tolerance=2), 7, 9, prop)
+    assert r["errors"] == {"impact": 2.0} and r["score"] == pytest.approx(0.8) and r["exact"]
+    obj_prop = {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 10}}
+    r = E.score_field(rule("mae", name="scores"), {"clarity": 5}, {"clarity": 8, "accuracy": 4}, obj_prop)
+    assert r["errors"] == {"clarity": 3.0, "accuracy": None}
+    assert r["score"] == pytest.approx((0.7 + 0.0) / 2) and not r["exact"]
+    # without a declared range: right within tolerance or wrong
+    assert E.score_field(rule("mae", name="c"), 0.5, 0.9)["score"] == 0.0
+    assert E.score_field(rule("mae", name="c", verify_tolerance=0.5), 0.5, 0.9)["score"] == 1.0
+
+
+# ------------------------------------------------------------------ one example
+
+TEXT = ("Grandma Banana Bread. You need 3 ripe bananas, 2 cups flour, 1 cup sugar, 1 tsp baking soda. "
+        "Mash the bananas. Mix everything and bake. Prep 15 min, cook 30 min, 45 min in total.")
+STEPS = [{"@type": "HowToStep", "text": "Mash the bananas."}, {"@type": "HowToStep", "text": "Mix everything and bake."}]
+REF = {"@context": "https://schema.org", "@type": "Recipe", "name": "Grandma Banana Bread",
+       "recipeIngredient": ["3 ripe bananas", "2 cups flour", "1 cup sugar", "1 tsp baking soda"],
+       "recipeInstructions": STEPS, "prepTime": "PT15M", "cookTime": "PT30M", "totalTime": "PT45M",
+       "recipeYield": None}
+# name right; 3 of 4 ingredients + 1 invented (not in the text); steps right; prep right;
+# cook wrong by 5 min; total missing; a yield invented.
+PRED = dict(REF, recipeIngredient=["3 ripe bananas", "2 cups flour", "1 cup sugar", "1 cup chocolate chips"],
+            cookTime="PT35M", totalTime=None, recipeYield="4 servings")
+SOURCE = {"name": "Grandma Banana Bread", "ingredients": ["3 ripe bananas", "2 cups flour", "1 cup sugar",
+                                                         "1 tsp baking soda"],
+          "prep_minutes": 15, "cook_minutes": 30, "total_minutes": 45, "servings": None}
+
+
+def test_score_example_by_hand():
+    r = E.score_example(PRED, REF, RECIPE, TEXT, SOURCE)
+    assert r["json_valid"] and r["schema_valid"] and r["schema_errors"] == []
+    f = r["fields"]
+    assert f["name"]["score"] == 1.0 and f["name"]["exact"]
+    ing = f["recipeIngredient"]
+    assert (ing["tp"], ing["fp"], ing["fn"]) == (3, 1, 1) and ing["f1"] == pytest.approx(0.75)
+    assert f["recipeInstructions"]["f1"] == 1.0
+    assert f["prepTime"]["score"] == 1.0 and f["cookTime"]["abs_error"] == 5.0 and f["cookTime"]["score"] == 0.0
+    assert f["totalTime"]["score"] == 0.0 and f["recipeYield"]["score"] == 0.0
+    # 7 fields of weight 1: (1 + 0.75 + 1 + 1 + 0 + 0 + 0) / 7
+    assert r["score"] == pytest.approx(3.75 / 7)
+    assert r["missing"] == ["totalTime"] and r["spurious"] == ["recipeYield"]
+    assert (r["ref_filled"], r["ref_empty"]) == (6, 1)
+    assert r["hallucination"] == {"items": 4, "ungrounded": 1, "not_in_text": ["1 cup chocolate chips"]}
+    # against the source record (stage 03's checks): cook time disagrees, total missing
+    assert r["source_checks"] == {"name": "ok", "recipeIngredient": "ok", "prepTime": "ok",
+                                  "cookTime": "mismatch", "totalTime": "missing"}
+
+
+def test_score_example_invalid_json_scores_zero():
+    r = E.score_example("Sorry, I can't help with that.", REF, RECIPE, TEXT)
+    assert not r["json_valid"] and not r["schema_valid"] and r["parse_error"] == "no_json"
+    assert r["score"] == 0.0 and all(fr["score"] == 0.0 for fr in r["fields"].values())
+    # everything the reference has counts as missing; the list field's reference items as false negatives
+    assert r["missing"] == ["name", "recipeIngredient", "recipeInstructions", "prepTime", "cookTime", "totalTime"]
+    assert r["fields"]["recipeIngredient"]["fn"] == 4 and r["hallucination"]["items"] == 0
+
+
+def test_score_example_schema_invalid_but_scored():
+    bad = dict(REF, prepTime="15 minutes")   # not an ISO duration: schema error, but the value is right
+    r = E.score_example(bad, REF, RECIPE, TEXT)
+    assert r["json_valid"] and not r["schema_valid"] and any("prepTime" in e for e in r["schema_errors"])
+    assert r["fields"]["prepTime"]["score"] == 1.0 and r["score"] == 1.0
+
+
+# ------------------------------------------------------------------ aggregate
+
+def _ex(pred, style, **kw):
+    return E.score_example(pred, REF, RECIPE, TEXT) | {"style": style, **kw}
+
+
+def test_aggregate_by_hand():
+    exs = [_ex(PRED, "chaotic", latency_s=1.0), _ex(REF, "minimal", latency_s=3.0),
+           _ex("not json", "minimal", latency_s=2.0)]
+    a = E.aggregate(exs, RECIPE)
+    assert a["n"] == 3 and a["json_valid"] == pytest.approx(2 / 3) and a["schema_valid"] == pytest.approx(2 / 3)
+    assert a["score"] == pytest.approx((3.75 / 7 + 1 + 0) / 3)
+    ing = a["fields"]["recipeIngredient"]
+    assert ing["f1"] == pytest.approx((0.75 + 1 + 0) / 3)
+    assert ing["precision"] == pytest.approx((0.75 + 1 + 0) / 3)
+    # micro: tp 3+4+0, fp 1, fn 1+0+4
+    assert ing["micro"]["tp"] == 7 and ing["micro"]["precision"] == pytest.approx(7 / 8)
+    assert ing["micro"]["recall"] == pytest.approx(7 / 12)
+    cook = a["fields"]["cookTime"]
+    assert cook["exact"] == pytest.approx(1 / 3) and cook["mae"] == pytest.approx(2.5)
+    assert cook["rmse"] == pytest.approx(math.sqrt(25 / 2)) and cook["n"] == 2
+    # missing: 1 (PRED) + 0 + 6 (invalid) of 18 filled reference fields; invented: 1 of 3 empty ones
+    assert a["missing_rate"] == pytest.approx(7 / 18) and a["spurious_rate"] == pytest.approx(1 / 3)
+    assert a["fields"]["totalTime"]["missing_rate"] == pytest.approx(2 / 3)
+    assert a["hallucination_rate"] == pytest.approx(1 / 8)
+    assert a["parse_errors"] == {"no_json": 1}
+    assert a["latency_s"]["p50"] == 2.0
+    assert set(a["by_style"]) == {"chaotic", "minimal"}
+    assert a["by_style"]["minimal"]["n"] == 2 and a["by_style"]["minimal"]["score"] == pytest.approx(0.5)
+    assert "by_style" not in a["by_style"]["minimal"]
+
+
+# ------------------------------------------------------------------ a generic task: MAE dimensions + flags
+
+@pytest.fixture
+def scores_task(tmp_path):
+    d = tmp_path / "review_scores"
+    (d / "prompts").mkdir(parents=True)
+    (d / "prompts" / "student.md").write_text("Rate the review.")
+    (d / "schema.json").write_text(json.dumps({
+        "type": "object",
+        "properties": {"scores": {"type": "object",
+                                  "additionalProperties": {"type": "number", "minimum": 0, "maximum": 10}},
+                       "needs_clarification": {"type": "boolean"},
+                       "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}}))
+    (d / "task.yaml").write_text(
+        "name: review_scores\ndescription: scores\nschema: schema.json\n"
+        "student: {system_prompt: prompts/student.md, user_template: '{text}'}\n"
+        "fields:\n  scores: {score: mae}\n  needs_clarification: {score: exact}\n  confidence: {score: mae}\n"
+        "adversarial: adversarial.jsonl\n")
+    (d / "adversarial.jsonl").write_text(
+        json.dumps({"id": "a1", "kind": "one_word", "text": "accounts",
+                    "expect": {"needs_clarification": True, "confidence": None}}) + "\n")
+    return load_task(d)
+
+
+def test_mae_per_dimension(scores_task):
+    ref = {"scores": {"clarity": 8, "depth": 4}, "needs_clarification": False, "confidence": 0.9}
+    exs = [E.score_example({"scores": {"clarity": 6, "depth": 4}, "needs_clarification": False, "confidence": 0.8},
+                           ref, scores_task, "t"),
+           E.score_example({"scores": {"clarity": 9, "depth": 1}, "needs_clarification": True, "confidence": 0.5},
+                           ref, scores_task, "t")]
+    a = E.aggregate(exs, scores_task)
+    dims = a["fields"]["scores"]["dims"]
+    assert dims["clarity"]["mae"] == pytest.approx(1.5) and dims["clarity"]["rmse"] == pytest.approx(math.sqrt(2.5))
+    assert dims["depth"]["mae"] == pytest.approx(1.5) and dims["depth"]["rmse"] == pytest.approx(math.sqrt(4.5))
+    assert dims["depth"]["coverage"] == 1.0
+    assert a["fields"]["scores"]["mae"] == pytest.approx(6 / 4)   # all dimensions pooled: (2+0+1+3)/4
+    conf = a["fields"]["confidence"]
+    assert conf["mae"] == pytest.approx(0.25) and conf["rmse"] == pytest.approx(math.sqrt((0.01 + 0.16) / 2))
+    assert a["fields"]["needs_clarification"]["exact"] == 0.5
+    table = E.format_table([{"name": "m", "aggregate": a, "adversarial": None}])
+    assert "scores MAE" in table and "clarity MAE" in table and "confidence MAE" in table
+
+
+def test_expectations_with_flags(scores_task):
+    case = E.load_adversarial(scores_task.adversarial_path, scores_task)[0]
+    ok = E.score_case(case, {"needs_clarification": True, "confidence": None, "scores": {}}, scores_task)
+    assert ok["passed"] and ok["score"] is None and ok["fields"] == {}
+    bad = E.score_case(case, {"needs_clarification": False, "confidence": 0.9}, scores_task)
+    assert not bad["passed"]
+    assert bad["expect"]["needs_clarification"]["passed"] is False
+    assert bad["expect"]["confidence"] == {"expected": None, "got": 0.9, "passed": False, "why": "expected empty/null"}
+
+
+# ------------------------------------------------------------------ adversarial cases of the recipe task
+
+@pytest.fixture(scope="module")
+def cases():
+    return {c["id"]: c for c in E.load_adversarial(RECIPE.adversarial_path, RECIPE)}
+
+
+def test_recipe_case_file_is_complete(cases):
+    kinds = {c["kind"] for c in cases.values()}
+    assert kinds == {"no_recipe", "two_recipes", "missing_fields"}
+    from distill.labels import validate
+    for c in cases.values():   # every reference is a valid label and passes its own expectations
+        assert validate(c["reference"], RECIPE.schema) == []
+        r = E.score_case(c, c["reference"], RECIPE)
+        assert r["passed"] and r["score"] == 1.0, c["id"]
+
+
+def test_no_recipe_case(cases):
+    c = cases["no-recipe-request"]
+    for empty in ("null", "{}", c["reference"],
+                  {"@context": "https://schema.org", "@type": "Recipe", "name": None,
+                   "recipeIngredient": [], "recipeInstructions": []}):
+        assert E.score_case(c, empty, RECIPE)["passed"], empty
+    invented = {"@context": "https://schema.org", "@type": "Recipe", "name": "Five Cheese Lasagna",
+                "recipeIngredient": ["1 lb ground beef", "2 cups ricotta"],
+                "recipeInstructions": ["Layer and bake."]}
+    r = E.score_case(c, invented, RECIPE)
+    assert not r["passed"]
+    assert {k for k, ch in r["expect"].items() if not ch["passed"]} == {"name", "recipeIngredient",
+                                                                          "recipeInstructions"}
+    assert not E.score_case(c, "no recipe here", RECIPE)["passed"]   # prose is not an answer
+
+
+def test_two_recipes_case_mixing_fails(cases):
+    c = cases["two-recipes-tacos-onions"]
+    mixed = dict(c["reference"], recipeIngredient=c["reference"]["recipeIngredient"] + [
+        "1 red onion, thinly sliced", "1/2 cup apple cider vinegar", "1 tbsp sugar", "1 tsp salt"])
+    r = E.score_case(c, mixed, RECIPE)
+    # 6 right + 4 from the side recipe: precision 6/10, recall 1, F1 0.75 < 0.8
+    assert not r["passed"] and r["expect"]["recipeIngredient"]["why"] == "score 0.75 < 0.8"
+    assert r["fields"]["recipeIngredient"]["f1"] == pytest.approx(0.75)
+    side = dict(c["reference"], name="Quick Pickled Onions")
+    assert not E.score_case(c, side, RECIPE)["passed"]
+
+
+def test_missing_fields_case_guessing_fails(cases):
+    c = cases["missing-times-yield-coleslaw"]
+    guess = dict(c["reference"], prepTime="PT10M", recipeYield="6 servings")
+    r = E.score_case(c, guess, RECIPE)
+    assert not r["passed"]
+    assert {k for k, ch in r["expect"].items() if not ch["passed"]} == {"prepTime", "recipeYield"}
+    assert r["spurious"] == ["prepTime", "recipeYield"]
+    shrimp = cases["missing-title-shrimp"]
+    assert not E.score_case(shrimp, dict(shrimp["reference"], name="Garlic Butter Shrimp"), RECIPE)["passed"]
+
+
+def test_aggregate_adversarial_per_kind(cases):
+    scored = [E.score_case(c, c["reference"] if c["kind"] != "two_recipes" else "garbage", RECIPE)
+              | {"kind": c["kind"]} for c in cases.values()]
+    a = E.aggregate_adversarial(scored)
+    assert a["n"] == 8 and a["passed"] == 6 and a["pass_rate"] == 0.75
+    assert a["by_kind"]["two_recipes"] == {"n": 2, "passed": 0, "pass_rate": 0.0}
+    assert a["by_kind"]["no_recipe"]["pass_rate"] == 1.0
+
+
+@pytest.mark.parametrize("line,msg", [
+    ({"id": "a", "kind": "k", "expect": {"name": None}}, "non-empty string 'text'"),
+    ({"id": "a", "kind": "k", "text": "t"}, "'reference'"),
+    ({"id": "a", "kind": "k", "text": "t", "expect": {"nmae": None}}, "unknown field"),
+    ({"id": "a", "kind": "k", "text": "t", "expect": {}}, "non-empty object"),
+    ({"id": "a", "kind": "k", "text": "t", "expect": {"name": None}, "expected": 1}, "unknown key"),
+])
+def test_adversarial_file_errors(tmp_path, line, msg):
+    p = tmp_path / "adv.jsonl"
+    p.write_text(json.dumps(line) + "\n")
+    with pytest.raises(StageError, match=msg):
+        E.load_adversarial(p, RECIPE)
+
+
+def test_adversarial_duplicate_ids(tmp_path):
+    p = tmp_path / "adv.jsonl"
+    line = json.dumps({"id": "a", "kind": "k", "text": "t", "expect": {"name": None}})
+    p.write_text(line + "\n" + line + "\n")
+    with pytest.raises(StageError, match="duplicate id"):
+        E.load_adversarial(p, RECIPE)
+
+
+def test_every_bundled_case_file_loads():
+    """Other tasks' case files follow the same format (07 runs them by default)."""
+    from distill.tasks import list_tasks
+
+    for name in list_tasks():
+        t = load_task(name)
+        if t.adversarial_path and t.adversarial_path.is_file():
+            assert E.load_adversarial(t.adversarial_path, t), name
+
+
+# ------------------------------------------------------------------ tables, reports, comparison
+
+def _eval(name, preds, task="recipe"):
+    exs = [_ex(p, s) | {"id": f"ex{i}", "text": TEXT} for i, (p, s) in enumerate(preds)]
+    return {"name": name, "model": f"{name}.gguf", "task": task, "split": "test",
+            "aggregate": E.aggregate(exs, RECIPE), "adversarial": None, "examples": exs}
+
+
+def test_format_table_is_aligned():
+    evals = [_eval("student", [(PRED, "chaotic"), (REF, "minimal")]), _eval("base", [("junk", "chaotic")])]
+    t = E.format_table(evals)
+    lines = t.splitlines()
+    assert len({len(line) for line in lines}) == 1          # fixed width: every line equally long
+    assert lines[0].split() == ["metric", "student", "base"]
+    row = next(line for line in lines if line.startswith("recipeIngredient F1"))
+    assert row.split()[-2:] == ["0.875", "0.000"]
+    assert next(line for line in lines if line.startswith("JSON valid")).split()[-2:] == ["100.0%", "0.0%"]
+    assert "hallucinated items" in t and "missing fields" in t and "invented fields" in t
+
+
+def test_write_report_and_compare(tmp_path):
+    a = _eval("student", [(PRED, "chaotic"), (REF, "minimal")])
+    b = _eval("base", [("junk", "chaotic"), (dict(REF, name="Bread"), "minimal")])
+    for d, ev in (("s", a), ("b", b)):
+        E.write_eval(tmp_path / d, ev)
+    evals = E.run_compare([tmp_path / "s", tmp_path / "b"], tmp_path / "cmp")
+    assert [e["name"] for e in evals] == ["student", "base"]
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| metric | student | base |" in md and "## By input style" in md
+    assert "### Worst examples: base" in md and "no valid JSON (no_json)" in md
+    assert "![per-field scores](fields.png)" in md
+    for png in ("fields.png", "styles.png"):
+        data = (tmp_path / "cmp" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    row = next(r for r in cmp["table"] if r["metric"] == "JSON valid")
+    assert row == {"metric": "JSON valid", "student": "100.0%", "base": "50.0%"}
+    assert (tmp_path / "cmp" / "manifest.json").exists()
+
+
+def test_compare_errors(tmp_path):
+    with pytest.raises(StageError, match="eval.json not found"):
+        E.compare([tmp_path / "nothing"])
+    E.write_eval(tmp_path / "a", _eval("a", [(REF, "x")]))
+    E.write_eval(tmp_path / "b", _eval("b", [(REF, "x")], task="other"))
+    with pytest.raises(StageError, match="different tasks"):
+        E.compare([tmp_path / "a", tmp_path / "b"])
+
+
+def test_same_names_are_told_apart(tmp_path):
+    E.write_eval(tmp_path / "run1", _eval("m", [(REF, "x")]))
+    E.write_eval(tmp_path / "run2", _eval("m", [(REF, "x")]))
+    assert [e["name"] for e in E.compare([tmp_path / "run1", tmp_path / "run2"])] == ["m (run1)", "m (run2)"]
