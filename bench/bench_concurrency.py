@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-SECTION = "## LLM client concurrency (bench/bench_concurrency.py)"
+SECTION = "## LLM client concurrency (bench/bench_concurrency.py)"  # + ": fake server" / ": real server"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-url", default="", help="a real OpenAI-compatible server ('' = start the fake server)")
     g.add_argument("--model", default="", help="model id for --base-url ('' = the first one the server lists)")
     g.add_argument("--max-tokens", type=int, default=16, help="real server: tokens per reply (kept small)")
+    g.add_argument("--note", default="", help="real server: how it was started, written into the section")
     g = p.add_argument_group("output")
     g.add_argument("--benchmarks-file", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown file to update")
     g.add_argument("--no-write", action="store_true", help="only print, leave BENCHMARKS.md alone")
@@ -62,15 +63,15 @@ def time_run(client, requests: int, concurrency: int) -> float:
     return time.perf_counter() - t0
 
 
-def update_section(path: Path, body: str) -> None:
-    """Replace (or append) our section; everything else in the file is kept as is."""
+def update_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the section headed ``title``; everything else in the file is kept as is."""
     from distill.io import atomic_write_text
 
     text = path.read_text(encoding="utf-8") if path.exists() else (
         "# Benchmarks\n\nSpeed measurements from the scripts in bench/. Each section says how to reproduce it.\n"
     )
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    block = f"{title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(text):
         text = pattern.sub(lambda _: block + "\n", text, count=1).rstrip() + "\n"
     else:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     if args.base_url:
-        base_url, target = args.base_url, f"server at {args.base_url}"
+        base_url, target = args.base_url, f"server at {args.base_url} ({args.max_tokens} tokens per reply)"
     else:
         from fake_openai_server import FakeOpenAIServer
 
@@ -139,11 +140,12 @@ median of {args.repeats} runs (machine: {platform.machine()}, {os.cpu_count()} C
 | {args.slots} | {medn:.2f} | {args.requests / medn:.1f} |
 
 Speed-up {ratio:.2f}x{ideal}.
+{("Server: " + args.note) if args.note else ""}
 Reproduce: `python bench/bench_concurrency.py {reproduce}`
 """
     if args.no_write:
         return 0
-    update_section(args.benchmarks_file, body)
+    update_section(args.benchmarks_file, f"{SECTION}: {'fake server' if server else 'real server'}", body)
     print(f"wrote section to {args.benchmarks_file}")
     return 0
 

@@ -229,8 +229,12 @@ class LLMClient:
         self.config = config or LLMConfig()
         self.model = self.config.model
         cfg = self.config
+        # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is a
+        # classic cause of baffling 502s, so the environment is only trusted for remote servers.
+        local = httpx.URL(cfg.base_url).host in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
         self._http = httpx.Client(
             base_url=cfg.base_url,
+            trust_env=not local,
             headers={"Authorization": f"Bearer {cfg.api_key}"},
             timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
             limits=httpx.Limits(max_connections=max(cfg.concurrency * 2, 10)),
