@@ -62,6 +62,7 @@ class Prediction:
     parse_error: str | None = None     # why there is no output: empty, no_json, bad_json, length, http_400, ...
     schema_errors: list[str] = field(default_factory=list)
     truncated_input: bool = False
+    kept_chars: int | None = None      # characters of the input the prompt holds (< len(text) when truncated)
     latency_s: float = 0.0
     repaired: bool = False             # JSON needed json-repair to parse
     finish_reason: str | None = None   # stop | length
@@ -186,7 +187,7 @@ class _Truncator:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= room:
             return text, False
-        cut = tokenizer.decode(ids[:room], skip_special_tokens=False)
+        cut = tokenizer.decode(ids[:room], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         # Decoding then re-encoding can merge differently at the cut; shrink until it fits.
         while len(tokenizer(cut, add_special_tokens=False)["input_ids"]) > room and cut:
             cut = cut[: max(0, len(cut) - 8)]
@@ -199,7 +200,8 @@ class _Backend:
     name = "?"
     batch = 1  # items per call of generate_many (HF) / parallel requests (servers)
 
-    def prepare(self, text: str) -> tuple[list[dict], bool]:
+    def prepare(self, text: str) -> tuple[list[dict], bool, int]:
+        """(messages, truncated, characters of the input kept)."""
         raise NotImplementedError
 
     def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
@@ -230,9 +232,9 @@ class _HFBackend(_Backend):
         # template itself writes any BOS); the same here, so prompt tokens match training.
         return self.tok(self.render(messages), add_special_tokens=False)["input_ids"]
 
-    def prepare(self, text: str) -> tuple[list[dict], bool]:
+    def prepare(self, text: str) -> tuple[list[dict], bool, int]:
         cut, truncated = self.trunc(text, self.tok)
-        return self.task.student_messages(cut), truncated
+        return self.task.student_messages(cut), truncated, len(cut)
 
     def eos_ids(self) -> list[int]:
         ids = {self.tok.eos_token_id}
@@ -257,7 +259,7 @@ class _HFBackend(_Backend):
             stop = next((i for i, t in enumerate(row) if t in eos), None)
             gen = row[:stop] if stop is not None else row
             finish = "stop" if stop is not None else "length"
-            text = self.tok.decode(gen, skip_special_tokens=True)
+            text = self.tok.decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             results.append((text, finish, {"prompt_tokens": len(p), "completion_tokens": len(gen)}))
         return results
 
@@ -279,9 +281,9 @@ class _ServerBackend(_Backend):
 
         return self.tok(render_prompt(self.tok, messages, self.tok.chat_template), add_special_tokens=False)["input_ids"]
 
-    def prepare(self, text: str) -> tuple[list[dict], bool]:
+    def prepare(self, text: str) -> tuple[list[dict], bool, int]:
         cut, truncated = self.trunc(text, self.tok)
-        return self.task.student_messages(cut), truncated
+        return self.task.student_messages(cut), truncated, len(cut)
 
     def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
         from .llm import LLMError
@@ -353,8 +355,8 @@ class Predictor:
         return self.backend.name
 
     def _one(self, text: str) -> Prediction:
-        messages, truncated = self.backend.prepare(text)
-        pred = Prediction(text=text, prompt_messages=messages, truncated_input=truncated)
+        messages, truncated, kept = self.backend.prepare(text)
+        pred = Prediction(text=text, prompt_messages=messages, truncated_input=truncated, kept_chars=kept)
         t0 = time.monotonic()
         try:
             raw, finish, usage = self.backend.generate(messages)
@@ -381,10 +383,11 @@ class Predictor:
                     chunk = items[start:start + self.backend.batch]
                     prepared = [self.backend.prepare(t) for _, t in chunk]
                     t0 = time.monotonic()
-                    outs = self.backend.generate_many([m for m, _ in prepared])
+                    outs = self.backend.generate_many([p[0] for p in prepared])
                     dt = (time.monotonic() - t0) / len(chunk)
-                    for (i, text), (msgs, trunc), (raw, finish, usage) in zip(chunk, prepared, outs):
-                        pred = Prediction(text=text, prompt_messages=msgs, truncated_input=trunc, latency_s=dt,
+                    for (i, text), (msgs, trunc, kept), (raw, finish, usage) in zip(chunk, prepared, outs):
+                        pred = Prediction(text=text, prompt_messages=msgs, truncated_input=trunc, kept_chars=kept,
+                                          latency_s=dt,
                                           prompt_tokens=usage["prompt_tokens"],
                                           completion_tokens=usage["completion_tokens"])
                         bar.update(1)
@@ -436,7 +439,7 @@ class Predictor:
             return None
         from distill.train.data import render_prompt
 
-        messages, _ = b.prepare(text)
+        messages = b.prepare(text)[0]
         return render_prompt(tok, messages, tok.chat_template)
 
     def close(self) -> None:
@@ -544,11 +547,16 @@ def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tok
         raise StageError("an openai: model needs --task (a task name, or the trained folder whose prompt it was "
                          "trained with)")
     client = LLMClient(LLMConfig(base_url=url, model=model_id or "", temperature=0.0, max_tokens=max_new_tokens,
-                                 concurrency=max(1, concurrency), response_format="prompt"))
-    client.ping()
+                                 concurrency=max(1, concurrency), response_format="prompt", retries=2))
     backend = _ServerBackend(client, task, max_new_tokens, concurrency, context, name="openai")
-    return Predictor(backend, task, spec, {"backend": "openai", "kind": "server", "url": url,
-                                           "model_id": client.model, "context": context})
+    pred = Predictor(backend, task, spec, {"backend": "openai", "kind": "server", "url": url, "context": context})
+    try:
+        client.ping()  # a server that is down fails here, once, with what to do
+    except BaseException:
+        pred.close()
+        raise
+    pred.info["model_id"] = client.model
+    return pred
 
 
 def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
