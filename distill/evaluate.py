@@ -16,7 +16,9 @@ Every example gets a weighted overall score (field ``weight``), plus: JSON valid
 schema valid, missing fields (reference has a value, prediction is empty), spurious
 fields (reference is empty, prediction invents a value), and hallucinated items
 (items of ``grounded`` fields that do not appear in the input text). An
-unparseable reply scores 0 on every field.
+unparseable reply scores 0 on every field. A task with ``price_check:`` also gets
+the menu price validation of :mod:`distill.menu` (items on the menu, total equal to
+the menu price of the predicted items, total equal to the reference).
 
 Adversarial cases (``tasks/<name>/adversarial.jsonl``; one JSON object per line)::
 
@@ -41,6 +43,7 @@ import math
 import re
 import statistics
 from collections import Counter, defaultdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -213,6 +216,13 @@ def score_field(rule: FieldRule, pred: Any, ref: Any, schema_prop: dict | None =
     return out
 
 
+@lru_cache(maxsize=8)
+def _menu(path: Path):
+    from .menu import load_menu
+
+    return load_menu(path)
+
+
 def _scored_fields(task: Task) -> dict[str, FieldRule]:
     return {n: r for n, r in task.fields.items() if r.score}
 
@@ -284,6 +294,13 @@ def score_example(pred_output: Any, reference: dict | None, task: Task, text: st
             total += rule.weight * fr["score"]
             wsum += rule.weight
         res["score"] = total / wsum if wsum else None
+
+    pc = task.extra.get("price_check")
+    if pc:
+        from . import menu as M
+
+        res["price_check"] = M.price_check(_menu(task.dir / pc["menu"]), obj, reference, items=pc["items"],
+                                           total=pc["total"], tolerance=float(pc.get("tolerance", 0.01)))
 
     res["source_checks"] = {}
     if source and obj is not None:
@@ -431,6 +448,11 @@ def aggregate(examples: list[dict], task: Task, by_style: bool = True) -> dict:
         "parse_errors": dict(Counter(e["parse_error"] for e in examples if e.get("parse_error"))),
         "fields": _aggregate_fields(examples, task),
     }
+    checks = [e["price_check"] for e in examples if e.get("price_check")]
+    if checks:
+        from .menu import summarize_price_checks
+
+        agg["price_check"] = summarize_price_checks(checks)
     lat = [e["latency_s"] for e in examples if e.get("latency_s") is not None]
     agg["latency_s"] = {"mean": _mean(lat), "p50": statistics.median(lat) if lat else None}
     if by_style:
@@ -536,6 +558,9 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
                     add(f"  {d} RMSE", _num2, "fields", name, "dims", d, "rmse")
         else:
             add(f"{name} ({method}) match", _pct, "fields", name, "exact")
+    add("priced items on menu", _pct, "price_check", "priced_rate")
+    add("total = menu price", _pct, "price_check", "consistent_rate")
+    add("total = reference", _pct, "price_check", "correct_rate")
     add("hallucinated items", _pct, "hallucination_rate")
     add("missing fields", _pct, "missing_rate")
     add("invented fields", _pct, "spurious_rate")

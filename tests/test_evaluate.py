@@ -403,3 +403,22 @@ def test_same_names_are_told_apart(tmp_path):
     E.write_eval(tmp_path / "run1", _eval("m", [(REF, "x")]))
     E.write_eval(tmp_path / "run2", _eval("m", [(REF, "x")]))
     assert [e["name"] for e in E.compare([tmp_path / "run1", tmp_path / "run2"])] == ["m (run1)", "m (run2)"]
+
+
+def test_price_check_for_tasks_that_declare_it():
+    """coffee_order declares price_check: 07 prices the predicted items with the task's menu."""
+    coffee = load_task("coffee_order")
+    ref = {"items": [{"name": "Latte", "size": "small", "quantity": 2, "modifiers": ["oat milk"]}],
+           "total_price": 9.30, "not_on_menu": []}                                    # (3.95 + 0.70) * 2
+    right = E.score_example(ref, ref, coffee, "two small oat lattes")
+    assert right["price_check"]["consistent"] and right["price_check"]["correct"]
+    # right drink, wrong total: inconsistent with the menu and with the reference
+    wrong_total = E.score_example(dict(ref, total_price=7.90), ref, coffee, "two small oat lattes")
+    assert wrong_total["price_check"]["priced"] and not wrong_total["price_check"]["consistent"]
+    off_menu = E.score_example(dict(ref, items=[{"name": "Pizza", "size": "large", "quantity": 1}]), ref, coffee, "t")
+    assert off_menu["price_check"]["priced"] is False
+    a = E.aggregate([right, wrong_total, off_menu], coffee)
+    assert a["price_check"]["consistent_rate"] == 0.3333   # summarize_price_checks rounds to 4 places
+    assert a["price_check"]["priced_rate"] == 0.6667
+    assert "total = menu price" in E.format_table([{"name": "m", "aggregate": a}])
+    assert "price_check" not in E.score_example(REF, REF, RECIPE, TEXT)
