@@ -68,6 +68,7 @@ class Prediction:
     finish_reason: str | None = None   # stop | length
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    output_tokens: list[int] | None = None  # generated token ids (local backends), for equivalence checks
 
     @property
     def valid(self) -> bool:
@@ -260,7 +261,7 @@ class _HFBackend(_Backend):
             gen = row[:stop] if stop is not None else row
             finish = "stop" if stop is not None else "length"
             text = self.tok.decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            results.append((text, finish, {"prompt_tokens": len(p), "completion_tokens": len(gen)}))
+            results.append((text, finish, {"prompt_tokens": len(p), "completion_tokens": len(gen), "tokens": gen}))
         return results
 
 
@@ -273,6 +274,7 @@ class _ServerBackend(_Backend):
         self.client, self.task, self.max_new = client, task, max_new_tokens
         self.batch = max(1, concurrency)
         self.tok, self.server = tokenizer, server
+        self.eos_ids = {tokenizer.eos_token_id} if tokenizer is not None else set()
         prompt_fn = (lambda m: len(self._ids(m))) if tokenizer is not None else None
         self.trunc = _Truncator(task, context, max_new_tokens, prompt_fn=prompt_fn)
 
@@ -301,15 +303,20 @@ class _ServerBackend(_Backend):
             return raw, c.finish_reason, c.usage
         # llama.cpp /completion with the training prompt as token ids: exact tokens, no second BOS,
         # no dependence on the GGUF's embedded template.
+        # The answer comes back as token ids and is decoded by the training tokenizer, exactly as
+        # the transformers backend decodes: a GGUF whose embedded vocabulary metadata decodes
+        # differently (seen with GGUFs converted from GGUF-derived folders) cannot change the text.
         ids = self._ids(messages)
         body = {"prompt": ids, "n_predict": self.max_new, "temperature": 0.0, "top_k": 1,
-                "cache_prompt": True, "stream": False}
+                "cache_prompt": True, "stream": False, "return_tokens": True}
         resp, _ = self.client._request("POST", self.server.root_path("/completion"), body)
         data = resp.json()
-        finish = "length" if data.get("stop_type") == "limit" or data.get("truncated") else "stop"
+        tokens = [t for t in data.get("tokens") or [] if t not in self.eos_ids]
+        finish = "length" if data.get("stop_type") == "limit" else "stop"
         usage = {"prompt_tokens": data.get("tokens_evaluated", len(ids)),
-                 "completion_tokens": data.get("tokens_predicted", 0)}
-        return data.get("content", ""), finish, usage
+                 "completion_tokens": data.get("tokens_predicted", len(tokens)), "tokens": tokens}
+        text = self.tok.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text, finish, usage
 
     def close(self) -> None:
         self.client.close()
@@ -369,6 +376,7 @@ class Predictor:
             return pred
         pred.latency_s = time.monotonic() - t0
         pred.prompt_tokens, pred.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        pred.output_tokens = usage.get("tokens")
         return complete_prediction(pred, raw, self.task, finish)
 
     def predict_iter(self, texts: list[str], progress: bool = True, desc: str = "extracting") -> Iterator[tuple[int, Prediction]]:
@@ -389,7 +397,7 @@ class Predictor:
                         pred = Prediction(text=text, prompt_messages=msgs, truncated_input=trunc, kept_chars=kept,
                                           latency_s=dt,
                                           prompt_tokens=usage["prompt_tokens"],
-                                          completion_tokens=usage["completion_tokens"])
+                                          completion_tokens=usage["completion_tokens"], output_tokens=usage["tokens"])
                         bar.update(1)
                         yield i, complete_prediction(pred, raw, self.task, finish)
             finally:
