@@ -356,7 +356,8 @@ class LLMClient:
     def ping(self) -> list[str]:
         """Check the server at stage start; picks the first listed model when none was configured.
 
-        A configured model missing from the list is not an error: LM Studio loads models on demand
+        ``complete()`` calls it by itself when no model is set. A configured model missing
+        from the list is not an error: LM Studio loads models on demand
         and llama.cpp serves its one model under any name.
         """
         try:
@@ -438,6 +439,10 @@ class LLMClient:
         response_format the server accepts. The caller still parses and validates ``content``:
         in ``prompt`` mode (and on servers that ignore the schema) nothing is enforced.
         """
+        if not self.model:
+            with self._mode_lock:  # resolve the server's model once, before the first request
+                if not self.model:
+                    self.ping()
         if response_schema is None:
             return self._chat(messages, None, "prompt", probing=False)
         if self._mode is None:
@@ -552,6 +557,7 @@ class RunStats:
 
     @property
     def requests(self) -> int:
+        """Items that got an answer or a failure (not HTTP attempts: retries are inside one item)."""
         return self.done + sum(self.failed.values())
 
     @property

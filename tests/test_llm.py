@@ -286,6 +286,10 @@ def test_ping_lists_models_and_resolves_an_empty_model():
         assert srv.history[0]["model"] == "qwen3-8b"
         assert srv.paths[0] == "GET /v1/models"
 
+        lazy = make_client(srv.url, model="")
+        lazy.complete(MSGS)  # no ping first: the model is resolved on the first request
+        assert srv.history[-1]["model"] == "qwen3-8b"
+
         configured = make_client(srv.url, model="my-model")
         configured.ping()
         assert configured.model == "my-model"  # kept: servers may load it on demand
