@@ -12,6 +12,7 @@ Usage:
     python 05_finetune.py --model-name path/to/model.gguf --lora-rank 16 --max-seq-length 1024
     python 05_finetune.py --backend hf --optimizer adamw_torch          # no Unsloth
     python 05_finetune.py --reasoning strip                              # train without <think> blocks
+    python 05_finetune.py --dataset-dir data/04_dataset --save-dir coffee-chain   # a task with steps: trains the chain
 
 --backend auto uses Unsloth wherever it imports (CUDA GPU, or its CPU mode), else
 transformers+PEFT+TRL (Apple MPS, or Unsloth not installed).
@@ -31,6 +32,13 @@ from distill.train.config import add_config_args, config_from_args  # noqa: E402
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
+    g = p.add_argument_group("chained tasks (steps: in task.yaml, e.g. coffee_order)")
+    g.add_argument("--chain", choices=("auto", "on", "off"), default="auto",
+                   help="auto = when the dataset's task has steps, train them one after another into "
+                        "--save-dir/step1-.../, step2-.../ (each later step on the earlier step's generated "
+                        "outputs); off = train one model on the whole task; on = fail if the task has no steps")
+    g.add_argument("--chain-max-new-tokens", type=int, default=256,
+                   help="token limit for a trained step when it writes the next step's training inputs")
     return p
 
 
@@ -39,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def _main() -> int:
         cfg = config_from_args(args)
+        from distill.chain import chain_task_for, train_chain
+
+        chained = chain_task_for(cfg.dataset_dir, args.chain)
+        if chained is not None:
+            chain = train_chain(chained, cfg, step_max_new_tokens=args.chain_max_new_tokens)
+            print(f"05: chain {' -> '.join(s['name'] for s in chain['steps'])} of task {chained.name} "
+                  f"in {chain['trained_s']:.0f}s -> {cfg.save_dir} (evaluate it: 07_evaluate.py --model {cfg.save_dir})")
+            return 0
         from distill.train.core import run as train
 
         out = train(cfg)

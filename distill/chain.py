@@ -1,0 +1,281 @@
+"""Chained tasks: several small models run one after another (``steps:`` in task.yaml).
+
+Training (05_finetune.py calls :func:`train_chain` when the dataset's task has steps)::
+
+    04 dataset (text -> verified label)
+      step 1 data: text -> step 1's target, rendered from the label (target_template)
+      train step 1; run it over the train and val inputs
+      step 2 data: step 1's *generated* output -> step 2's target (the label JSON for the last step)
+      train step 2 ...
+
+so each later step learns from what the earlier step really produces, mistakes included,
+not from clean ground truth it will never see at run time. Every step folder is a normal
+05 folder (adapter + distill_config.json with the step's exact prompt); the chain folder
+holds them plus ``chain.json`` (written last: a chain without it is unfinished) and the
+generated intermediate texts.
+
+Evaluation: :func:`load_chain_predictor` gives a predictor with the interface of
+:class:`distill.infer.Predictor`, so 07_evaluate.py scores a chain folder end to end
+(text -> step 1 -> ... -> JSON) against the references like any model. Each step is
+loaded, run over all inputs and closed before the next one, so only one model is in
+memory at a time.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .io import StageError, read_json, read_jsonl, stable_hash, write_json, write_jsonl, write_manifest
+from .tasks import Task, load_task
+
+CHAIN_FILE = "chain.json"
+SPLITS = ("train", "val", "test")
+
+
+def is_chain_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / CHAIN_FILE).is_file()
+
+
+def step_dir_name(index: int, task: Task) -> str:
+    return f"step{index + 1}-{task.steps[index].name}"
+
+
+def step_target(task: Task, index: int, reference: dict) -> str:
+    """The answer step ``index`` is trained on: rendered text, or the label JSON for the last step."""
+    st = task.steps[index]
+    if index == len(task.steps) - 1:
+        return json.dumps(reference, ensure_ascii=False)
+    return st.render_target(reference)
+
+
+def step_rows(task: Task, index: int, rows: list[dict], inputs: dict[str, str]) -> list[dict]:
+    """Chat rows for one step: the step's prompt on ``inputs[id]``, answered with the step's target."""
+    st = task.steps[index]
+    out = []
+    for r in rows:
+        if r["id"] not in inputs:
+            continue
+        msgs = st.messages(inputs[r["id"]]) + [{"role": "assistant", "content": step_target(task, index, r["reference"])}]
+        out.append({"messages": msgs, "id": r["id"], "source_id": r.get("source_id"), "style": r.get("style"),
+                    "task": task.name, "step": st.name, "text": inputs[r["id"]], "reference": r["reference"]})
+    return out
+
+
+def write_step_dataset(out_dir: Path, task: Task, index: int, splits: dict[str, list[dict]],
+                       inputs: dict[str, dict[str, str]]) -> Path:
+    """A dataset folder in 04's format for one step (the training core reads it unchanged)."""
+    st = task.steps[index]
+    counts = {}
+    for s in SPLITS:
+        rows = step_rows(task, index, splits.get(s, []), inputs.get(s, {}))
+        write_jsonl(out_dir / f"{s}.jsonl", rows)
+        counts[s] = len(rows)
+    write_manifest(out_dir, "04_build_dataset", {"chain_step": st.name}, counts, task=task.name, step=st.name,
+                   step_index=index, system_prompt=st.system_prompt, user_template=st.user_template,
+                   reasoning="strip")
+    return out_dir
+
+
+def _load_splits(dataset_dir: Path) -> tuple[dict[str, list[dict]], dict]:
+    from .io import require_manifest
+
+    manifest = require_manifest(dataset_dir, "04_build_dataset.py")
+    splits = {s: read_jsonl(dataset_dir / f"{s}.jsonl") if (dataset_dir / f"{s}.jsonl").exists() else []
+              for s in SPLITS}
+    if not splits["train"]:
+        raise StageError(f"{dataset_dir}/train.jsonl is empty: build the dataset with 04_build_dataset.py first")
+    for s, rows in splits.items():
+        for i, r in enumerate(rows, 1):
+            if not isinstance(r.get("text"), str) or not isinstance(r.get("reference"), dict):
+                raise StageError(f"{dataset_dir}/{s}.jsonl row {i} has no text/reference: rebuild it with 04")
+    return splits, manifest
+
+
+def run_step(step_dir: str | Path, texts: list[str], *, max_new_tokens: int, concurrency: int = 1,
+             progress: bool = True) -> list[Any]:
+    """Run one trained step over ``texts``; returns its Predictions (in order)."""
+    from .infer import load_predictor
+
+    if not texts:
+        return []
+    with load_predictor(str(step_dir), max_new_tokens=max_new_tokens, concurrency=concurrency) as pred:
+        return pred.predict(texts, progress=progress)
+
+
+def step_output_text(prediction: Any) -> str:
+    """What a step hands to the next: its answer without reasoning, as generated (errors included)."""
+    return (prediction.answer or "").strip()
+
+
+def train_chain(task: Task, cfg, *, step_max_new_tokens: int = 256, concurrency: int = 1,
+                train_fn: Callable | None = None, progress: bool = True) -> dict:
+    """Train every step of ``task`` in order into ``cfg.save_dir``; see the module docstring.
+
+    ``cfg`` is a :class:`distill.train.config.TrainConfig`: each step gets a copy with its
+    own dataset and save folder. A step whose folder already holds a model trained on the
+    same rows with the same settings is reused, so an interrupted chain resumes.
+    """
+    if not task.steps:
+        raise StageError(f"task {task.name} has no steps: train it with 05_finetune.py as one model")
+    if train_fn is None:
+        from .train.core import run as train_fn  # noqa: N806 - the training core
+    root = Path(cfg.save_dir)
+    splits, manifest = _load_splits(Path(cfg.dataset_dir))
+    if manifest.get("task") and manifest["task"] != task.name:
+        raise StageError(f"{cfg.dataset_dir} is a dataset of task {manifest['task']!r}, not {task.name!r}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / CHAIN_FILE).unlink(missing_ok=True)  # unfinished until written again at the end
+
+    inputs = {s: {r["id"]: r["text"] for r in rows} for s, rows in splits.items() if s != "test"}
+    steps_out = []
+    t0 = time.time()
+    for i, st in enumerate(task.steps):
+        name = step_dir_name(i, task)
+        ds_dir = write_step_dataset(root / "data" / name, task, i, splits, inputs)
+        save = root / name
+        step_cfg = cfg.replace(dataset_dir=str(ds_dir), save_dir=str(save),
+                               output_dir=str(Path(cfg.output_dir) / name))
+        key = stable_hash(read_jsonl(ds_dir / "train.jsonl"), read_jsonl(ds_dir / "val.jsonl"),
+                          {k: v for k, v in step_cfg.to_dict().items() if k not in ("output_dir",)})
+        marker = save / "chain_step.json"
+        if marker.exists() and read_json(marker).get("key") == key and (save / "distill_config.json").exists():
+            print(f"chain: step {i + 1}/{len(task.steps)} {st.name}: already trained on the same data, reused")
+            metrics = read_json(save / "distill_config.json").get("metrics", {})
+        else:
+            print(f"chain: step {i + 1}/{len(task.steps)} {st.name}: training on "
+                  f"{len(read_jsonl(ds_dir / 'train.jsonl'))} examples")
+            metrics = train_fn(step_cfg)["metrics"]
+            write_json(marker, {"key": key, "step": st.name, "index": i})
+        info = {"name": st.name, "dir": name, "dataset_dir": str(ds_dir.relative_to(root)), "metrics": metrics}
+        if i < len(task.steps) - 1:
+            # The next step learns from what this one really generates, on its own inputs.
+            generated, stats = {}, {}
+            for s in ("train", "val"):
+                ids = list(inputs.get(s, {}))
+                preds = run_step(save, [inputs[s][k] for k in ids], max_new_tokens=step_max_new_tokens,
+                                 concurrency=concurrency, progress=progress)
+                generated[s] = {k: step_output_text(p) for k, p in zip(ids, preds)}
+                targets = {r["id"]: step_target(task, i, r["reference"]) for r in splits[s]}
+                stats[s] = {"n": len(ids), "exact_match_target": sum(generated[s][k] == targets[k] for k in ids),
+                            "empty": sum(not generated[s][k] for k in ids),
+                            "cut_off": sum(p.finish_reason == "length" for p in preds)}
+            write_jsonl(root / "data" / f"{name}.generated.jsonl",
+                        [{"split": s, "id": k, "input": inputs[s][k], "generated": g,
+                          "target": step_target(task, i, next(r for r in splits[s] if r["id"] == k)["reference"])}
+                         for s in generated for k, g in generated[s].items()])
+            print(f"chain: step {st.name} output matches its target exactly on "
+                  f"{stats['train']['exact_match_target']}/{stats['train']['n']} train inputs; "
+                  f"these generated texts are the next step's training inputs")
+            info["generated"] = stats
+            inputs = generated
+        steps_out.append(info)
+
+    chain = {"task": task.name, "steps": steps_out, "dataset_dir": str(cfg.dataset_dir),
+             "step_max_new_tokens": step_max_new_tokens, "train_config": cfg.to_dict(),
+             "trained_s": round(time.time() - t0, 1), "fingerprint": stable_hash(steps_out, time.time())}
+    write_json(root / CHAIN_FILE, chain)
+    print(f"chain: {' -> '.join(s['name'] for s in steps_out)} saved to {root}")
+    return chain
+
+
+# ------------------------------------------------------------------ inference through a chain
+
+class ChainPredictor:
+    """Runs a chain folder like one model: the interface of distill.infer.Predictor."""
+
+    def __init__(self, chain_dir: str | Path, *, max_new_tokens: int = 1024, concurrency: int = 1,
+                 context: int | None = None):
+        self.dir = Path(chain_dir)
+        if not is_chain_dir(self.dir):
+            raise StageError(f"{self.dir} has no {CHAIN_FILE}: not a finished chain (re-run 05_finetune.py)")
+        self.chain = read_json(self.dir / CHAIN_FILE)
+        self.task = load_task(self.chain["task"])
+        self.max_new_tokens = max_new_tokens
+        self.step_max_new_tokens = int(self.chain.get("step_max_new_tokens", max_new_tokens))
+        self.concurrency, self.context = concurrency, context
+        self.info = {"backend": "chain", "steps": [s["dir"] for s in self.chain["steps"]], "spec": str(self.dir)}
+        self.last_steps: list[list[str]] = []  # per input of the last predict: each intermediate output
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def predict_iter(self, texts: list[str], progress: bool = True, desc: str = "chain") -> Iterator[tuple[int, Any]]:
+        from .infer import load_predictor
+
+        current = list(texts)
+        inter: list[list[str]] = [[] for _ in texts]
+        t0 = time.time()
+        preds: list[Any] = []
+        n = len(self.chain["steps"])
+        for i, st in enumerate(self.chain["steps"]):
+            last = i == n - 1
+            with load_predictor(str(self.dir / st["dir"]), max_new_tokens=self.max_new_tokens if last
+                                else self.step_max_new_tokens, concurrency=self.concurrency,
+                                context=self.context) as pred:
+                preds = pred.predict(current, progress=progress)
+            if not last:
+                current = [step_output_text(p) for p in preds]
+                for k, c in enumerate(current):
+                    inter[k].append(c)
+        self.last_steps = inter
+        per_item = (time.time() - t0) / max(1, len(texts))
+        for k, p in enumerate(preds):
+            # The last step's answer is the chain's answer to the original input; the
+            # intermediate texts stay in last_steps, so scoring sees only the final JSON.
+            p.text = texts[k]
+            p.latency_s = per_item
+            yield k, p
+
+    def predict(self, texts: list[str], progress: bool = True) -> list[Any]:
+        out: list[Any] = [None] * len(texts)
+        for k, p in self.predict_iter(texts, progress=progress):
+            out[k] = p
+        return out
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "ChainPredictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def load_chain_predictor(chain_dir: str | Path, **kw: Any) -> ChainPredictor:
+    return ChainPredictor(chain_dir, **kw)
+
+
+def price_report(task: Task, outputs: list[Any], references: list[dict | None]) -> dict | None:
+    """The task's price validation over predictions (None when the task declares no price_check)."""
+    pc = task.extra.get("price_check")
+    if not pc:
+        return None
+    from .menu import load_menu, price_check, summarize_price_checks
+
+    menu = load_menu(task.dir / pc["menu"])
+    checks = [price_check(menu, o if isinstance(o, dict) else None, r, items=pc["items"], total=pc["total"],
+                          tolerance=float(pc.get("tolerance", 0.01))) for o, r in zip(outputs, references)]
+    return summarize_price_checks(checks) | {"menu": pc["menu"]}
+
+
+def chain_task_for(dataset_dir: str | Path, mode: str = "auto") -> Task | None:
+    """05's --chain: the task to train as a chain, or None to train one model.
+
+    auto: chain when the dataset's task declares steps; on: require steps; off: never.
+    """
+    from .io import read_manifest
+
+    if mode == "off":
+        return None
+    m = read_manifest(dataset_dir) or {}
+    task = load_task(m["task"]) if m.get("task") else None
+    if task is not None and task.steps and m.get("step") is None:
+        return task
+    if mode == "on":
+        raise StageError(f"--chain on: the dataset in {dataset_dir} is not of a task with steps "
+                         f"({m.get('task') or 'no task named'}); drop --chain on")
+    return None
