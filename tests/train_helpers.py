@@ -29,7 +29,7 @@ def make_toy_dataset(d: Path, n_train: int = 16, n_val: int = 4, n_test: int = 3
     for split, n, seed in (("train", n_train, 1), ("val", n_val, 2), ("test", n_test, 3)):
         (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in toy_rows(n, seed)))
     (d / "manifest.json").write_text(json.dumps({
-        "stage": "04_build_dataset", "task": "toy", "system_prompt": SYSTEM, "user_template": "{text}",
+        "stage": "04_build_dataset", "task": "recipe", "system_prompt": SYSTEM, "user_template": "{text}",
         "reasoning": "keep"}))
     return d
 

@@ -235,7 +235,9 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
         write_json(tmp / "history.json", history)
         plot_history(history, tmp / "loss.png")
         dcfg = {
-            "train_config": cfg.to_dict(), "backend": backend.NAME, "base_model": cfg.model_name,
+            "train_config": cfg.to_dict(), "backend": backend.NAME,
+            # a local path is stored absolute so the adapter loads from any working directory
+            "base_model": str(Path(cfg.model_name).resolve()) if Path(cfg.model_name).exists() else cfg.model_name,
             "base_model_resolved": model_path, "task": ds.manifest.get("task"),
             "system_prompt": ds.manifest.get("system_prompt"), "user_template": ds.manifest.get("user_template"),
             "reasoning": cfg.reasoning, "chat_template": template, "eos_token": tok.eos_token,

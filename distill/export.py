@@ -1,0 +1,132 @@
+"""GGUF export through llama.cpp's own converter, offline, and a load-back check.
+
+The converter (convert_hf_to_gguf.py with its matching gguf-py) and the compiled
+llama-quantize / llama-server come from llama.cpp as shipped in a PyPI package; where they
+are is :mod:`distill.llamacpp`'s business. Nothing is cloned or built at run time.
+
+F16, BF16 and Q8_0 are written by the converter directly; k-quants (Q4_K_M) are made
+from an F16 file by llama-quantize. Every export is loaded back into llama-server and
+must answer a prompt rendered with the training chat template.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from distill.io import StageError
+
+DIRECT = {"F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}
+QUANTIZED = {"Q4_K_M"}
+
+
+def _llamacpp():
+    try:
+        from distill import llamacpp
+    except ImportError as exc:
+        raise StageError("GGUF export needs llama.cpp's tools (distill.llamacpp): run scripts/setup.sh") from exc
+    return llamacpp
+
+
+def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "Q8_0", name: str | None = None) -> Path:
+    """Convert a merged HF folder (safetensors + tokenizer) to ``out_dir/<name>-<quant>.gguf``."""
+    quant = quant.upper()
+    if quant not in DIRECT and quant not in QUANTIZED:
+        raise StageError(f"--gguf-quantization {quant}: supported are {', '.join([*DIRECT, *QUANTIZED])}")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = name or "model"
+    dest = out_dir / f"{name}-{quant}.gguf"
+    L = _llamacpp()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".gguf-") as tmp:
+        first = Path(tmp) / f"{name}-{'F16' if quant in QUANTIZED else quant}.gguf"
+        L.convert_hf_to_gguf(model_dir, first, outtype=DIRECT.get(quant, "f16"))
+        if quant in QUANTIZED:
+            second = Path(tmp) / dest.name
+            L.quantize(first, second, quant)
+            first = second
+        os.replace(first, dest)
+    print(f"GGUF {quant}: {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+    return dest
+
+
+def check_gguf(gguf: str | Path, messages: list[dict], template_tok=None, max_tokens: int = 64) -> str:
+    """Load the GGUF into llama-server and ask it one prompt; a GGUF that cannot answer is an error.
+
+    With ``template_tok`` (the training tokenizer) the prompt is rendered by the training chat
+    template and sent as raw text to /completion, so it is the exact training prompt.
+    """
+    import httpx
+
+    L = _llamacpp()
+    if template_tok is not None:
+        from distill.train.data import render_prompt
+
+        prompt = render_prompt(template_tok, messages, template_tok.chat_template)
+    else:
+        prompt = "\n".join(m["content"] for m in messages if m["role"] != "assistant")
+    with L.LlamaServer(Path(gguf)) as server:
+        r = httpx.post(f"{server.url}/completion", json={"prompt": prompt, "n_predict": max_tokens,
+                                                          "temperature": 0, "cache_prompt": False}, timeout=300)
+        r.raise_for_status()
+        body = r.json()
+    text = body.get("content", "")
+    n = body.get("tokens_predicted", len(text))
+    if not n:
+        raise StageError(f"{gguf}: llama-server loaded the GGUF but generated nothing")
+    print(f"GGUF check: llama-server answered {n} tokens: {text[:120]!r}")
+    return text
+
+
+def unsloth_llama_cpp_dir() -> Path | None:
+    """A folder laid out like a llama.cpp checkout for Unsloth's offline exporter, or None.
+
+    Unsloth's save_pretrained_gguf with UNSLOTH_LLAMA_CPP_OFFLINE=1 looks in
+    UNSLOTH_LLAMA_CPP_PATH for convert_hf_to_gguf.py (+ gguf-py), llama-quantize and the
+    src/ ggml/ common/ folders of a checkout. We assemble one from symlinks (cached).
+    """
+    try:
+        L = _llamacpp()
+        src = Path(L.converter_dir())
+        quantize = Path(L.find_quantize())
+    except Exception:  # noqa: BLE001 - no tools: the caller falls back or reports
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    out = Path(base) / "distill" / "unsloth-llama.cpp"
+    out.mkdir(parents=True, exist_ok=True)
+    links = {"convert_hf_to_gguf.py": src / "convert_hf_to_gguf.py", "gguf-py": src / "gguf-py",
+             "llama-quantize": quantize, "quantize": quantize}
+    for opt in ("conversion", "convert_lora_to_gguf.py", "src", "ggml", "common"):
+        if (src / opt).exists():
+            links[opt] = src / opt
+    for name, target in links.items():
+        link = out / name
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            link.unlink() if not link.is_dir() or link.is_symlink() else shutil.rmtree(link)
+        link.symlink_to(target)
+    for d in ("src", "ggml", "common"):  # a checkout's marker folders
+        (out / d).mkdir(exist_ok=True)
+    return out
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """python -m distill.export MODEL_DIR OUT_DIR [QUANT]: convert a merged folder by hand."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print(_main.__doc__)
+        return 2
+    try:
+        export_gguf(argv[0], argv[1], argv[2] if len(argv) > 2 else "Q8_0")
+    except (StageError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,81 @@
+"""Chat data: training templates render like the model's own, loss only on the assistant turn."""
+import json
+
+import pytest
+from train_helpers import make_toy_dataset, smollm2_folder, toy_rows
+
+from distill.io import StageError
+from distill.train import data
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from distill.train.models import load_tokenizer
+
+    return load_tokenizer(smollm2_folder())
+
+
+def test_training_template_renders_like_the_original_and_masks_only_the_answer(tok):
+    template = data.training_chat_template(tok)
+    assert "{% generation %}" in template and "{% generation %}" not in tok.chat_template
+    msgs = toy_rows(1, seed=5)[0]["messages"]
+    assert tok.apply_chat_template(msgs, tokenize=False) == \
+        tok.apply_chat_template(msgs, chat_template=template, tokenize=False)
+    ex = data.tokenize_example(tok, template, msgs, max_len=512)
+    supervised = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+    assert tok.decode(supervised) == msgs[-1]["content"] + "<|im_end|>\n"
+    # The labelled tokens are one contiguous block at the end: nothing of the prompt is trained.
+    first = next(i for i, lab in enumerate(ex["labels"]) if lab != -100)
+    assert all(lab != -100 for lab in ex["labels"][first:])
+    prompt_ids = tok(data.render_prompt(tok, msgs, template), add_special_tokens=False)["input_ids"]
+    assert ex["input_ids"][:first] == prompt_ids  # the inference prompt is the training prefix
+
+
+def test_gemma3_training_template_from_trl(tok):
+    from distill.train.models import _gemma3_template
+
+    class GemmaLike:
+        chat_template = _gemma3_template()
+        bos_token = "<bos>"
+
+        def apply_chat_template(self, msgs, chat_template=None, tokenize=False, **kw):
+            return tok.apply_chat_template(msgs, chat_template=chat_template, tokenize=False, bos_token="<bos>", **kw)
+
+    template = data.training_chat_template(GemmaLike())
+    assert "generation" in template and "<start_of_turn>model" in template
+
+
+def test_reasoning_strip(tmp_path):
+    d = make_toy_dataset(tmp_path / "ds", 3, 1, 1)
+    keep = data.load_dataset_dir(d, "keep")
+    strip = data.load_dataset_dir(d, "strip")
+    assert keep.train[0]["messages"][-1]["content"].startswith("<think>")
+    answer = strip.train[0]["messages"][-1]["content"]
+    assert not answer.startswith("<think>") and json.loads(answer)["name"]
+    assert strip.train[0]["messages"][:2] == keep.train[0]["messages"][:2]
+
+
+def test_truncation_report_and_refusal(tok):
+    template = data.training_chat_template(tok)
+    rows = toy_rows(4, seed=1)
+    out = data.tokenize_rows(tok, template, rows, 512)
+    assert out.n_kept == 4 and out.n_truncated == 0 and out.supervised_tokens > 0
+    with pytest.raises(StageError, match="--max-seq-length"):
+        data.tokenize_rows(tok, template, rows, 20)  # the system+user prompt alone is longer
+
+
+def test_bad_dataset_inputs(tmp_path):
+    with pytest.raises(StageError, match="04_build_dataset.py"):
+        data.load_dataset_dir(tmp_path / "missing")
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "train.jsonl").write_text("")
+    with pytest.raises(StageError, match="empty"):
+        data.load_dataset_dir(d)
+    good = json.dumps(toy_rows(1, 1)[0])
+    (d / "train.jsonl").write_text(good + "\n{not json\n")
+    with pytest.raises(StageError, match=r"train.jsonl:2"):
+        data.load_dataset_dir(d)
+    (d / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(StageError, match="last message must be the assistant"):
+        data.load_dataset_dir(d)
