@@ -80,7 +80,7 @@ def _main(args) -> int:
             client.ping()
 
             def work(item):
-                c = client.complete(item.messages)
+                c = client.complete(item.messages, seed=item.seed)
                 return c
 
             for item, res in run_concurrently(todo, work, concurrency=args.concurrency, desc="02 synthesize"):

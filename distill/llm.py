@@ -373,7 +373,7 @@ class LLMClient:
             self.model = ids[0]
         return ids
 
-    def _body(self, messages: list[dict], schema: dict | None, mode: str) -> dict:
+    def _body(self, messages: list[dict], schema: dict | None, mode: str, seed: int | None = None) -> dict:
         cfg = self.config
         body: dict[str, Any] = {
             "model": self.model or "default",
@@ -382,14 +382,15 @@ class LLMClient:
             "max_tokens": cfg.max_tokens,
             "stream": False,
         }
-        if cfg.seed is not None:
-            body["seed"] = cfg.seed
+        if (seed if seed is not None else cfg.seed) is not None:
+            body["seed"] = seed if seed is not None else cfg.seed
         rf = _response_format(mode, schema)
         if rf is not None:
             body["response_format"] = rf
         return body
 
-    def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool) -> Completion:
+    def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool,
+              seed: int | None = None) -> Completion:
         def refused(status: int, detail: str) -> bool:
             # Only while probing: once a mode works (or was forced), errors are plain LLMErrors.
             if not probing or mode == "prompt" or schema is None:
@@ -401,7 +402,7 @@ class LLMClient:
             return status == 500
 
         started = time.monotonic()
-        resp, attempts = self._request("POST", "/chat/completions", self._body(messages, schema, mode), refused)
+        resp, attempts = self._request("POST", "/chat/completions", self._body(messages, schema, mode, seed), refused)
         try:
             data = resp.json()
             choice = data["choices"][0]
@@ -432,7 +433,8 @@ class LLMClient:
             raise LLMError("empty", "the answer was empty" + (" (only reasoning)" if reasoning else ""), completion)
         return completion
 
-    def complete(self, messages: list[dict], response_schema: dict | None = None) -> Completion:
+    def complete(self, messages: list[dict], response_schema: dict | None = None,
+                 seed: int | None = None) -> Completion:
         """Send one chat request; returns a Completion or raises LLMError / LLMUnavailable.
 
         With ``response_schema`` the server is asked for JSON matching it, using the best
@@ -444,19 +446,19 @@ class LLMClient:
                 if not self.model:
                     self.ping()
         if response_schema is None:
-            return self._chat(messages, None, "prompt", probing=False)
+            return self._chat(messages, None, "prompt", probing=False, seed=seed)
         if self._mode is None:
             # Probe once, under a lock: concurrent first requests wait instead of all paying the
             # fallback chain. Once the mode is known the lock is never taken again.
             with self._mode_lock:
                 if self._mode is None:
-                    return self._probe(messages, response_schema)
-        return self._chat(messages, response_schema, self._mode, probing=False)
+                    return self._probe(messages, response_schema, seed)
+        return self._chat(messages, response_schema, self._mode, probing=False, seed=seed)
 
-    def _probe(self, messages: list[dict], schema: dict) -> Completion:
+    def _probe(self, messages: list[dict], schema: dict, seed: int | None = None) -> Completion:
         for mode in RESPONSE_FORMATS:
             try:
-                return self._chat(messages, schema, mode, probing=True)
+                return self._chat(messages, schema, mode, probing=True, seed=seed)
             except _FormatRefused as exc:
                 log.info("server refused response_format %s (%s); trying the next mode", mode, exc)
         raise AssertionError("unreachable: prompt mode is never refused")

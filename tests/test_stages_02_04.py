@@ -172,3 +172,13 @@ def test_calibrate_prints_pass_rates_and_stops(tmp_path, capsys):
         out = capsys.readouterr().out
         assert "pass rate per field" in out and "accepted per style" in out
         assert len(outputs(lab)) == 4 and not (lab / "manifest.json").exists()
+
+
+def test_each_input_has_its_own_reproducible_seed(tmp_path):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        assert run_02(srv, tmp_path / "a", "--limit", "3", "--per-record", "2") == 0
+        seeds = [b["seed"] for b in srv.history]
+        assert len(set(seeds)) == 6
+        srv.history.clear()
+        assert run_02(srv, tmp_path / "b", "--limit", "3", "--per-record", "2") == 0
+        assert sorted(b["seed"] for b in srv.history) == sorted(seeds)
