@@ -18,6 +18,7 @@ What is evaluated is what users run, so both scripts call :func:`load_predictor`
   training config is a base model: its own chat template via ``/v1/chat/completions``;
 * ``openai:URL`` (with ``model_id``): any OpenAI-compatible server (teacher, LM Studio,
   Ollama, a llama-server you started); the server applies its chat template;
+* a chain folder (``chain.json``, see distill.chain): its steps run one after another;
 * anything else (hub id, HF folder): a base model through transformers with its own template.
 
 The prompt is always ``task.student_messages(text)``; for a trained model the task's
@@ -575,6 +576,11 @@ def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None 
     if context is not None and context < 64:
         raise StageError("context must be at least 64 tokens")
     spec = str(spec)
+    from .chain import is_chain_dir, load_chain_predictor
+
+    if is_chain_dir(spec):  # several trained steps run one after another (distill.chain), same interface
+        return load_chain_predictor(spec, model_id=model_id, task=task, max_new_tokens=max_new_tokens,
+                                    concurrency=concurrency, context=context)
     if spec.startswith("openai:"):
         return _load_openai(spec, model_id, task, max_new_tokens, concurrency, context)
     if spec.endswith(".gguf"):
