@@ -70,8 +70,8 @@ def make_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="token limit for one answer (reasoning included)")
     g.add_argument("--context", type=int, default=0,
-                   help="context window in tokens for truncating long inputs (0 = the training --max-seq-length, "
-                        "else the model's own window; openai: models are only truncated when this is set)")
+                   help="context window in tokens for truncating long inputs (0 = the model's own window, at most "
+                        "8192; openai: models are only truncated when this is set)")
     g.add_argument("--concurrency", type=int, default=1,
                    help="inputs at once: batch size for adapter/merged models, parallel slots for .gguf and "
                         "requests in flight for openai:")
@@ -150,7 +150,9 @@ def export_ollama(args, task) -> Path:
     tok = AutoTokenizer.from_pretrained(cfg_path.parent)
     tok.chat_template = dcfg["chat_template"]
     task = task or task_for_config(dcfg)
-    context = args.context or (dcfg.get("train_config", {}).get("max_seq_length") or 8192)
+    from distill.infer import DEFAULT_CONTEXT, _gguf_context_length
+
+    context = args.context or min(_gguf_context_length(gguf) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     out = args.export_ollama
     out.mkdir(parents=True, exist_ok=True)
     path = atomic_write_text(out / "Modelfile", modelfile_text(gguf, out, tok, dcfg, task, context,

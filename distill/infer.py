@@ -49,7 +49,7 @@ log = logging.getLogger("distill.infer")
 
 DISTILL_CONFIG = "distill_config.json"  # written by distill.train.core (same name)
 CHARS_PER_TOKEN = 3  # truncation estimate when no tokenizer is available (openai: backends)
-DEFAULT_CONTEXT = 8192  # when neither the caller, the training config nor the model says
+DEFAULT_CONTEXT = 8192  # cap on the automatic context (the model's window); --context overrides
 
 
 @dataclass
@@ -464,10 +464,12 @@ class Predictor:
 # ------------------------------------------------------------------ loading
 
 def _context_default(dcfg: dict | None, model_max: int | None) -> int:
-    """Training max_seq_length if known (the model has seen no longer inputs), else the model's window, capped."""
-    trained = (dcfg or {}).get("train_config", {}).get("max_seq_length") if dcfg else None
-    cands = [c for c in (trained, model_max) if isinstance(c, int) and c > 0]
-    return min(cands) if cands else DEFAULT_CONTEXT
+    """The model's own context window, at most DEFAULT_CONTEXT tokens (KV cache memory and CPU time
+    grow with it; --context raises it). Not the training --max-seq-length: that bounds prompt + answer
+    of the training rows, not what the model can read."""
+    if isinstance(model_max, int) and model_max > 0:
+        return min(model_max, DEFAULT_CONTEXT)
+    return DEFAULT_CONTEXT
 
 
 def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None) -> Predictor:
