@@ -147,29 +147,11 @@ def train_chain(task: Task, cfg, *, step_max_new_tokens: int = 256, concurrency:
             print(f"chain: step {i + 1}/{len(task.steps)} {st.name}: training on "
                   f"{len(read_jsonl(ds_dir / 'train.jsonl'))} examples")
             metrics = train_fn(step_cfg)["metrics"]
-            write_json(marker, {"key": key, "step": st.name, "index": i})
+            write_json(marker, {"key": key, "step": st.name, "index": i, "trained_at": time.time()})
         info = {"name": st.name, "dir": name, "dataset_dir": str(ds_dir.relative_to(root)), "metrics": metrics}
         if i < len(task.steps) - 1:
-            # The next step learns from what this one really generates, on its own inputs.
-            generated, stats = {}, {}
-            for s in ("train", "val"):
-                ids = list(inputs.get(s, {}))
-                preds = run_step(save, [inputs[s][k] for k in ids], max_new_tokens=step_max_new_tokens,
-                                 concurrency=concurrency, progress=progress)
-                generated[s] = {k: step_output_text(p) for k, p in zip(ids, preds)}
-                targets = {r["id"]: step_target(task, i, r["reference"]) for r in splits[s]}
-                stats[s] = {"n": len(ids), "exact_match_target": sum(generated[s][k] == targets[k] for k in ids),
-                            "empty": sum(not generated[s][k] for k in ids),
-                            "cut_off": sum(p.finish_reason == "length" for p in preds)}
-            write_jsonl(root / "data" / f"{name}.generated.jsonl",
-                        [{"split": s, "id": k, "input": inputs[s][k], "generated": g,
-                          "target": step_target(task, i, next(r for r in splits[s] if r["id"] == k)["reference"])}
-                         for s in generated for k, g in generated[s].items()])
-            print(f"chain: step {st.name} output matches its target exactly on "
-                  f"{stats['train']['exact_match_target']}/{stats['train']['n']} train inputs; "
-                  f"these generated texts are the next step's training inputs")
-            info["generated"] = stats
-            inputs = generated
+            inputs = _generate_step_outputs(task, i, save, root / "data" / f"{name}.generated.jsonl", splits,
+                                            inputs, info, step_max_new_tokens, concurrency, progress)
         steps_out.append(info)
 
     chain = {"task": task.name, "steps": steps_out, "dataset_dir": str(cfg.dataset_dir),
@@ -178,6 +160,43 @@ def train_chain(task: Task, cfg, *, step_max_new_tokens: int = 256, concurrency:
     write_json(root / CHAIN_FILE, chain)
     print(f"chain: {' -> '.join(s['name'] for s in steps_out)} saved to {root}")
     return chain
+
+
+def _generate_step_outputs(task: Task, i: int, save: Path, gen_path: Path, splits: dict, inputs: dict, info: dict,
+                           max_new_tokens: int, concurrency: int, progress: bool) -> dict[str, dict[str, str]]:
+    """Run trained step ``i`` over the train and val inputs: the next step's training inputs.
+
+    Reused when the same trained step already ran on the same inputs (the key is kept in
+    the step's chain_step.json, which a re-training replaces).
+    """
+    marker = save / "chain_step.json"
+    m = read_json(marker)
+    gen_key = stable_hash(m.get("trained_at"), {s: inputs.get(s, {}) for s in ("train", "val")}, max_new_tokens)
+    st = task.steps[i]
+    if m.get("generated_key") == gen_key and gen_path.exists():
+        rows = read_jsonl(gen_path)
+        info["generated"] = m.get("generated_stats")
+        print(f"chain: step {st.name}'s outputs on the same inputs reused from {gen_path.name}")
+        return {s: {g["id"]: g["generated"] for g in rows if g["split"] == s} for s in ("train", "val")}
+    generated: dict[str, dict[str, str]] = {}
+    stats, rows = {}, []
+    for s in ("train", "val"):
+        ids = list(inputs.get(s, {}))
+        preds = run_step(save, [inputs[s][k] for k in ids], max_new_tokens=max_new_tokens,
+                         concurrency=concurrency, progress=progress)
+        generated[s] = {k: step_output_text(p) for k, p in zip(ids, preds)}
+        targets = {r["id"]: step_target(task, i, r["reference"]) for r in splits[s]}
+        stats[s] = {"n": len(ids), "exact_match_target": sum(generated[s][k] == targets[k] for k in ids),
+                    "empty": sum(not generated[s][k] for k in ids),
+                    "cut_off": sum(p.finish_reason == "length" for p in preds)}
+        rows += [{"split": s, "id": k, "input": inputs[s][k], "generated": generated[s][k], "target": targets[k]}
+                 for k in ids]
+    write_jsonl(gen_path, rows)
+    write_json(marker, m | {"generated_key": gen_key, "generated_stats": stats})
+    print(f"chain: step {st.name} output matches its target exactly on {stats['train']['exact_match_target']}/"
+          f"{stats['train']['n']} train inputs; these generated texts are the next step's training inputs")
+    info["generated"] = stats
+    return generated
 
 
 # ------------------------------------------------------------------ inference through a chain
@@ -245,8 +264,15 @@ class ChainPredictor:
         self.close()
 
 
-def load_chain_predictor(chain_dir: str | Path, **kw: Any) -> ChainPredictor:
-    return ChainPredictor(chain_dir, **kw)
+def load_chain_predictor(chain_dir: str | Path, *, model_id: str | None = None, task: Task | None = None,
+                         max_new_tokens: int = 1024, concurrency: int = 1, context: int | None = None) -> ChainPredictor:
+    """load_predictor's signature for a chain folder (07_evaluate.py opens either the same way)."""
+    if model_id:
+        raise StageError("--model-id is for openai: models; a chain folder holds its own steps")
+    pred = ChainPredictor(chain_dir, max_new_tokens=max_new_tokens, concurrency=concurrency, context=context)
+    if task is not None and task.name != pred.task.name:
+        raise StageError(f"{chain_dir} is a chain of task {pred.task.name!r}, not {task.name!r}: drop --task")
+    return pred
 
 
 def price_report(task: Task, outputs: list[Any], references: list[dict | None]) -> dict | None:

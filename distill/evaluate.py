@@ -767,7 +767,7 @@ def model_fingerprint(spec: str, model_id: str | None = None) -> str:
     files = [p] if p.is_file() else sorted(
         f for f in p.glob("*") if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf", ".pt")
                                                   or f.name in ("distill_config.json", "adapter_config.json",
-                                                                "config.json"))) if p.is_dir() else []
+                                                                "config.json", "chain.json"))) if p.is_dir() else []
     return stable_hash(spec, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
@@ -894,6 +894,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     id, model spec and weights, prompt and max_new_tokens; a re-run only generates the rest
     (and does not load the model when nothing is left). Returns the eval dict.
     """
+    from .chain import is_chain_dir, load_chain_predictor
     from .infer import load_predictor
     from .io import clear_manifest, read_manifest, run_lock, stable_hash, write_manifest
 
@@ -935,8 +936,10 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
         if pending:
             print(f"07 {name}: {len(items) - len(pending)} of {len(items)} predictions already saved, "
                   f"running {len(pending)} ({spec}, concurrency {concurrency})", flush=True)
-            with load_predictor(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
-                                concurrency=concurrency, context=context) as predictor:
+            # A chain folder (distill.chain: steps run one after another) is evaluated end to end.
+            opener = load_chain_predictor if is_chain_dir(spec) else load_predictor
+            with opener(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
+                        concurrency=concurrency, context=context) as predictor:
                 info = dict(predictor.info)
                 for i, p in predictor.predict_iter([it["text"] for it in pending], progress=progress,
                                                    desc=f"07 {name}"):

@@ -66,9 +66,19 @@ def gtm_post(rec: dict, style: str) -> str:
     return f"hey assistant: {rec['request']}"
 
 
+UNSURE_INTENT = {"intent_type": "unclear", "motion": "none", "role_assumption": "unknown", "account_scope": "none",
+                 "time_horizon": "unspecified",
+                 "confidence_scores": {"intent_type": 0.2, "motion": 0.2, "role_assumption": 0.2,
+                                       "account_scope": 0.2, "time_horizon": 0.2},
+                 "overall_confidence": 0.2, "assumptions_applied": ["the request matches nothing known"],
+                 "needs_clarification": True, "clarification_question": "What do you want to know?",
+                 "unknown_terms": []}
+
+
 def gtm_label(post: str) -> dict:
+    """The seed's reference for a known request; an unsure intent for anything else (adversarial inputs)."""
     request = post.split("hey assistant: ", 1)[-1].strip()
-    return next(r["reference"] for r in _seeds("gtm_intent") if r["request"] == request)
+    return next((r["reference"] for r in _seeds("gtm_intent") if r["request"] == request), UNSURE_INTENT)
 
 
 def article_post(rec: dict, style: str) -> str:
@@ -79,8 +89,11 @@ def article_post(rec: dict, style: str) -> str:
 
 
 def article_label(post: str) -> dict:
-    title = post.splitlines()[0].strip()
-    return next(r["reference"] for r in _seeds("article_scores") if r["title"] == title)
+    """The seed's reference for a known article; all zeros for anything else (adversarial inputs)."""
+    title = post.splitlines()[0].strip() if post.strip() else ""
+    return next((r["reference"] for r in _seeds("article_scores") if r["title"] == title),
+                {"impact": 0, "evidence": 0, "novelty": 0, "actionability": 0, "tier": "low",
+                 "rationale": "not an article"})
 
 
 ORACLES = {

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_script(script, args, cwd, timeout=900):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    # Offline explicitly: the module-scoped fixture runs before conftest's per-test environment.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline")
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -107,6 +109,7 @@ def test_rerun_reuses_trained_steps(coffee_chain):
                                       "--model-name", str((d / "tiny-llama").resolve()), *TINY], d)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("already trained on the same data, reused") == 2
+    assert "outputs on the same inputs reused" in r.stdout
     assert (chain_dir / "chain.json").exists()
 
 
@@ -133,3 +136,22 @@ def test_step_rows_render_each_steps_target():
     assert r2["messages"][1]["content"] == "Clean order list:\n\n- 2 x Large Mocha - Whipped Cream"
     assert json.loads(r2["messages"][2]["content"]) == ref == json.loads(step_target(task, 1, ref))
     assert step_rows(task, 1, rows, {}) == []  # an input step 1 produced nothing for is not invented
+
+
+@pytest.mark.slow
+def test_07_evaluates_the_chain_end_to_end(coffee_chain, tmp_path):
+    """order -> simplified -> JSON against the reference, with the price validation and adversarial cases."""
+    d, ds, chain_dir, _ = coffee_chain
+    r = run_script("07_evaluate.py", ["--model", str(chain_dir), "--dataset-dir", str(ds), "--output-dir",
+                                      str(tmp_path / "07"), "--max-new-tokens", "32", "--no-progress"], d)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ev = json.loads((tmp_path / "07" / "eval.json").read_text())
+    assert ev["task"] == "coffee_order" and ev["predictor"]["backend"] == "chain"
+    assert ev["aggregate"]["n"] == len(read_jsonl(ds / "test.jsonl")) and ev["missing_predictions"] == 0
+    assert set(ev["aggregate"]["price_check"]) >= {"priced_rate", "consistent_rate", "correct_rate"}
+    assert ev["adversarial"]["n"] == 4
+    assert "total = reference" in (tmp_path / "07" / "report.md").read_text()
+    # Re-running evaluates nothing again (predictions are keyed by the chain's fingerprint).
+    r2 = run_script("07_evaluate.py", ["--model", str(chain_dir), "--dataset-dir", str(ds), "--output-dir",
+                                       str(tmp_path / "07"), "--max-new-tokens", "32", "--no-progress"], d)
+    assert r2.returncode == 0 and "running" not in r2.stdout

@@ -304,3 +304,40 @@ def test_python_m_distill_tasks_lists_everything(capsys):
         assert re.search(rf"^{name}\s", out, re.M)
     assert "simplify -> structure" in out
     assert main(["nope"]) == 1
+
+
+# ---- 02 -> 07: the oracle served as the "model" (openai:), faults injected ----------------------
+
+S07 = script("07_evaluate.py")
+
+
+@pytest.mark.parametrize("name, limit", [("coffee_order", 20), ("gtm_intent", 28), ("article_scores", 24)])
+def test_stages_02_to_07_on_each_task(tmp_path, name, limit):
+    from fake_openai_server import error
+
+    write, label = ORACLES[name]
+    task = load_task(name)
+    with FakeOpenAIServer(OracleTeacher(write=write, label=label), slots=3) as srv:
+        _, _, ds = run_02_04(srv, name, tmp_path, limit, split="0.5,0.2,0.3")
+        srv.push(error(503), error(500))  # the first two 07 requests fail once and are retried
+        out = tmp_path / "07"
+        assert S07.main(["--model", f"openai:{srv.url}", "--model-id", "teacher", "--dataset-dir", str(ds),
+                         "--output-dir", str(out), "--concurrency", "2", "--no-progress"]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    n_test = len(read_split(ds, "test"))
+    assert ev["task"] == name and ev["aggregate"]["n"] == n_test and ev["missing_predictions"] == 0
+    agg = ev["aggregate"]
+    assert agg["json_valid"] == 1.0 and agg["schema_valid"] == 1.0
+    assert agg["score"] == pytest.approx(1.0)  # the oracle is right on every field
+    scored = {f for f, r in task.fields.items() if r.score}
+    assert set(agg["fields"]) == scored
+    if name == "article_scores":  # MAE and RMSE per dimension
+        for dim in ("impact", "evidence", "novelty", "actionability"):
+            assert agg["fields"][dim]["mae"] == 0 and agg["fields"][dim]["rmse"] == 0
+    if name == "coffee_order":  # the menu price validation
+        assert agg["price_check"]["correct_rate"] == 1.0 and agg["price_check"]["consistent_rate"] == 1.0
+    adv = ev["adversarial"]
+    cases = [json.loads(ln) for ln in task.adversarial_path.read_text().splitlines() if ln.strip()]
+    assert adv["n"] == len(cases) and set(adv["by_kind"]) == {c["kind"] for c in cases}
+    report = (out / "report.md").read_text()
+    assert "adversarial" in report.lower()
