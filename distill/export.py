@@ -11,7 +11,6 @@ must answer a prompt rendered with the training chat template.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,8 @@ def check_gguf(gguf: str | Path, messages: list[dict], template_tok=None, max_to
     with L.LlamaServer(Path(gguf)) as server:
         r = httpx.post(f"{server.url}/completion", json={"prompt": prompt, "n_predict": max_tokens,
                                                           "temperature": 0, "cache_prompt": False}, timeout=300)
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise StageError(f"{gguf}: llama-server refused the test prompt ({r.status_code}: {r.text[:300]})")
         body = r.json()
     text = body.get("content", "")
     n = body.get("tokens_predicted", len(text))
@@ -81,37 +81,12 @@ def check_gguf(gguf: str | Path, messages: list[dict], template_tok=None, max_to
     return text
 
 
-def unsloth_llama_cpp_dir() -> Path | None:
-    """A folder laid out like a llama.cpp checkout for Unsloth's offline exporter, or None.
-
-    Unsloth's save_pretrained_gguf with UNSLOTH_LLAMA_CPP_OFFLINE=1 looks in
-    UNSLOTH_LLAMA_CPP_PATH for convert_hf_to_gguf.py (+ gguf-py), llama-quantize and the
-    src/ ggml/ common/ folders of a checkout. We assemble one from symlinks (cached).
-    """
+def unsloth_env() -> dict[str, str] | None:
+    """Environment for Unsloth's offline exporter (our llama.cpp folder), or None when it is missing."""
     try:
-        L = _llamacpp()
-        src = Path(L.converter_dir())
-        quantize = Path(L.find_quantize())
-    except Exception:  # noqa: BLE001 - no tools: the caller falls back or reports
+        return _llamacpp().unsloth_env()
+    except StageError:
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    out = Path(base) / "distill" / "unsloth-llama.cpp"
-    out.mkdir(parents=True, exist_ok=True)
-    links = {"convert_hf_to_gguf.py": src / "convert_hf_to_gguf.py", "gguf-py": src / "gguf-py",
-             "llama-quantize": quantize, "quantize": quantize}
-    for opt in ("conversion", "convert_lora_to_gguf.py", "src", "ggml", "common"):
-        if (src / opt).exists():
-            links[opt] = src / opt
-    for name, target in links.items():
-        link = out / name
-        if link.is_symlink() or link.exists():
-            if link.is_symlink() and Path(os.readlink(link)) == target:
-                continue
-            link.unlink() if not link.is_dir() or link.is_symlink() else shutil.rmtree(link)
-        link.symlink_to(target)
-    for d in ("src", "ggml", "common"):  # a checkout's marker folders
-        (out / d).mkdir(exist_ok=True)
-    return out
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import unsloth  # noqa: F401  (must come before transformers/peft/trl)
-from unsloth import FastLanguageModel
 
-from distill.io import StageError
+def _offline_llama_cpp_env() -> None:
+    # Unsloth reads UNSLOTH_LLAMA_CPP_PATH when it is imported: point it at our llama.cpp
+    # folder (converter + llama-quantize from PyPI) first, so GGUF export never clones or
+    # builds llama.cpp. Without that folder (e.g. on Colab) Unsloth fetches its own.
+    try:
+        from distill.export import unsloth_env
+
+        for k, v in (unsloth_env() or {}).items():
+            os.environ.setdefault(k, v)
+    except Exception:  # noqa: BLE001 - export is optional; training must still work
+        pass
+
+
+_offline_llama_cpp_env()
+
+import unsloth  # noqa: E402,F401  (must come before transformers/peft/trl)
+from unsloth import FastLanguageModel  # noqa: E402
+
+from distill.io import StageError  # noqa: E402
 
 NAME = "unsloth"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -59,29 +75,26 @@ def save_merged(model, tok, out_dir) -> None:
     model.save_pretrained_merged(str(out_dir), tok, save_method="merged_16bit")
 
 
-def _unsloth_llama_cpp_dir() -> Path | None:
-    """A folder laid out the way Unsloth's offline exporter expects (converter, quantize, sources)."""
-    try:
-        from distill.export import unsloth_llama_cpp_dir
-    except ImportError:
-        return None
-    return unsloth_llama_cpp_dir()
-
-
 def export_gguf(model, tok, merged_dir, out_dir, quant: str):
     """Unsloth's own exporter, offline; if it fails, llama.cpp's converter on the merged folder."""
     from distill.export import export_gguf as _export
+    from distill.export import unsloth_env
 
     out_dir = Path(out_dir)
-    lcpp = _unsloth_llama_cpp_dir()
-    if lcpp is not None:
-        env = {"UNSLOTH_LLAMA_CPP_PATH": str(lcpp), "UNSLOTH_LLAMA_CPP_OFFLINE": "1", "UNSLOTH_AUTO_INSTALL": "0"}
+    env = unsloth_env()
+    if env is not None:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
             model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
             found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
             if found:
+                # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
+                for extra in out_dir.iterdir():
+                    if extra.is_dir():
+                        import shutil
+
+                        shutil.rmtree(extra, ignore_errors=True)
                 return found[-1]
             print("note: Unsloth's exporter wrote no .gguf; using llama.cpp's converter directly")
         except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
