@@ -2,7 +2,6 @@
 tables, reports and run comparison."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 
