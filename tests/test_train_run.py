@@ -24,6 +24,17 @@ def run_script(script, args, cwd, timeout=600):
                           text=True, timeout=timeout)
 
 
+def _have_llama_cpp() -> bool:
+    try:
+        from distill import llamacpp
+
+        llamacpp.llama_cpp_dir()
+        llamacpp.find_server()
+        return True
+    except Exception:
+        return False
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
@@ -44,8 +55,10 @@ def trained(workdir):
     for backend in ("hf", "unsloth"):
         if backend == "unsloth" and __import__("importlib").util.find_spec("unsloth") is None:
             continue
+        # GGUF export (+ load-back check in llama-server) is part of the same run where llama.cpp is installed.
+        extra = ["--save-merged", "--save-gguf"] if _have_llama_cpp() else []
         r = run_script("05_finetune.py", [*TINY, "--backend", backend, "--save-dir", f"out-{backend}",
-                                          "--output-dir", f"ckpt-{backend}"], workdir)
+                                          "--output-dir", f"ckpt-{backend}", *extra], workdir)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         out[backend] = (workdir / f"out-{backend}", r.stdout + r.stderr)
     return out
@@ -75,6 +88,19 @@ def test_training_outputs(trained, backend):
     weights = load_file(save / "adapter_model.safetensors")
     b = [v for k, v in weights.items() if "lora_B" in k]
     assert b and all(v.abs().sum() > 0 for v in b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_llama_cpp(), reason="llama.cpp tools missing: run scripts/install_llama_cpp.sh")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gguf_export_through_each_backend(trained, backend):
+    save, log = trained[backend]
+    assert "GGUF check: llama-server answered" in log  # loaded back and generated
+    ggufs = list((save / "gguf").glob("*.gguf"))
+    assert len(ggufs) == 1 and "Q8_0" in ggufs[0].name.upper()
+    assert (save / "merged" / "config.json").exists() and (save / "merged" / "distill_config.json").exists()
+    if backend == "unsloth":
+        assert "falling back" not in log and "exporter failed" not in log  # Unsloth's own exporter, offline
 
 
 @pytest.mark.slow
