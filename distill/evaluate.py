@@ -650,12 +650,15 @@ def plot_styles(evals: list[dict], path: Path) -> Path | None:
 # ============================================================== Markdown report
 
 def _short(v: Any, n: int = 90) -> str:
+    """One line (whitespace folded, so Markdown lists stay intact), at most n characters."""
     s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    s = " ".join(s.split()).replace("`", "'")
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
 def worst_examples(ev: dict, n: int = 5) -> list[dict]:
-    exs = [e for e in ev.get("examples", []) if e.get("score") is not None]
+    """The n lowest-scoring examples that are not perfect."""
+    exs = [e for e in ev.get("examples", []) if e.get("score") is not None and e["score"] < 1.0]
     return sorted(exs, key=lambda e: (e["score"], e.get("id", "")))[:n]
 
 
@@ -663,15 +666,19 @@ def _worst_md(ev: dict, n: int) -> list[str]:
     lines = [f"### Worst examples: {ev.get('name')}", ""]
     worst = worst_examples(ev, n)
     if not worst:
-        return lines + ["(none)", ""]
+        return lines + ["(none: every example scored 1.0)", ""]
     for e in worst:
         lines.append(f"- **{e.get('id')}** ({e.get('style') or '?'}): score {e['score']:.3f}"
                      + ("" if e["json_valid"] else f", no valid JSON ({e.get('parse_error')})")
                      + (f", missing {', '.join(e['missing'])}" if e["missing"] else "")
                      + (f", invented {', '.join(e['spurious'])}" if e["spurious"] else ""))
-        bad = sorted(((k, f) for k, f in e["fields"].items() if f["score"] < 1.0), key=lambda kv: kv[1]["score"])
-        for k, f in bad[:3]:
-            lines.append(f"  - `{k}` {f['score']:.2f}: got `{_short(f.get('pred'))}`, expected `{_short(f.get('ref'))}`")
+        if not e["json_valid"]:
+            lines.append(f"  - answer: `{_short(e.get('answer') or '', 160)}`")
+        else:
+            bad = sorted(((k, f) for k, f in e["fields"].items() if f["score"] < 1.0), key=lambda kv: kv[1]["score"])
+            for k, f in bad[:3]:
+                lines.append(f"  - `{k}` {f['score']:.2f}: got `{_short(f.get('pred'))}`, "
+                             f"expected `{_short(f.get('ref'))}`")
         if e.get("text"):
             lines.append(f"  - input: {_short(e['text'], 160)}")
     return lines + [""]
