@@ -52,6 +52,14 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "Q8_0",
     return dest
 
 
+def llama_server_available() -> bool:
+    try:
+        _llamacpp().find_server()
+        return True
+    except StageError:
+        return False
+
+
 def check_gguf(gguf: str | Path, messages: list[dict], template_tok=None, max_tokens: int = 64) -> str:
     """Load the GGUF into llama-server and ask it one prompt; a GGUF that cannot answer is an error.
 

@@ -2,7 +2,7 @@
 """Generate finetune.ipynb (Colab) from the same code as 05_finetune.py.
 
 The notebook carries the training package itself (distill/io.py, distill/train/*.py,
-distill/export.py, distill/llamacpp.py written by %%writefile cells), the pins of
+distill/export.py written by %%writefile cells), the pins of
 requirements-finetune.txt, and a settings cell generated from TrainConfig's fields. So it
 trains exactly like 05, and a test checks that the committed notebook is up to date.
 
@@ -26,8 +26,9 @@ REQUIREMENTS = ROOT / "requirements-finetune.txt"
 MODULES = [
     "distill/__init__.py", "distill/io.py", "distill/train/__init__.py", "distill/train/config.py",
     "distill/train/data.py", "distill/train/models.py", "distill/train/tracking.py", "distill/train/core.py",
-    "distill/train/hf_backend.py", "distill/train/unsloth_backend.py", "distill/export.py", "distill/llamacpp.py",
+    "distill/train/hf_backend.py", "distill/train/unsloth_backend.py", "distill/export.py",
 ]
+# distill/llamacpp.py (our PyPI llama.cpp) is left out: on Colab Unsloth's exporter fetches llama.cpp itself.
 # Colab defaults that differ from 05's: a GGUF is the point of the notebook.
 NOTEBOOK_DEFAULTS = {"save_gguf": True}
 

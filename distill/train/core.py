@@ -266,11 +266,15 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
                 write_json(merged_dir / DISTILL_CONFIG, dcfg)
             if cfg.save_gguf:
                 gguf_path = backend.export_gguf(model, tok, merged_dir, tmp / "gguf", cfg.gguf_quantization)
-                from distill.export import check_gguf
+                from distill.export import check_gguf, llama_server_available
 
                 sample = (ds.test or ds.val or ds.train)[0]["messages"]
-                answer = check_gguf(gguf_path, sample, template_tok=tok)
-                metrics["gguf_check_answer"] = answer[:200]
+                if llama_server_available():
+                    metrics["gguf_check_answer"] = check_gguf(gguf_path, sample, template_tok=tok)[:200]
+                else:
+                    # e.g. Colab, where Unsloth's exporter brought its own llama.cpp build
+                    print("WARNING: GGUF not checked: no llama-server here (scripts/install_llama_cpp.sh installs it)")
+                    metrics["gguf_check_answer"] = None
             if not cfg.save_merged:
                 shutil.rmtree(merged_dir, ignore_errors=True)
         dcfg["metrics"] = metrics
