@@ -311,7 +311,8 @@ def test_python_m_distill_tasks_lists_everything(capsys):
 S07 = script("07_evaluate.py")
 
 
-@pytest.mark.parametrize("name, limit", [("coffee_order", 20), ("gtm_intent", 28), ("article_scores", 24)])
+@pytest.mark.parametrize("name, limit", [("coffee_order", 20), ("gtm_intent", 28), ("article_scores", 24),
+                                         ("recipe", 12)])
 def test_stages_02_to_07_on_each_task(tmp_path, name, limit):
     from fake_openai_server import error
 
