@@ -68,7 +68,7 @@ def test_server_runs_the_requested_model_slots_and_context(llama_server):
 
 @pytest.mark.slow
 def test_plain_chat_completion_answers(llama_server):
-    out = chat(llama_server)
+    out = chat(llama_server, max_tokens=32)
     choice = out["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
     assert choice["finish_reason"] in ("stop", "length")
@@ -273,3 +273,42 @@ def test_failed_quantize_leaves_no_file(tiny_ggufs, tmp_path):
     with pytest.raises(StageError, match="llama-quantize"):
         quantize(tiny_ggufs["F16"], out, "NOT_A_TYPE")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_server_dies_with_a_killed_parent(tmp_path):
+    """SIGKILL skips every cleanup; the kernel's parent-death signal still takes the server down."""
+    import os
+    import subprocess
+    import time
+
+    code = ("import sys, time; from distill.llamacpp import LlamaServer, smollm2_gguf\n"
+            "s = LlamaServer(smollm2_gguf(), ctx=512).start()\n"
+            "print(s.proc.pid, s.port, s.log_path, flush=True); time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=str(llamacpp.Path(llamacpp.__file__).parent.parent))
+    try:
+        pid_text, port_text, log_path = parent.stdout.readline().split()
+        server_pid, port = int(pid_text), int(port_text)
+        assert not port_is_closed(port)
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def gone() -> bool:
+        # A zombie leader still answers kill(0); its other threads may still hold the port for a moment.
+        try:
+            with open(f"/proc/{server_pid}/stat") as fh:
+                dead = fh.read().split()[2] == "Z"
+        except FileNotFoundError:
+            dead = True
+        return dead and port_is_closed(port)
+
+    deadline = time.monotonic() + 30
+    while not gone():
+        if time.monotonic() > deadline:
+            state = open(f"/proc/{server_pid}/status").read()
+            os.kill(server_pid, 9)
+            pytest.fail(f"llama-server outlived its killed parent by 30 s:\n{state}")
+        time.sleep(0.2)
+    os.unlink(log_path)  # nobody was left to clean it up
