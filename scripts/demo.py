@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
          "--lora-rank", "16", "--learning-rate", "2e-4", "--warmup-steps", "2", "--optimizer", "adamw_torch",
          "--output-dir", str(d["out"]), "--save-dir", str(d["model"]), "--skip-inference-test"])
     common = ["--dataset-dir", str(d["ds"]), "--split", "test", "--max-new-tokens", "512"]
+    if args.small:
+        common.append("--no-adversarial")  # toy size: the held-out split only
     step("07 evaluate the base model", ["07_evaluate.py", "--model", gguf, "--task", "recipe", "--name", "base",
                                         "--output-dir", str(d["rep"] / "base"), *common])
     step("07 evaluate the student", ["07_evaluate.py", "--model", str(d["model"]), "--name", "student",
