@@ -1,8 +1,6 @@
 """Plain transformers + PEFT backend (Apple MPS, CPU without Unsloth, any CUDA box)."""
 from __future__ import annotations
 
-from distill.io import StageError
-
 NAME = "hf"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -96,7 +94,3 @@ def export_gguf(model, tok, merged_dir, out_dir, quant: str):
 
     return _export(merged_dir, out_dir, quant)
 
-
-def check_supported(cfg) -> None:
-    if (cfg.load_4bit or cfg.load_8bit) and device() != "cuda":
-        raise StageError("--load-4bit/--load-8bit need a CUDA GPU with bitsandbytes: drop the flag on this machine")

@@ -29,8 +29,6 @@ _offline_llama_cpp_env()
 import unsloth  # noqa: E402,F401  (must come before transformers/peft/trl)
 from unsloth import FastLanguageModel  # noqa: E402
 
-from distill.io import StageError  # noqa: E402
-
 NAME = "unsloth"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -108,10 +106,3 @@ def export_gguf(model, tok, merged_dir, out_dir, quant: str):
                     os.environ[k] = v
     return _export(merged_dir, out_dir, quant)
 
-
-def check_supported(cfg) -> None:
-    if cfg.load_4bit or cfg.load_8bit:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise StageError("--load-4bit/--load-8bit need a CUDA GPU: drop the flag in Unsloth's CPU mode")
