@@ -138,6 +138,9 @@ def test_server_command_has_the_flags_this_build_knows():
     cmd = LlamaServer(smollm2_gguf(), n_parallel=3, ctx=3000, threads=2).command(port=8123)
     assert cmd[cmd.index("-np") + 1] == "3" and cmd[cmd.index("-c") + 1] == "3000"
     assert cmd[cmd.index("--port") + 1] == "8123" and cmd[cmd.index("-t") + 1] == "2"
+    default = LlamaServer(smollm2_gguf()).command(port=8123)
+    assert default[default.index("-t") + 1] == str(llamacpp.default_threads())
+    assert "-t" not in LlamaServer(smollm2_gguf(), threads=0).command(port=8123)  # llama.cpp decides
     import subprocess
 
     help_text = subprocess.run([cmd[0], "--help"], capture_output=True, text=True, timeout=60).stdout
