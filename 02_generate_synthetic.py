@@ -65,7 +65,7 @@ def _main(args) -> int:
     if not args.model:
         client.ping()  # resolves the server's default model: part of every cache key
     model = client.model
-    params = {"temperature": args.temperature, "max_tokens": args.max_tokens}
+    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body}
     items = synth.plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params)
     out = args.output_dir
     with run_lock(out):

@@ -68,7 +68,7 @@ def _main(args) -> int:
     client = LLMClient(llm_config_from_args(args, seed=args.seed))
     if not args.model:
         client.ping()  # resolves the server's default model: part of every cache key
-    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": args.seed}
+    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body, "seed": args.seed}
     items = [labeling.LabelItem.make(task, r, client.model, params) for r in rows]
     out = args.output_dir
     with run_lock(out):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable
@@ -24,6 +25,9 @@ def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) 
     g.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one reply")
     g.add_argument("--retries", type=int, default=4,
                    help="retries per request on connection errors, timeouts, 429 and 5xx (exponential backoff)")
+    g.add_argument("--extra-body", type=json.loads, default={}, metavar="JSON",
+                   help="extra request fields for server-specific sampling, e.g. '{\"repeat_penalty\": 1.15}' "
+                        "for llama.cpp (small teachers loop without it)")
     g.add_argument("--concurrency", type=int, default=4,
                    help="requests in flight at once; match the server's parallel slots (llama-server -np)")
 
@@ -35,9 +39,11 @@ def llm_config_from_args(args: argparse.Namespace, seed: int | None = None):
         raise StageError("--concurrency must be at least 1")
     if args.retries < 0:
         raise StageError("--retries must be 0 or more")
+    if not isinstance(args.extra_body, dict):
+        raise StageError("--extra-body must be a JSON object, e.g. '{\"repeat_penalty\": 1.15}'")
     return LLMConfig(base_url=args.base_url, model=args.model, api_key=args.api_key,
                      temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout,
-                     retries=args.retries, concurrency=args.concurrency, seed=seed)
+                     retries=args.retries, concurrency=args.concurrency, seed=seed, extra_body=args.extra_body)
 
 
 def run(main_fn: Callable[[], int]) -> int:

@@ -80,6 +80,9 @@ class LLMConfig:
     seed: int | None = None
     # "auto" probes json_schema -> json_object -> prompt; or force one of RESPONSE_FORMATS.
     response_format: str = "auto"
+    # Extra request fields for server-specific sampling options, e.g. llama.cpp's
+    # {"repeat_penalty": 1.15} or vLLM's {"repetition_penalty": 1.1}; sent as they are.
+    extra_body: dict = field(default_factory=dict)
     backoff: float = 1.0  # first retry wait (s); doubles each attempt, plus jitter
     backoff_max: float = 30.0  # cap on one wait (s)
 
@@ -384,6 +387,7 @@ class LLMClient:
         }
         if (seed if seed is not None else cfg.seed) is not None:
             body["seed"] = seed if seed is not None else cfg.seed
+        body.update(cfg.extra_body)
         rf = _response_format(mode, schema)
         if rf is not None:
             body["response_format"] = rf

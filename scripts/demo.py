@@ -45,7 +45,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: by size)")
     p.add_argument("--backend", default="auto", choices=("auto", "unsloth", "hf"), help="training backend for 05")
     p.add_argument("--parallel", type=int, default=2, help="llama-server slots and client concurrency")
+    p.add_argument("--teacher-url", default=None,
+                   help="use your own teacher server instead of the bundled 135M one, e.g. LM Studio "
+                        "http://localhost:1234/v1 (a real teacher gives far more accepted labels)")
+    p.add_argument("--teacher-model", default="", help="model id on --teacher-url (default: the first it lists)")
+    p.add_argument("--min-train", type=int, default=4,
+                   help="stop after 04 with an explanation when fewer training examples were accepted")
     return p
+
+
+# Exit code when the teacher's verified labels are too few to train on: the demo
+# stops honestly instead of training on unverified labels.
+TOO_FEW_LABELS = 3
 
 
 def step(title: str, args: list[str]) -> None:
@@ -76,15 +87,37 @@ def main(argv: list[str] | None = None) -> int:
 
     step("01 import the bundled sample", ["01_download_dataset.py", "--sample", "--limit", str(size["records"]),
                                           "--output-dir", str(d["src"])])
-    print(f"\n=== starting the teacher: llama-server with {Path(gguf).name}", flush=True)
-    with LlamaServer(gguf, n_parallel=args.parallel, ctx=4096 * args.parallel) as server:
-        llm = ["--base-url", server.base_url, "--model", "smollm2-135m", "--concurrency", par, "--timeout", "600"]
+    def teacher_stages(base_url: str, model: str) -> None:
+        llm = ["--base-url", base_url, "--model", model, "--concurrency", par, "--timeout", "600"]
+        if not args.teacher_url:  # the bundled 135M teacher loops without a repetition penalty
+            llm += ["--extra-body", '{"repeat_penalty": 1.15}']
         step("02 the teacher writes messy posts", ["02_generate_synthetic.py", "--input", str(d["src"]),
              "--output-dir", str(d["syn"]), "--limit", "0", "--per-record", str(size["per_record"]),
-             "--max-tokens", "384", *llm])
+             "--max-tokens", "512", "--temperature", "0.3", *llm])
         step("03 the teacher labels them, every label verified", ["03_label_with_reasoning.py",
-             "--input-dir", str(d["syn"]), "--output-dir", str(d["lab"]), "--max-tokens", "768", *llm])
-    print("teacher stopped")
+             "--input-dir", str(d["syn"]), "--output-dir", str(d["lab"]), "--max-tokens", "768",
+             "--temperature", "0.1", *llm])
+
+    if args.teacher_url:
+        teacher_stages(args.teacher_url, args.teacher_model)
+    else:
+        print(f"\n=== starting the teacher: llama-server with {Path(gguf).name}", flush=True)
+        with LlamaServer(gguf, n_parallel=args.parallel, ctx=4096 * args.parallel) as server:
+            teacher_stages(server.base_url, "smollm2-135m")
+        print("teacher stopped")
+    labels = json.loads((d["lab"] / "manifest.json").read_text())["counts"]
+    accepted = labels.get("accepted", 0)
+    print(f"\nteacher labels: {accepted} accepted, {labels.get('rejected', 0)} rejected, "
+          f"{labels.get('failed', 0)} failed (reasons: {labels.get('rejected_by_reason')})")
+    if accepted < args.min_train:
+        print(f"""
+=== stopped after 03: only {accepted} verified label(s); training needs at least {args.min_train}.
+The bundled teacher is a 135M model: its posts and labels rarely survive verification (title,
+ingredients against the source record, every ingredient found in the post). The pipeline does
+not train on labels it could not verify. Run the demo with a real teacher, e.g. LM Studio:
+    python scripts/demo.py --teacher-url http://localhost:1234/v1
+Everything so far is in {run}/data (03's per-field checks say why each label was rejected).""")
+        return TOO_FEW_LABELS
     step("04 build leak-free splits", ["04_build_dataset.py", "--synthetic-dir", str(d["syn"]),
          "--labeled-dir", str(d["lab"]), "--output-dir", str(d["ds"]), "--split", "0.6,0.1,0.3",
          "--reasoning", "strip"])
@@ -103,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     step("07 compare", ["07_evaluate.py", "--compare", str(d["rep"] / "base"), str(d["rep"] / "student"),
                         "--output-dir", str(d["rep"] / "comparison")])
 
-    labels = json.loads((d["lab"] / "manifest.json").read_text())["counts"]
     minutes = (time.monotonic() - t_start) / 60
     print(f"""
 === done in {minutes:.1f} min
