@@ -10,9 +10,10 @@ setup: .venv/.setup-done
 	bash scripts/setup.sh
 	touch $@
 
-# The whole pipeline on the bundled sample, offline, on CPU (~20 min on 2 cores).
+# The pipeline on the bundled sample, offline, on CPU. TEACHER=<OpenAI-compatible URL>
+# uses your own teacher instead of the bundled 135M one (then it trains and evaluates too).
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(TEACHER),--teacher-url $(TEACHER))
 
 # The same at toy size (what CI runs).
 demo-small: setup
