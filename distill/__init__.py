@@ -8,11 +8,17 @@ One module per concern:
   synth     stage 02: messy inputs written by the teacher
   labels    stage 03: reasoning + JSON parsing, repair, schema validation, verification
   dataset   stage 04: chat-format splits
-  train     stage 05/06: training config and backends (unsloth, hf)
+  fields    field normalisation and fuzzy comparison (shared by 03 and 07)
+  menu      the coffee_order task's record generator (orders drawn from a menu)
+  train     stage 05/06: training config, data, and backends (unsloth, hf), tracking
+  chain     two-step tasks: train step 1, run it, train step 2 on its outputs
   export    GGUF export through llama.cpp's converter
-  infer     running a trained student (adapter, merged, GGUF, server)
-  evaluate  stage 07: scoring and reports
-  server    starting and stopping a local llama.cpp server
+  llamacpp  the llama.cpp toolchain: llama-server, converter, quantizer, shipped GGUFs
+  infer     running a model (adapter, merged, GGUF, OpenAI-compatible server)
+  documents reading inputs for 08 (text, Markdown, HTML without scripts or JSON-LD)
+  ollama    Modelfile export
+  evaluate  stage 07: scoring, reports, plots
+  cli       shared flags and the one-line error wrapper
 """
 
 __version__ = "0.1.0"

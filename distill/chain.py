@@ -298,7 +298,15 @@ def chain_task_for(dataset_dir: str | Path, mode: str = "auto") -> Task | None:
     if mode == "off":
         return None
     m = read_manifest(dataset_dir) or {}
-    task = load_task(m["task"]) if m.get("task") else None
+    task = None
+    if m.get("task"):
+        try:
+            task = load_task(m["task"])
+        except StageError:
+            # auto: a dataset of a task that is not installed here is trained as one model;
+            # on: it must be a known chained task.
+            if mode == "on":
+                raise
     if task is not None and task.steps and m.get("step") is None:
         return task
     if mode == "on":
