@@ -13,7 +13,7 @@ by style, adversarial, worst examples), fields.png, styles.png, manifest.json.
 
 Usage:
     python 07_evaluate.py --model gemma-3/ --split test                  # the LoRA adapter from 05
-    python 07_evaluate.py --model gemma-3-gguf/model.Q8_0.gguf           # the exported GGUF, through llama.cpp
+    python 07_evaluate.py --model gemma-3/gguf/model-Q8_0.gguf           # the exported GGUF, through llama.cpp
     python 07_evaluate.py --model openai:http://localhost:1234/v1 --model-id qwen3-14b --task recipe --name teacher
     python 07_evaluate.py --model path/to/base.gguf --task recipe --name base   # a base model, student prompt
     python 07_evaluate.py --model coffee-chain/ --dataset-dir data/04_dataset   # a chain from 05 (task with steps), end to end

@@ -10,9 +10,9 @@ Usage:
     python 08_extract.py --model gemma-3/ page.html                       # one file -> JSON on stdout
     cat post.txt | python 08_extract.py --model gemma-3/ -                # stdin
     python 08_extract.py --model gemma-3/merged notes.md                  # the merged model
-    python 08_extract.py --model gemma-3/gguf/model.Q8_0.gguf --input-dir pages/ --output-dir extracted/
+    python 08_extract.py --model gemma-3/gguf/model-Q8_0.gguf --input-dir pages/ --output-dir extracted/
     python 08_extract.py --model openai:http://localhost:1234/v1 --model-id my-student --task gemma-3/ notes.txt
-    python 08_extract.py --model gemma-3/gguf/model.Q8_0.gguf --export-ollama gemma-3/gguf   # writes a Modelfile
+    python 08_extract.py --model gemma-3/gguf/model-Q8_0.gguf --export-ollama gemma-3/gguf   # writes a Modelfile
 
 Inputs: .txt/.md go to the model as they are; .html/.htm (and stdin that looks like HTML) are
 reduced to their readable main text with trafilatura: scripts, styles, navigation and
