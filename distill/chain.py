@@ -94,13 +94,17 @@ def _load_splits(dataset_dir: Path) -> tuple[dict[str, list[dict]], dict]:
 
 
 def run_step(step_dir: str | Path, texts: list[str], *, max_new_tokens: int, concurrency: int = 1,
-             progress: bool = True) -> list[Any]:
-    """Run one trained step over ``texts``; returns its Predictions (in order)."""
+             progress: bool = True, task: Task | None = None) -> list[Any]:
+    """Run one trained step over ``texts``; returns its Predictions (in order).
+
+    ``task`` is the step's view of the task (Task.step_task), so the prompt saved with
+    the step is recognised as the step's own and not reported as a changed prompt.
+    """
     from .infer import load_predictor
 
     if not texts:
         return []
-    with load_predictor(str(step_dir), max_new_tokens=max_new_tokens, concurrency=concurrency) as pred:
+    with load_predictor(str(step_dir), task=task, max_new_tokens=max_new_tokens, concurrency=concurrency) as pred:
         return pred.predict(texts, progress=progress)
 
 
@@ -183,7 +187,7 @@ def _generate_step_outputs(task: Task, i: int, save: Path, gen_path: Path, split
     for s in ("train", "val"):
         ids = list(inputs.get(s, {}))
         preds = run_step(save, [inputs[s][k] for k in ids], max_new_tokens=max_new_tokens,
-                         concurrency=concurrency, progress=progress)
+                         concurrency=concurrency, progress=progress, task=task.step_task(i))
         generated[s] = {k: step_output_text(p) for k, p in zip(ids, preds)}
         targets = {r["id"]: step_target(task, i, r["reference"]) for r in splits[s]}
         stats[s] = {"n": len(ids), "exact_match_target": sum(generated[s][k] == targets[k] for k in ids),
@@ -231,7 +235,8 @@ class ChainPredictor:
         n = len(self.chain["steps"])
         for i, st in enumerate(self.chain["steps"]):
             last = i == n - 1
-            with load_predictor(str(self.dir / st["dir"]), max_new_tokens=self.max_new_tokens if last
+            with load_predictor(str(self.dir / st["dir"]), task=self.task.step_task(i),
+                                max_new_tokens=self.max_new_tokens if last
                                 else self.step_max_new_tokens, concurrency=self.concurrency,
                                 context=self.context) as pred:
                 preds = pred.predict(current, progress=progress)
