@@ -458,15 +458,17 @@ def test_ctrl_c_cancels_pending_work_and_keeps_what_was_yielded():
     with FakeOpenAIServer(slots=2, delay=0.1) as srv:
         client = make_client(srv.url)
         received = []
-        timer = threading.Timer(0.35, _thread.interrupt_main)  # a real KeyboardInterrupt in the main thread
-        timer.start()
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             for item, result in run_concurrently(range(100), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
                 received.append(item)
-        assert time.monotonic() - t0 < 2  # returns promptly, not after 100 requests
+                if len(received) == 3:
+                    # A real KeyboardInterrupt, delivered to the main thread as Ctrl-C is; tied to
+                    # progress rather than a timer so a loaded machine cannot change the outcome.
+                    _thread.interrupt_main()
+        assert time.monotonic() - t0 < 10  # returns promptly, not after 100 requests (~5 s)
         time.sleep(0.3)
-        assert 2 <= len(received) < 20
+        assert 3 <= len(received) < 20
         assert len(srv.history) <= len(received) + 4
 
 
