@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import _thread
 import json
-import threading
 import time
 
 import pytest
