@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         from distill.train.core import run as train
 
         out = train(cfg)
-        m = out["metrics"]
-        print(f"05: backend {out['backend']}, {m['updates']} updates, train loss {m['train_loss']:.4f}"
-              + (f", val loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
-              + f" -> {out['save_dir']}")
+        from distill.train.core import summary_line
+
+        print(summary_line("05", out))
         return 0
 
     return run(_main)

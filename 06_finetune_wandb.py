@@ -101,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"06: sweep {args.sweep_id}: {args.sweep_count - len(failures)} runs finished, {len(failures)} failed")
             return 0 if len(failures) < args.sweep_count else 1
         out = _train_one(args, sweep=False)
-        m = out["metrics"]
-        print(f"06: backend {out['backend']}, {m['updates']} updates, train loss {m['train_loss']:.4f}"
-              + (f", val loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
-              + f" -> {out['save_dir']}")
+        from distill.train.core import summary_line
+
+        print(summary_line("06", out))
         return 0
 
     return run(_main)

@@ -165,6 +165,14 @@ def inference_test(model, tok, rows: list[dict], n: int, template: str) -> list[
 
 # ------------------------------------------------------------------ run
 
+def summary_line(stage: str, out: dict) -> str:
+    """The one-line end-of-run summary printed by 05 and 06."""
+    m = out["metrics"]
+    return (f"{stage}: backend {out['backend']}, {m['updates']} updates, train loss {m['train_loss']:.4f}"
+            + (f", val loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
+            + f" -> {out['save_dir']}")
+
+
 def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
     tracker = tracker or NullTracker()
     backend = select_backend(cfg)  # first: Unsloth must be imported before transformers
