@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import signal
 import time
 
 import pytest
@@ -454,6 +455,16 @@ def test_leaving_the_loop_cancels_pending_work():
 
 
 def test_ctrl_c_cancels_pending_work_and_keeps_what_was_yielded():
+    # Python's own Ctrl-C handler: libraries imported by earlier tests (W&B, Unsloth) may have
+    # installed theirs, which would swallow the simulated Ctrl-C.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_run():
     with FakeOpenAIServer(slots=2, delay=0.1) as srv:
         client = make_client(srv.url)
         received = []
