@@ -8,19 +8,7 @@ import pytest
 from train_helpers import make_toy_dataset, tiny_model_folder
 
 
-def _have_llama_cpp() -> bool:
-    try:
-        from distill import llamacpp
-
-        llamacpp.llama_cpp_dir()
-        llamacpp.find_server()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _have_llama_cpp(), reason="llama.cpp tools missing: run scripts/install_llama_cpp.sh")
 @pytest.mark.parametrize("quant", ["Q4_K_M", "F16"])
 def test_export_tiny_model_loads_back_and_generates(tmp_path, quant):
     from distill.export import check_gguf, export_gguf
