@@ -28,22 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import run  # noqa: E402
+from distill.cli import add_model_args, run  # noqa: E402
 from distill.io import DATASET_DIR  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help="a folder from 05 (adapter or merged), a .gguf file (served by llama.cpp for the run), "
-                        "openai:URL for any served model (with --model-id), or a base model (hub id/HF folder, "
-                        "needs --task)")
-    g.add_argument("--model-id", default=None,
-                   help="model name on the openai: server, e.g. qwen3-14b (default: the first it lists)")
-    g.add_argument("--task", default=None,
-                   help="task name or folder (default: the trained model's task, else the dataset's); for an "
-                        "openai: student, its trained folder gives the exact prompt")
+    add_model_args(p, required=False)
     g = p.add_argument_group("data")
     g.add_argument("--dataset-dir", type=Path, default=DATASET_DIR, help="04's output")
     g.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split to evaluate")

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from distill.cli import run  # noqa: E402
+from distill.cli import add_model_args, run  # noqa: E402
 from distill.io import StageError, atomic_write_text, clear_manifest, read_json, run_lock, write_json, write_manifest  # noqa: E402
 
 RUN_STATE = ".extract_run.json"
@@ -57,15 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="redo inputs that already have a result (default: skip them, so re-runs resume)")
 
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True,
-                   help="trained folder from 05 (adapter, or its merged/), a .gguf file (served by llama.cpp for "
-                        "the run), openai:URL for a served model, or a base model (hub id / HF folder) with --task")
-    g.add_argument("--model-id", default=None,
-                   help="model name on an openai: server (default: the first model it lists)")
-    g.add_argument("--task", default=None,
-                   help="task name or folder; or a trained folder whose saved prompt to use (needed for openai: "
-                        "and base models; default: the task saved with the trained model)")
+    add_model_args(p, required=True)
 
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="token limit for one answer (reasoning included)")

@@ -32,6 +32,21 @@ def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) 
                    help="requests in flight at once; match the server's parallel slots (llama-server -np)")
 
 
+def add_model_args(p: argparse.ArgumentParser, *, required: bool) -> argparse._ArgumentGroup:
+    """The model flags shared by 07 (evaluate) and 08 (extract): both run distill.infer."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=required, default=None,
+                   help="trained folder from 05 (adapter, or its merged/), a .gguf file (served by llama.cpp for "
+                        "the run), openai:URL for a served model (with --model-id), or a base model (hub id / HF "
+                        "folder) with --task")
+    g.add_argument("--model-id", default=None,
+                   help="model name on an openai: server, e.g. qwen3-14b (default: the first model it lists)")
+    g.add_argument("--task", default=None,
+                   help="task name or folder, or a trained folder whose saved prompt to use (needed for openai: "
+                        "and base models; default: the task saved with the trained model, else the dataset's)")
+    return g
+
+
 def llm_config_from_args(args: argparse.Namespace, seed: int | None = None):
     from .llm import LLMConfig
 
