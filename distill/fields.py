@@ -52,14 +52,36 @@ def minutes_to_iso(minutes: float | int | None) -> str | None:
     return out
 
 
-def to_number(value: Any) -> float | None:
-    """The first number in a yield such as "8 servings" or "Makes 2 dozen (24 cookies)"."""
+_NUM = r"(?:\d+\s+)?\d+/\d+|\d+(?:\.\d+)?"   # "1 1/2", "3/4", "12", "2.5"
+_DOZEN = re.compile(rf"({_NUM})\s*dozen\b")
+
+
+def _num(s: str) -> float:
+    """'1 1/2' -> 1.5, '3/4' -> 0.75, '12' -> 12.0."""
+    whole, _, frac = s.strip().rpartition(" ")
+    if "/" in frac:
+        a, b = frac.split("/")
+        return (float(whole) if whole else 0.0) + (float(a) / float(b) if float(b) else 0.0)
+    return float(s)
+
+
+def numbers_in(value: Any) -> list[float]:
+    """Every number in a yield, in order, with fractions read and "N dozen" as N*12.
+
+    "1 9x13-inch cake, 12 pieces" -> [1, 9, 13, 12]; "2 dozen cookies" -> [24]; "½ dozen" -> [6].
+    """
     if value is None or isinstance(value, bool):
-        return None
+        return []
     if isinstance(value, (int, float)):
-        return float(value)
-    m = re.search(r"\d+(?:\.\d+)?", normalize_text(str(value)))
-    return float(m.group()) if m else None
+        return [float(value)]
+    s = _DOZEN.sub(lambda m: f"{_num(m.group(1)) * 12:g}", normalize_text(str(value)))
+    return [_num(x) for x in re.findall(_NUM, s)]
+
+
+def to_number(value: Any) -> float | None:
+    """The first number in a yield such as "8 servings" or "Makes 2 dozen" (24)."""
+    nums = numbers_in(value)
+    return nums[0] if nums else None
 
 
 _FRACTIONS = {"½": "1/2", "⅓": "1/3", "⅔": "2/3", "¼": "1/4", "¾": "3/4", "⅕": "1/5", "⅖": "2/5",
@@ -127,14 +149,53 @@ def match_lists(pred: Iterable[Any], ref: Iterable[Any], threshold: float = ITEM
             "unmatched_pred": [p[i] for i in range(len(p)) if i not in used_p]}
 
 
+def _words_near(item_words: list[str], text_words: list[str], slack: int = 3, cover: float = 0.8) -> bool:
+    """Do most of the item's words occur together (any order) in some window of the text?"""
+    k = len(item_words)
+    if k < 2 or len(text_words) < 2:
+        return False
+    want = set(item_words)
+    size = k + slack
+    for start in range(0, max(1, len(text_words) - size + 1)):
+        window = set(text_words[start:start + size])
+        if len(want & window) >= cover * len(want):
+            return True
+    return False
+
+
 def grounded_in(item: Any, text_norm: str, threshold: float = ITEM_MATCH) -> bool:
-    """Does an extracted item appear (fuzzily) in the normalised input text?"""
+    """Does an extracted item appear (fuzzily) in the normalised input text?
+
+    Either as a near-contiguous substring ("1 c. flour" in "...1 cup flour...") or
+    as its words close together in another order ("3/4 cup white sugar" in
+    "white sugar: 3/4 cup").
+    """
     s = normalize_text(item_text(item))
     if not s:
         return True
     if s in text_norm:
         return True
-    return fuzz.partial_ratio(s, text_norm) >= threshold
+    if fuzz.partial_ratio(s, text_norm) >= threshold:
+        return True
+    return _words_near(s.split(), text_norm.split())
+
+
+def name_similarity(value: Any, source: Any) -> float:
+    """0-1 similarity of a title to the source title, allowing the post's extra words.
+
+    "Spiced Pumpkin Pie" or "The Best Pumpkin Pie Ever" name the source "Pumpkin Pie":
+    when nearly all of the source's words are in the value, the order-free subset
+    score (token_set_ratio) counts; otherwise the plain order-free score does.
+    """
+    nv, ns = normalize_text(value), normalize_text(source)
+    if not nv or not ns:
+        return 1.0 if nv == ns else 0.0
+    plain = fuzz.token_sort_ratio(nv, ns) / 100.0
+    src_words = set(ns.split())
+    covered = sum(1 for w in src_words if any(fuzz.ratio(w, v) >= 85 for v in nv.split()))
+    if covered >= 0.8 * len(src_words):
+        return max(plain, fuzz.token_set_ratio(nv, ns) / 100.0)
+    return plain
 
 
 def is_empty(value: Any) -> bool:

@@ -98,12 +98,19 @@ def _check_field(rule, value: Any, record: dict | None) -> dict:
             return {"status": "mismatch", "why": f"cannot read {value!r} as a duration", "source": src}
         ok = abs(got - float(src)) <= rule.verify_tolerance
         return {"status": "ok" if ok else "mismatch", "minutes": got, "source": src}
-    if m == "number":
-        got, want = F.to_number(value), F.to_number(src)
-        if got is None:
+    if m == "name":
+        sim = F.name_similarity(value, src)
+        ok = sim >= (rule.verify_min if rule.verify_min is not None else 0.8)
+        return {"status": "ok" if ok else "mismatch", "similarity": round(sim, 3), "source": src}
+    if m in ("number", "count"):
+        # number: the value's first number. count: any of its numbers, for yields that
+        # carry several ("1 9x13-inch cake, 12 pieces"); "2 dozen" counts as 24.
+        nums, want = F.numbers_in(value), F.to_number(src)
+        got = nums if m == "count" else nums[:1]
+        if not got:
             return {"status": "mismatch", "why": f"no number in {value!r}", "source": src}
-        ok = want is not None and abs(got - want) <= rule.verify_tolerance
-        return {"status": "ok" if ok else "mismatch", "number": got, "source": src}
+        hit = [g for g in got if want is not None and abs(g - want) <= rule.verify_tolerance]
+        return {"status": "ok" if hit else "mismatch", "number": hit[0] if hit else got[0], "source": src}
     if m == "set_f1":
         res = F.match_lists(value if isinstance(value, list) else [value], src if isinstance(src, list) else [src])
         ok = res["f1"] >= (rule.verify_min if rule.verify_min is not None else 0.6)

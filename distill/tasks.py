@@ -16,7 +16,7 @@ import yaml
 
 from .io import TASKS_DIR, StageError, stable_hash
 
-VERIFY_METHODS = {"text", "minutes", "number", "set_f1", "exact"}
+VERIFY_METHODS = {"text", "name", "minutes", "number", "count", "set_f1", "exact"}
 SCORE_METHODS = {"text", "exact", "minutes", "number", "list_f1", "set_f1", "mae"}
 
 # Allowed keys per section: (required, optional).

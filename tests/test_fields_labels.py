@@ -34,7 +34,7 @@ def test_minutes_to_iso_round_trips(minutes, iso):
 def test_normalize_text_spells_fractions_and_folds_punctuation():
     assert F.normalize_text("1 ½ Cups All-Purpose Flour, sifted.") == "1 1/2 cups all purpose flour sifted"
     assert F.normalize_text("⅓ cup") == "1/3 cup"
-    assert F.to_number("Makes 2 dozen (24 cookies)") == 2
+    assert F.to_number("Makes 2 dozen (24 cookies)") == 24
     assert F.to_number("8 servings") == 8
 
 
@@ -102,3 +102,56 @@ def test_verify_missing_fields_are_not_guesses():
 def test_verify_title_mismatch():
     _, verdict, reason = verify(GOOD | {"name": "Chocolate Lava Cake"}, TASK, RECORD, TEXT)
     assert verdict == "rejected" and reason == "name_mismatch"
+
+
+# Real teacher labels that were correct but rejected by an earlier, stricter verifier.
+@pytest.mark.parametrize("value,numbers", [
+    ("1 9x13-inch cake, 12 pieces", [1, 9, 13, 12]), ("2 dozen cookies", [24]), ("½ dozen", [6]),
+    ("8 servings", [8]), (12, [12]), (None, []), ("serves a crowd", [])])
+def test_numbers_in_reads_every_number_and_dozens(value, numbers):
+    assert F.numbers_in(value) == numbers
+
+
+@pytest.mark.parametrize("label_yield,verdict", [
+    ("1 9x13-inch cake, 12 pieces", "accepted"), ("1 dozen bars", "accepted"), ("12", "accepted"),
+    ("4 servings", "rejected"), ("1 9x13-inch cake", "rejected")])
+def test_verify_yield_counts_any_number(label_yield, verdict):
+    checks, got, _ = verify(GOOD | {"recipeYield": label_yield}, TASK, RECORD | {"servings": 12}, TEXT)
+    assert got == verdict, checks["recipeYield"]
+
+
+def test_number_method_still_takes_the_first_number():
+    from distill.labels import _check_field
+    from distill.tasks import FieldRule
+
+    rule = FieldRule(name="impact", verify_source="impact", verify_method="number")
+    assert _check_field(rule, "7 out of 10", {"impact": 10})["status"] == "mismatch"
+    assert _check_field(rule, "10 (high)", {"impact": 10})["status"] == "ok"
+
+
+@pytest.mark.parametrize("title,source,accepted", [
+    ("Spiced Pumpkin Pie", "Pumpkin Pie", True),
+    ("The Delightful Journey of Chewy Brown Butter Chocolate Chip Cookies",
+     "Chewy Brown Butter Chocolate Chip Cookies", True),
+    ("Easy Banana Bread", "Easy Banana Bread", True),
+    ("easy bananna bread", "Easy Banana Bread", True),              # a typo
+    ("Cookies", "Chewy Brown Butter Chocolate Chip Cookies", False),  # too little of the title
+    ("Chocolate Lava Cake", "Easy Banana Bread", False),
+    ("Banana Muffins", "Easy Banana Bread", False)])
+def test_verify_name_allows_extra_words_but_not_a_different_dish(title, source, accepted):
+    checks, _, _ = verify(GOOD | {"name": title}, TASK, RECORD | {"name": source}, TEXT)
+    assert (checks["name"]["status"] == "ok") is accepted, checks["name"]
+
+
+@pytest.mark.parametrize("item,grounded", [
+    ("¾ cup white sugar", True),          # the post says "White sugar: ¾ cup"
+    ("2 large eggs", True),               # "eggs (2, large)"
+    ("1 cup chopped walnuts", True),      # contiguous, fuzzy
+    ("2 cups chocolate chips", False),    # not in the post
+    ("1 teaspoon vanilla extract", False),  # "vanilla" alone, far from "teaspoon"
+])
+def test_grounded_in_accepts_reordered_items_only_when_the_words_are_together(item, grounded):
+    post = ("Pantry list! White sugar: ¾ cup. Eggs (2, large), 1 cup chopped walnut. "
+            "Bake at 350F for 30 minutes, stirring with a teaspoon now and then, and the kids love it. "
+            "My grandmother grew up on a farm with a small garden and a lot of patience. Vanilla ice cream on top.")
+    assert F.grounded_in(item, F.normalize_text(post)) is grounded
