@@ -83,9 +83,12 @@ def trainer_class():
 
 def save_merged(model, tok, out_dir) -> None:
     """Merge LoRA into the base weights and save 16-bit safetensors (the PEFT wrapper is spent after this)."""
+    from .models import keep_sentencepiece_model
+
     merged = model.merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
+    keep_sentencepiece_model(tok, out_dir)
 
 
 def export_gguf(model, tok, merged_dir, out_dir, quant: str):

@@ -195,6 +195,23 @@ def _save_sentencepiece_model(gguf: Path, tok, out: Path) -> None:
     (out / "tokenizer.model").write_bytes(m.SerializeToString())
 
 
+def sentencepiece_model(tok) -> Path | None:
+    """The tokenizer.model beside the folder ``tok`` was loaded from, if there is one.
+
+    transformers does not write it back on ``save_pretrained`` for every tokenizer, and
+    llama.cpp's converter needs it for Gemma (else the GGUF's vocabulary is rebuilt wrong).
+    """
+    src = Path(str(getattr(tok, "name_or_path", "") or "")) / "tokenizer.model"
+    return src if src.is_file() else None
+
+
+def keep_sentencepiece_model(tok, out_dir: str | Path) -> None:
+    """Copy the source tokenizer.model into a saved model folder that lacks it."""
+    src, dest = sentencepiece_model(tok), Path(out_dir) / "tokenizer.model"
+    if src is not None and not dest.exists():
+        shutil.copyfile(src, dest)
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

@@ -70,7 +70,10 @@ def trainer_class():
 
 
 def save_merged(model, tok, out_dir) -> None:
+    from .models import keep_sentencepiece_model
+
     model.save_pretrained_merged(str(out_dir), tok, save_method="merged_16bit")
+    keep_sentencepiece_model(tok, out_dir)
 
 
 def export_gguf(model, tok, merged_dir, out_dir, quant: str):
@@ -78,8 +81,14 @@ def export_gguf(model, tok, merged_dir, out_dir, quant: str):
     from distill.export import export_gguf as _export
     from distill.export import unsloth_env
 
+    from .models import sentencepiece_model
+
     out_dir = Path(out_dir)
     env = unsloth_env()
+    if sentencepiece_model(tok) is not None:
+        # Unsloth's exporter saves the tokenizer again without tokenizer.model, and the
+        # converter would then rebuild a SentencePiece vocabulary (Gemma's) wrongly.
+        env = None
     if env is not None:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
