@@ -10,6 +10,7 @@ Usage:
     python 02_generate_synthetic.py --limit 200                          # LM Studio on localhost:1234
     python 02_generate_synthetic.py --base-url http://localhost:11434/v1 --model qwen3:14b   # Ollama
     python 02_generate_synthetic.py --input data/01_source --per-record 2 --concurrency 8
+    python 02_generate_synthetic.py --styles instagram_short=2,chaotic_unstructured=1   # only these styles
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=int, default=0, help="skip the first N source records")
     p.add_argument("--per-record", type=int, default=1, help="messy inputs to write per source record")
     p.add_argument("--seed", type=int, default=42, help="seed for style choice and sampling")
+    p.add_argument("--styles", default=None, metavar="NAME=W,...",
+                   help="override the task's style weights, e.g. 'instagram_short=2,minimal_organized=1' "
+                        "(styles not named are not used; default: the weights in task.yaml)")
     add_llm_args(p, default_max_tokens=2048)
     return p
 
@@ -52,6 +56,10 @@ def _main(args) -> int:
     from distill.tasks import load_task
 
     task = load_task(args.task)
+    try:
+        styles = synth.reweight_styles(task.styles, args.styles)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     if args.limit < 0 or args.skip < 0 or args.per_record < 1:
         raise StageError("--limit and --skip must be >= 0 and --per-record >= 1")
     records, _ = load_records(args.input, task.source.get("parser", "jsonl"))
@@ -66,7 +74,8 @@ def _main(args) -> int:
         client.ping()  # resolves the server's default model: part of every cache key
     model = client.model
     params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body}
-    items = synth.plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params)
+    items = synth.plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params,
+                       styles=styles)
     out = args.output_dir
     with run_lock(out):
         clear_manifest(out)

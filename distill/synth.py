@@ -34,20 +34,48 @@ class SynthItem:
         return f"{self.id}.json"
 
 
+def reweight_styles(styles: list[Style], spec: str | None) -> list[Style]:
+    """The task's styles with weights from ``"name=weight,name=weight"``; unnamed styles get 0.
+
+    ``None`` or ``""`` keeps the task's weights. Unknown names and weights that are not
+    non-negative numbers (or all zero) are a ValueError naming what is allowed.
+    """
+    if not spec:
+        return list(styles)
+    names = [s.name for s in styles]
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        name, sep, w = part.strip().partition("=")
+        name = name.strip()
+        if name not in names:
+            raise ValueError(f"--styles: unknown style {name!r}; this task has {', '.join(names)}")
+        try:
+            weights[name] = float(w) if sep else 1.0
+        except ValueError:
+            raise ValueError(f"--styles: weight of {name!r} must be a number, got {w!r}") from None
+        if weights[name] < 0:
+            raise ValueError(f"--styles: weight of {name!r} must be >= 0")
+    if not any(weights.values()):
+        raise ValueError("--styles: at least one style needs a weight above 0")
+    return [Style(s.name, weights[s.name], s.instructions) for s in styles if weights.get(s.name, 0) > 0]
+
+
 def pick_style(styles: list[Style], seed: int, source_id: str, k: int) -> Style:
     rng = random.Random(f"{seed}:{source_id}:{k}")
     return rng.choices(styles, weights=[s.weight for s in styles], k=1)[0]
 
 
 def plan(task: Task, records: list[dict], *, per_record: int, seed: int, model: str,
-         params: dict) -> list[SynthItem]:
-    if not task.styles:
+         params: dict, styles: list[Style] | None = None) -> list[SynthItem]:
+    """One item per record and index; ``styles`` (default: the task's) with their weights."""
+    styles = task.styles if styles is None else styles
+    if not styles:
         raise ValueError(f"task {task.name} has no styles")
     items = []
     for rec in records:
         sid = str(rec["id"])
         for k in range(per_record):
-            style = pick_style(task.styles, seed, sid, k)
+            style = pick_style(styles, seed, sid, k)
             msgs = task.synthesis_messages(rec, style)
             item_seed = int(stable_hash(seed, sid, k, length=8), 16) % (2**31)
             key = stable_hash(msgs, model, params, item_seed)

@@ -182,3 +182,36 @@ def test_each_input_has_its_own_reproducible_seed(tmp_path):
         srv.history.clear()
         assert run_02(srv, tmp_path / "b", "--limit", "3", "--per-record", "2") == 0
         assert sorted(b["seed"] for b in srv.history) == sorted(seeds)
+
+
+def test_styles_flag_limits_and_reweights_the_styles(tmp_path):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        assert run_02(srv, tmp_path / "02", "--limit", "12", "--styles", "instagram_short=3,minimal_organized=1") == 0
+    styles = [json.loads(p.read_text())["style"] for p in outputs(tmp_path / "02")]
+    assert len(styles) == 12 and set(styles) <= {"instagram_short", "minimal_organized"}
+    assert styles.count("instagram_short") > styles.count("minimal_organized")
+    manifest = json.loads((tmp_path / "02" / "manifest.json").read_text())
+    assert set(manifest["counts"]["planned_by_style"]) == set(styles)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("tiktok=1", "unknown style 'tiktok'; this task has instagram_short"),
+    ("instagram_short=lots", "weight of 'instagram_short' must be a number"),
+    ("instagram_short=-1", "must be >= 0"),
+    ("instagram_short=0", "at least one style")])
+def test_bad_styles_flag_is_one_clear_error_before_any_request(tmp_path, capsys, spec, message):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        assert run_02(srv, tmp_path / "02", "--limit", "2", "--styles", spec) == 1
+        assert chat_requests(srv) == 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "02").exists() or not outputs(tmp_path / "02")
+
+
+def test_reweight_styles_keeps_the_task_weights_by_default():
+    from distill.synth import reweight_styles
+    from distill.tasks import load_task
+
+    styles = load_task("recipe").styles
+    assert reweight_styles(styles, None) == styles
+    only = reweight_styles(styles, "chaotic_unstructured")
+    assert [(s.name, s.weight) for s in only] == [("chaotic_unstructured", 1.0)]
