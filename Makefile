@@ -11,7 +11,7 @@ setup: .venv/.setup-done
 	touch $@
 
 # The pipeline on the bundled sample, offline, on CPU. TEACHER=<OpenAI-compatible URL>
-# uses your own teacher instead of the bundled 135M one (then it trains and evaluates too).
+# uses your own teacher instead of the bundled Qwen2.5-Coder-1.5B one.
 demo: setup
 	$(PY) scripts/demo.py $(if $(TEACHER),--teacher-url $(TEACHER))
 

@@ -15,9 +15,9 @@ flags printed, so the demo doubles as a worked example. Re-running resumes: stag
 skip finished work.
 
 Usage:
-    python scripts/demo.py                 # ~20 min on 2 CPU cores
+    python scripts/demo.py                 # ~22 min on 2 CPU cores
     python scripts/demo.py --small         # toy size, a few minutes (CI)
-    python scripts/demo.py --run-dir /tmp/demo --records 60 --steps 120
+    python scripts/demo.py --run-dir my_demo --records 38 --per-record 3 --steps 300
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # (records, per-record inputs, training steps, max sequence length): sized so the full
-# demo takes about 20 minutes on 2 idle cores (the 1.5B teacher writes ~15 tokens/s
-# there, about a minute per input for 02 + 03) and --small a few minutes.
+# demo takes about 20 minutes on 2 idle cores (measured 21.6: the 1.5B teacher writes
+# ~20 tokens/s there, ~30 s per input for 02 + 03) and --small under 10.
 SIZES = {"full": dict(records=24, per_record=1, steps=60, seq=1536),
-         "small": dict(records=6, per_record=1, steps=4, seq=1536)}
+         "small": dict(records=8, per_record=1, steps=4, seq=1536)}
 TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
 # The bundled 1.5B teacher writes ~20 tokens/s here: the demo asks it for the shorter styles
 # (a long fluffy blog post costs twice the teacher time, and the 135M student learns the short
