@@ -161,6 +161,18 @@ def test_real_smollm2_weights_train(workdir, backend):
     assert len(losses) == 3 and all(math.isfinite(x) and x < 5 for x in losses)  # a real instruct model, not noise
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padding_free_batches_train_through_each_backend(workdir, backend):
+    """--packing (padding-free batches): rows are truncated when tokenized, so TRL's max_length check is moot."""
+    r = run_script("05_finetune.py", [*TINY, "--backend", backend, "--packing", "--max-steps", "2",
+                                      "--skip-inference-test", "--save-dir", f"packed-{backend}",
+                                      "--output-dir", f"ckpt-packed-{backend}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    losses = [h["loss"] for h in json.loads((workdir / f"packed-{backend}" / "history.json").read_text()) if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
 def _gguf_vocab(path):
     import importlib
     import sys as _sys

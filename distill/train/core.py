@@ -347,7 +347,9 @@ def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps
         save_strategy="no",  # the final adapter is saved by run(); checkpoints would only cost time
         report_to="none",  # metrics go through the tracker callback
         gradient_checkpointing=cfg.gradient_checkpointing,
-        max_length=cfg.max_seq_length,
+        # Rows are truncated to max_seq_length when tokenized (tokenize_rows); TRL refuses
+        # padding-free batches with a max_length it cannot enforce itself.
+        max_length=None if cfg.packing else cfg.max_seq_length,
         padding_free=cfg.packing,
         bf16=bf16,
         fp16=fp16,
