@@ -40,8 +40,8 @@ SIZES = {"full": dict(records=24, per_record=1, steps=60, seq=1536),
          "small": dict(records=8, per_record=1, steps=4, seq=1536)}
 TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
 # The bundled 1.5B teacher writes ~20 tokens/s here: the demo asks it for the shorter styles
-# (a long fluffy blog post costs twice the teacher time, and the 135M student learns the short
-# ones from a handful of examples). --styles task restores task.yaml's weights.
+# (a long fluffy blog post costs about twice the teacher time of a short one).
+# --styles task restores task.yaml's weights.
 DEMO_STYLES = "instagram_short=2,minimal_organized=2,chaotic_unstructured=1"
 
 
