@@ -9,10 +9,16 @@ the source record and the input text field by field. Each label is written with
 its checks and a verdict: accepted, rejected (with reasons) or failed (no usable
 reply). Only accepted labels are trained on.
 
+A rejected label gets --feedback-rounds chances to be fixed: the teacher sees its
+answer and which fields failed which check (never the source record's values), answers
+again, and the new answer is verified from scratch. Earlier answers stay in the
+label's "attempts".
+
 Usage:
     python 03_label_with_reasoning.py                         # LM Studio on localhost:1234
     python 03_label_with_reasoning.py --calibrate 20          # label a stratified sample, print pass rates, stop
     python 03_label_with_reasoning.py --base-url http://localhost:8080/v1 --model smollm2 --concurrency 2
+    python 03_label_with_reasoning.py --feedback-rounds 0      # one answer per input, no second chance
 """
 from __future__ import annotations
 
@@ -37,6 +43,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="label a style-stratified sample of N inputs, print the pass rate per field and per "
                         "style, then stop without a manifest (0 = off): check the teacher before a long run")
     p.add_argument("--seed", type=int, default=42, help="seed for sampling and the calibration sample")
+    p.add_argument("--feedback-rounds", type=int, default=1,
+                   help="times a rejected label is sent back to the teacher with the failed checks to fix "
+                        "(0 = never). Each round costs one more request per rejected label; re-running with "
+                        "more rounds continues the rejected labels from their last answer")
     add_llm_args(p, default_max_tokens=4096)
     p.set_defaults(temperature=0.2)
     return p
@@ -74,23 +84,31 @@ def _main(args) -> int:
     with run_lock(out):
         if not args.calibrate:
             clear_manifest(out)
-        todo = [it for it in items if not labeling.is_done(out, it)]
+        if args.feedback_rounds < 0:
+            raise StageError("--feedback-rounds must be 0 or more")
+        todo = [it for it in items if not labeling.is_done(out, it, args.feedback_rounds)]
         stats = RunStats()
         stats.skip(len(items) - len(todo))
         print(f"03: {len(items)} inputs ({stats.skipped} already labeled, {len(todo)} to label) "
               f"with {client.model} at {args.base_url}")
         if todo:
             client.ping()
-            for item, res in run_concurrently(todo, lambda it: client.complete(it.messages, response_schema=task.schema),
-                                              concurrency=args.concurrency, desc="03 label"):
+            def label(it):
+                return labeling.label_item(client, task, it, args.feedback_rounds,
+                                           previous=labeling.previous_label(out, it))
+
+            for item, res in run_concurrently(todo, label, concurrency=args.concurrency, desc="03 label"):
                 if isinstance(res, LLMError):
                     rec = labeling.failed_label(item, res.reason, str(res))
                     stats.fail(res)
                 elif isinstance(res, BaseException):
                     raise res
                 else:
-                    rec = labeling.make_label(item, task, res)
-                    stats.ok(res)
+                    rec, completions = res
+                    for c in completions:
+                        stats.ok(c)
+                    if rec.get("feedback_error"):
+                        stats.fail("feedback_" + rec["feedback_error"].split(":")[0])
                 labeling.write_label(out, rec)
         report = labeling.report(out, [it.id for it in items], task)
         print(stats.summary())

@@ -78,6 +78,41 @@ def numbers_in(value: Any) -> list[float]:
     return [_num(x) for x in re.findall(_NUM, s)]
 
 
+def _unit_word(w: str) -> str:
+    return w[:-1] if len(w) > 3 and w.endswith("s") else w
+
+
+def _is_plain_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) or bool(re.fullmatch(_NUM, normalize_text(value)))
+
+
+def _yield_words(value: Any) -> set[str]:
+    """A yield's words without its numbers, singular: "2 dozen cookies" -> {"cookie"}."""
+    s = re.sub(_NUM, " ", _DOZEN.sub(" ", normalize_text(value)))
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in s.split()}
+
+
+def same_count(value: Any, source: Any, tolerance: float = 0.0) -> bool:
+    """Does a yield name the source's quantity?
+
+    A numeric source (servings 12): any number of the value is within tolerance
+    ("1 9x13-inch cake, 12 pieces", "1 dozen bars"). A yield text source ("1 9x5-inch
+    loaf"): a number of the value matches one of the source's and the value's words
+    all come from the source, so "1 loaf" or "1 pie" (for "1 9-inch deep-dish pie")
+    pass and "1 serving" does not.
+    """
+    got, want = numbers_in(value), numbers_in(source)
+    if not got or not want:
+        return False
+    if _is_plain_number(source):
+        return any(abs(g - want[0]) <= tolerance for g in got)
+    if not any(abs(g - w) <= tolerance for g in got for w in want):
+        return False
+    return _yield_words(value) <= _yield_words(source)
+
+
 def to_number(value: Any) -> float | None:
     """The first number in a yield such as "8 servings" or "Makes 2 dozen" (24)."""
     nums = numbers_in(value)

@@ -79,12 +79,25 @@ def validate(obj: Any, schema: dict) -> list[str]:
 
 
 def _check_field(rule, value: Any, record: dict | None) -> dict:
-    """One field against its source value. status: ok | mismatch | missing | unverifiable."""
+    """One field against its source value(s). status: ok | mismatch | missing | unverifiable.
+
+    A rule with several source fields (``source: [servings, yield]``) passes when the
+    value agrees with any of them; otherwise the first disagreement is reported.
+    """
     if rule.verify_method is None or record is None:
         return {"status": "unverifiable"}
-    src = record.get(rule.verify_source)
-    if F.is_empty(src):
-        return {"status": "unverifiable", "why": f"source has no {rule.verify_source}"}
+    names = [rule.verify_source] if isinstance(rule.verify_source, str) else list(rule.verify_source)
+    results = []
+    for name in names:
+        src = record.get(name)
+        if not F.is_empty(src):
+            results.append(_compare(rule, value, src) | ({"source_field": name} if len(names) > 1 else {}))
+    if not results:
+        return {"status": "unverifiable", "why": f"source has no {' or '.join(names)}"}
+    return next((r for r in results if r["status"] == "ok"), results[0])
+
+
+def _compare(rule, value: Any, src: Any) -> dict:
     if F.is_empty(value):
         return {"status": "missing", "source": src}
     m = rule.verify_method
@@ -102,15 +115,19 @@ def _check_field(rule, value: Any, record: dict | None) -> dict:
         sim = F.name_similarity(value, src)
         ok = sim >= (rule.verify_min if rule.verify_min is not None else 0.8)
         return {"status": "ok" if ok else "mismatch", "similarity": round(sim, 3), "source": src}
-    if m in ("number", "count"):
-        # number: the value's first number. count: any of its numbers, for yields that
-        # carry several ("1 9x13-inch cake, 12 pieces"); "2 dozen" counts as 24.
-        nums, want = F.numbers_in(value), F.to_number(src)
-        got = nums if m == "count" else nums[:1]
-        if not got:
+    if m == "count":
+        # Any of the value's numbers, for yields that carry several ("1 9x13-inch cake,
+        # 12 pieces"; "2 dozen" counts as 24); against a yield text, also its words.
+        if not F.numbers_in(value):
             return {"status": "mismatch", "why": f"no number in {value!r}", "source": src}
-        hit = [g for g in got if want is not None and abs(g - want) <= rule.verify_tolerance]
-        return {"status": "ok" if hit else "mismatch", "number": hit[0] if hit else got[0], "source": src}
+        ok = F.same_count(value, src, rule.verify_tolerance)
+        return {"status": "ok" if ok else "mismatch", "source": src}
+    if m == "number":
+        nums, want = F.numbers_in(value), F.to_number(src)
+        if not nums:
+            return {"status": "mismatch", "why": f"no number in {value!r}", "source": src}
+        ok = want is not None and abs(nums[0] - want) <= rule.verify_tolerance
+        return {"status": "ok" if ok else "mismatch", "number": nums[0], "source": src}
     if m == "set_f1":
         res = F.match_lists(value if isinstance(value, list) else [value], src if isinstance(src, list) else [src])
         ok = res["f1"] >= (rule.verify_min if rule.verify_min is not None else 0.6)
@@ -179,16 +196,28 @@ class LabelItem:
         return cls(id=row["id"], row=row, messages=msgs, key=key, model=model)
 
 
-def is_done(out_dir: Path, item: LabelItem) -> bool:
-    """Finished = a label with the same key whose verdict is not 'failed' (failures are retried)."""
+def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
+    """The label written earlier for this item with the same key, if any."""
     p = out_dir / f"{item.id}.json"
     if not p.exists():
-        return False
+        return None
     try:
         rec = read_json(p)
     except Exception:
+        return None
+    return rec if rec.get("key") == item.key else None
+
+
+def is_done(out_dir: Path, item: LabelItem, feedback_rounds: int = 0) -> bool:
+    """Finished = a label with the same key that was accepted, or rejected after the
+    feedback rounds asked for. Failures are retried; a label rejected with fewer
+    rounds than asked for now gets its remaining rounds (from its last answer)."""
+    rec = previous_label(out_dir, item)
+    if rec is None:
         return False
-    return rec.get("key") == item.key and rec.get("verdict") in ("accepted", "rejected")
+    if rec.get("verdict") == "rejected":
+        return rec.get("feedback_rounds", 0) >= feedback_rounds or feedback_message(rec) is None
+    return rec.get("verdict") == "accepted"
 
 
 def _base(item: LabelItem) -> dict:
@@ -221,6 +250,83 @@ def make_label(item: LabelItem, task: Task, completion) -> dict:
     return rec | {"output": obj, "checks": checks, "verdict": verdict, "reason": reason}
 
 
+_PARSE_FEEDBACK = "Your reply was not one JSON object. Answer with the JSON object only."
+_FIELD_FEEDBACK = {
+    "mismatch": "{field} = {value} is not what the text says. Read the text again and give the value it "
+                "states; use null only if the text does not state one.",
+    "not_in_text": "{field}: these items are not written in the text: {items}. List only what the text "
+                   "says, as it is written there.",
+}
+
+
+def feedback_message(rec: dict) -> str | None:
+    """What a rejected label got wrong, as the user turn of a feedback round; None if nothing to say.
+
+    It names the failing fields and the checks they failed, never the source record's
+    values: the teacher has to find the answer in the text, so a fixed label is still
+    the teacher's reading of the text, verified again like any other.
+    """
+    lines = []
+    if rec.get("reason") in ("empty", "no_json", "bad_json"):
+        lines.append(_PARSE_FEEDBACK)
+    for err in rec.get("schema_errors") or []:
+        lines.append(f"Schema error at {err}")
+    out = rec.get("output") if isinstance(rec.get("output"), dict) else {}
+    for field, c in (rec.get("checks") or {}).items():
+        if c.get("status") == "mismatch":
+            lines.append(_FIELD_FEEDBACK["mismatch"].format(field=field, value=json.dumps(out.get(field))))
+        if c.get("grounded") is False:
+            items = ", ".join(json.dumps(i) for i in c.get("not_in_text", []))
+            lines.append(_FIELD_FEEDBACK["not_in_text"].format(field=field, items=items))
+    if not lines:
+        return None
+    return ("Some fields of your answer failed the checks:\n- " + "\n- ".join(lines)
+            + "\nAnswer again with the corrected JSON object, keeping the fields that were right.")
+
+
+def label_item(client, task: Task, item: LabelItem, feedback_rounds: int = 0,
+               previous: dict | None = None) -> tuple[dict, list]:
+    """Label one input: ask the teacher, verify, and on a rejection give it up to
+    ``feedback_rounds`` chances to fix the fields that failed (the same conversation plus
+    a user turn from ``feedback_message``). Returns (label record, completions).
+
+    ``previous``: a label rejected earlier with fewer rounds, continued instead of asking
+    again from scratch. The first request's LLMError propagates (the caller records a
+    failed label); an error in a feedback round keeps the rejected label, so a later run
+    retries the round.
+    """
+    from .llm import LLMError
+
+    completions = []
+    if previous is not None and previous.get("verdict") == "rejected":
+        rec = previous
+    else:
+        completion = client.complete(item.messages, response_schema=task.schema)
+        completions.append(completion)
+        rec = make_label(item, task, completion)
+    rec = {"feedback_rounds": 0, "attempts": []} | rec
+    rec.pop("feedback_error", None)
+    while rec["verdict"] == "rejected" and rec["feedback_rounds"] < feedback_rounds:
+        msg = feedback_message(rec)
+        if msg is None or rec.get("raw_content") is None:
+            break
+        msgs = item.messages + [{"role": "assistant", "content": rec["raw_content"]}, {"role": "user", "content": msg}]
+        try:
+            completion = client.complete(msgs, response_schema=task.schema)
+        except LLMError as exc:
+            rec["feedback_error"] = f"{exc.reason}: {exc.detail[:300]}"
+            break
+        completions.append(completion)
+        new = make_label(item, task, completion)
+        if new["verdict"] == "failed":  # cut off by the token limit: keep the verified earlier answer
+            rec = rec | {"feedback_rounds": rec["feedback_rounds"] + 1,
+                         "feedback_error": f"{new['reason']}: the corrected answer was unusable"}
+            break
+        earlier = {k: rec.get(k) for k in ("output", "reason", "raw_content", "usage")} | {"feedback": msg}
+        rec = new | {"feedback_rounds": rec["feedback_rounds"] + 1, "attempts": rec["attempts"] + [earlier]}
+    return rec, completions
+
+
 def write_label(out_dir: Path, rec: dict) -> Path:
     return write_json(out_dir / f"{rec['id']}.json", rec)
 
@@ -244,6 +350,7 @@ def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
 def report(out_dir: Path, ids: list[str], task: Task) -> dict:
     """Verdicts, rejection reasons and per-field / per-style pass rates over the given ids."""
     verdicts: Counter = Counter()
+    fixed = 0  # accepted only after a feedback round
     reasons: Counter = Counter()
     field_status: dict[str, Counter] = defaultdict(Counter)
     style_verdicts: dict[str, Counter] = defaultdict(Counter)
@@ -254,6 +361,8 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
             continue
         rec = read_json(p)
         verdicts[rec["verdict"]] += 1
+        if rec["verdict"] == "accepted" and rec.get("feedback_rounds"):
+            fixed += 1
         style_verdicts[rec.get("style") or "?"][rec["verdict"]] += 1
         if rec["verdict"] != "accepted":
             for r in str(rec.get("reason", "")).split(","):
@@ -262,7 +371,7 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
             field_status[f][c.get("status", "?")] += 1
             if c.get("grounded") is False:
                 field_status[f]["not_in_text"] += 1
-    return {"verdicts": dict(verdicts), "rejected_by_reason": dict(reasons.most_common()),
+    return {"verdicts": dict(verdicts), "accepted_after_feedback": fixed, "rejected_by_reason": dict(reasons.most_common()),
             "fields": {f: dict(c) for f, c in field_status.items()},
             "styles": {s: dict(c) for s, c in style_verdicts.items()}}
 
@@ -275,7 +384,8 @@ def _rate(c: dict, good: str = "ok", bad: tuple = ("mismatch", "not_in_text")) -
 def format_report(rep: dict) -> str:
     v = rep["verdicts"]
     total = sum(v.values()) or 1
-    lines = [f"labels: {v.get('accepted', 0)} accepted ({v.get('accepted', 0) / total:.0%}), "
+    fixed = f", {rep['accepted_after_feedback']} of them after feedback" if rep.get("accepted_after_feedback") else ""
+    lines = [f"labels: {v.get('accepted', 0)} accepted ({v.get('accepted', 0) / total:.0%}){fixed}, "
              f"{v.get('rejected', 0)} rejected, {v.get('failed', 0)} failed"]
     if rep["rejected_by_reason"]:
         lines.append("not accepted, by reason: " + ", ".join(f"{k} {n}" for k, n in rep["rejected_by_reason"].items()))

@@ -84,7 +84,7 @@ class Step:
 @dataclass(frozen=True)
 class FieldRule:
     name: str
-    verify_source: str | None = None      # source-record field to verify a label against
+    verify_source: str | tuple[str, ...] | None = None  # source-record field(s) to verify against; any may match
     verify_method: str | None = None      # one of VERIFY_METHODS
     verify_min: float | None = None       # threshold for text/set_f1 similarity (0-1)
     verify_tolerance: float = 0.0         # allowed absolute difference for minutes/number
@@ -274,12 +274,17 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
             _check_keys("verify", f"{where}: fields.{fname}.verify", v)
             if v["method"] not in VERIFY_METHODS:
                 raise StageError(f"{where}: fields.{fname}.verify.method {v['method']!r} not in {sorted(VERIFY_METHODS)}")
+            src = v["source"]
+            if not (isinstance(src, str) and src or isinstance(src, list) and src
+                    and all(isinstance(x, str) and x for x in src)):
+                raise StageError(f"{where}: fields.{fname}.verify.source must be a record field name or a "
+                                 f"list of them (any may match), e.g. [servings, yield]; got {src!r}")
         score = rule.get("score")
         if score is not None and score not in SCORE_METHODS:
             raise StageError(f"{where}: fields.{fname}.score {score!r} not in {sorted(SCORE_METHODS)}")
         fields[fname] = FieldRule(
             name=fname,
-            verify_source=v["source"] if v else None,
+            verify_source=(v["source"] if isinstance(v["source"], str) else tuple(v["source"])) if v else None,
             verify_method=v["method"] if v else None,
             verify_min=v.get("min") if v else None,
             verify_tolerance=float(v.get("tolerance", 0)) if v else 0.0,

@@ -73,20 +73,25 @@ class OracleTeacher:
 
     def __init__(self, write: Callable[[dict, str], str] = recipe_post, label: Callable[[str], dict] = recipe_label,
                  reasoning_channel: str = "reasoning_content",
-                 corrupt: Callable[[dict], dict] | None = None):
+                 corrupt: Callable[[dict], dict] | None = None, fix_on_feedback: bool = False):
         self.write, self.label = write, label
         self.reasoning_channel = reasoning_channel
         self.corrupt = corrupt  # turn some right labels wrong, to test verification
+        self.fix_on_feedback = fix_on_feedback  # a feedback round gets the right label
         self.calls = {"write": 0, "label": 0}
+        self.feedback: list[str] = []  # the feedback turns it was sent
 
     def __call__(self, body: dict) -> str | Behaviour:
         msgs = body["messages"]
-        user = [m["content"] for m in msgs if m["role"] == "user"][-1]
-        if msgs[0]["role"] == "system":   # labeling: system prompt + the post
+        users = [m["content"] for m in msgs if m["role"] == "user"]
+        user = users[0]
+        if msgs[0]["role"] == "system":   # labeling: system prompt + the post (+ answer and feedback)
             self.calls["label"] += 1
             post = user.split("\n\n", 1)[1]
             lab = self.label(post)
-            if self.corrupt:
+            feedback = users[1:]
+            self.feedback += feedback
+            if self.corrupt and not (feedback and self.fix_on_feedback):
                 lab = self.corrupt(lab)
             reasoning = "The title is on the first line; ingredients are the starred lines."
             text = json.dumps(lab)

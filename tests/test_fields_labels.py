@@ -155,3 +155,51 @@ def test_grounded_in_accepts_reordered_items_only_when_the_words_are_together(it
             "Bake at 350F for 30 minutes, stirring with a teaspoon now and then, and the kids love it. "
             "My grandmother grew up on a farm with a small garden and a lot of patience. Vanilla ice cream on top.")
     assert F.grounded_in(item, F.normalize_text(post)) is grounded
+
+
+# Real teacher yields that were correct but rejected while only `servings` was checked.
+@pytest.mark.parametrize("label_yield,record_yield,verdict", [
+    ("1 loaf", "1 9x5-inch loaf", "accepted"),
+    ("1 pie", "1 9-inch deep-dish pie", "accepted"),
+    ("8 thighs", "8 thighs", "accepted"),
+    ("1 large stockpot, about 16 cups", "1 large stockpot, about 16 cups", "accepted"),
+    ("24 cookies", "2 dozen cookies", "accepted"),
+    ("12 servings", "1 9x13-inch cake, 12 pieces", "accepted"),   # servings 12 matches
+    ("1 serving", "1 9x5-inch loaf", "rejected"),                 # a number shared, another unit
+    ("2 loaves", "1 9x5-inch loaf", "rejected"),
+    ("8 servings", "8 thighs", "rejected")])                      # servings is 4 for this record
+def test_verify_yield_against_servings_or_yield_text(label_yield, record_yield, verdict):
+    servings = 12 if "12 pieces" in record_yield else 4
+    checks, got, _ = verify(GOOD | {"recipeYield": label_yield}, TASK,
+                            RECORD | {"servings": servings, "yield": record_yield}, TEXT)
+    assert got == verdict, checks["recipeYield"]
+    if verdict == "accepted":
+        assert checks["recipeYield"]["status"] == "ok" and checks["recipeYield"]["source_field"] in ("servings", "yield")
+
+
+def test_verify_source_list_is_validated(tmp_path):
+    import shutil
+
+    from distill.io import StageError
+    from distill.tasks import load_task
+
+    task_dir = tmp_path / "recipe"
+    shutil.copytree(TASK.dir, task_dir)
+    y = task_dir / "task.yaml"
+    y.write_text(y.read_text().replace("source: [servings, yield]", "source: []"))
+    with pytest.raises(StageError, match=r"verify.source must be a record field name or a list"):
+        load_task(str(task_dir))
+
+
+def test_feedback_message_names_what_failed_and_nothing_else():
+    from distill.labels import feedback_message
+
+    assert feedback_message({"verdict": "rejected", "reason": "no_json"}).count("not one JSON object") == 1
+    msg = feedback_message({"verdict": "rejected", "reason": "schema",
+                            "schema_errors": ["prepTime: 5 is not of type 'string'"]})
+    assert "Schema error at prepTime: 5 is not of type 'string'" in msg
+    checks, _, _ = verify(GOOD | {"prepTime": "PT45M"}, TASK, RECORD, TEXT)
+    msg = feedback_message({"verdict": "rejected", "output": GOOD | {"prepTime": "PT45M"}, "checks": checks})
+    assert 'prepTime = "PT45M"' in msg and "PT10M" not in msg and "10" not in msg
+    assert "recipeIngredient" not in msg and "name" not in msg
+    assert feedback_message({"verdict": "rejected", "checks": {"name": {"status": "ok"}}}) is None

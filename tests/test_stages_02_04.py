@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, error, hang, reply
+from fake_openai_server import FakeOpenAIServer, error, hang, json_reply, reply
 from fake_teacher import OracleTeacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,65 @@ def test_wrong_labels_are_rejected_with_reasons(tmp_path):
             assert l["checks"]["recipeIngredient"]["grounded"] is False
         assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab),
                          "--output-dir", str(tmp_path / "04")]) == 1  # nothing accepted: a clear error
+
+
+def test_a_rejected_label_is_fixed_by_a_feedback_round_that_names_the_failed_checks(tmp_path, capsys):
+    def corrupt(lab):
+        return lab | {"recipeIngredient": lab["recipeIngredient"] + ["1 dragon egg"], "cookTime": "PT999M"}
+
+    teacher = OracleTeacher(corrupt=corrupt, fix_on_feedback=True)
+    with FakeOpenAIServer(teacher) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "3") == 0
+        assert run_03(srv, syn, lab) == 0
+        labels = [json.loads(p.read_text()) for p in outputs(lab)]
+        assert teacher.calls["label"] == 6, "one first answer and one feedback round per input"
+        assert all(l["verdict"] == "accepted" and l["feedback_rounds"] == 1 for l in labels)
+        first = labels[0]["attempts"][0]
+        assert first["output"]["cookTime"] == "PT999M" and "cookTime_mismatch" in first["reason"]
+        # The feedback names the failing fields and items, never the source record's value.
+        fb = teacher.feedback[0]
+        assert 'cookTime = "PT999M"' in fb and '"1 dragon egg"' in fb
+        src = json.loads(outputs(syn)[0].read_text())["source"]
+        assert f"PT{src['cook_minutes']}M" not in fb and str(src["cook_minutes"]) not in fb.replace("999", "")
+        assert "3 accepted (100%), 3 of them after feedback" in capsys.readouterr().out
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0 and chat_requests(srv) == n, "accepted labels are done"
+
+
+def test_feedback_rounds_resume_rejected_labels_from_their_last_answer(tmp_path):
+    def corrupt(lab):
+        return lab | {"recipeIngredient": lab["recipeIngredient"] + ["1 dragon egg"]}
+
+    teacher = OracleTeacher(corrupt=corrupt, fix_on_feedback=True)
+    with FakeOpenAIServer(teacher) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "2") == 0
+        assert run_03(srv, syn, lab, "--feedback-rounds", "0") == 0
+        assert {json.loads(p.read_text())["verdict"] for p in outputs(lab)} == {"rejected"}
+        assert teacher.calls["label"] == 2 and not teacher.feedback
+        # More rounds later: only the feedback turns are sent, continuing the stored answers.
+        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 0
+        assert teacher.calls["label"] == 4 and len(teacher.feedback) == 2
+        assert {json.loads(p.read_text())["verdict"] for p in outputs(lab)} == {"accepted"}
+
+
+def test_a_failed_feedback_round_keeps_the_rejected_label_and_is_retried(tmp_path):
+    def corrupt(lab):
+        return lab | {"recipeIngredient": lab["recipeIngredient"] + ["1 dragon egg"]}
+
+    with FakeOpenAIServer(OracleTeacher(corrupt=corrupt, fix_on_feedback=True)) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "1") == 0
+        assert run_03(srv, syn, lab, "--feedback-rounds", "0") == 0
+        srv.push(error(400, "context full"))   # the feedback request fails
+        assert run_03(srv, syn, lab) == 0
+        rec = json.loads(outputs(lab)[0].read_text())
+        assert rec["verdict"] == "rejected" and rec["feedback_rounds"] == 0
+        assert rec["feedback_error"].startswith("http_400")
+        assert run_03(srv, syn, lab) == 0
+        rec = json.loads(outputs(lab)[0].read_text())
+        assert rec["verdict"] == "accepted" and rec["feedback_rounds"] == 1 and "feedback_error" not in rec
 
 
 def test_failures_are_counted_and_retried(tmp_path, capsys):
