@@ -9,7 +9,7 @@ the source record and the input text field by field. Each label is written with
 its checks and a verdict: accepted, rejected (with reasons) or failed (no usable
 reply). Only accepted labels are trained on.
 
-A rejected label gets --feedback-rounds chances to be fixed: the teacher sees its
+With --feedback-rounds N a rejected label gets N chances to be fixed: the teacher sees its
 answer and which fields failed which check (never the source record's values), answers
 again, and the new answer is verified from scratch. Earlier answers stay in the
 label's "attempts".
@@ -18,7 +18,7 @@ Usage:
     python 03_label_with_reasoning.py                         # LM Studio on localhost:1234
     python 03_label_with_reasoning.py --calibrate 20          # label a stratified sample, print pass rates, stop
     python 03_label_with_reasoning.py --base-url http://localhost:8080/v1 --model smollm2 --concurrency 2
-    python 03_label_with_reasoning.py --feedback-rounds 0      # one answer per input, no second chance
+    python 03_label_with_reasoning.py --feedback-rounds 1      # rejected labels get one chance to be fixed
 """
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="label a style-stratified sample of N inputs, print the pass rate per field and per "
                         "style, then stop without a manifest (0 = off): check the teacher before a long run")
     p.add_argument("--seed", type=int, default=42, help="seed for sampling and the calibration sample")
-    p.add_argument("--feedback-rounds", type=int, default=1,
+    p.add_argument("--feedback-rounds", type=int, default=0,
                    help="times a rejected label is sent back to the teacher with the failed checks to fix "
                         "(0 = never). Each round costs one more request per rejected label; re-running with "
-                        "more rounds continues the rejected labels from their last answer")
+                        "more rounds continues the rejected labels from their last answer. Worth it with a "
+                        "strong teacher: the bundled 1.5B one fixed 1 of 14 and repeated itself in 7")
     add_llm_args(p, default_max_tokens=4096)
     p.set_defaults(temperature=0.2)
     return p

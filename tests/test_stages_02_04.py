@@ -119,7 +119,7 @@ def test_a_rejected_label_is_fixed_by_a_feedback_round_that_names_the_failed_che
     with FakeOpenAIServer(teacher) as srv:
         syn, lab = tmp_path / "02", tmp_path / "03"
         assert run_02(srv, syn, "--limit", "3") == 0
-        assert run_03(srv, syn, lab) == 0
+        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 0
         labels = [json.loads(p.read_text()) for p in outputs(lab)]
         assert teacher.calls["label"] == 6, "one first answer and one feedback round per input"
         assert all(l["verdict"] == "accepted" and l["feedback_rounds"] == 1 for l in labels)
@@ -132,7 +132,7 @@ def test_a_rejected_label_is_fixed_by_a_feedback_round_that_names_the_failed_che
         assert f"PT{src['cook_minutes']}M" not in fb and str(src["cook_minutes"]) not in fb.replace("999", "")
         assert "3 accepted (100%), 3 of them after feedback" in capsys.readouterr().out
         n = chat_requests(srv)
-        assert run_03(srv, syn, lab) == 0 and chat_requests(srv) == n, "accepted labels are done"
+        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 0 and chat_requests(srv) == n, "accepted labels are done"
 
 
 def test_feedback_rounds_resume_rejected_labels_from_their_last_answer(tmp_path):
@@ -161,11 +161,11 @@ def test_a_failed_feedback_round_keeps_the_rejected_label_and_is_retried(tmp_pat
         assert run_02(srv, syn, "--limit", "1") == 0
         assert run_03(srv, syn, lab, "--feedback-rounds", "0") == 0
         srv.push(error(400, "context full"))   # the feedback request fails
-        assert run_03(srv, syn, lab) == 0
+        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 0
         rec = json.loads(outputs(lab)[0].read_text())
         assert rec["verdict"] == "rejected" and rec["feedback_rounds"] == 0
         assert rec["feedback_error"].startswith("http_400")
-        assert run_03(srv, syn, lab) == 0
+        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 0
         rec = json.loads(outputs(lab)[0].read_text())
         assert rec["verdict"] == "accepted" and rec["feedback_rounds"] == 1 and "feedback_error" not in rec
 
