@@ -15,7 +15,7 @@ flags printed, so the demo doubles as a worked example. Re-running resumes: stag
 skip finished work.
 
 Usage:
-    python scripts/demo.py                 # ~22 min on 2 CPU cores
+    python scripts/demo.py                 # ~25 min on 2 CPU cores
     python scripts/demo.py --small         # toy size, a few minutes (CI)
     python scripts/demo.py --run-dir my_demo --records 38 --per-record 3 --steps 300
 """
@@ -33,10 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# (records, per-record inputs, training steps, max sequence length): sized so the full
-# demo takes about 20 minutes on 2 idle cores (measured 21.6: the 1.5B teacher writes
-# ~20 tokens/s there, ~30 s per input for 02 + 03) and --small under 10.
-SIZES = {"full": dict(records=24, per_record=1, steps=60, seq=1536),
+# (records, per-record inputs, training steps, max sequence length): the full demo took
+# 25.0 minutes on 2 idle cores (the 1.5B teacher writes ~20 tokens/s there, ~35 s per input
+# for 02 + 03; 120 updates at ~3.2 s). 60 updates would save 3 minutes, but on 5 examples
+# they left the student repeating itself where 120 did not. --small runs in under 10.
+SIZES = {"full": dict(records=24, per_record=1, steps=120, seq=1536),
          "small": dict(records=8, per_record=1, steps=4, seq=1536)}
 TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
 # The bundled 1.5B teacher writes ~20 tokens/s here: the demo asks it for the shorter styles

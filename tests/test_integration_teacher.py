@@ -46,6 +46,25 @@ def test_teacher_stages_against_real_llama_server(tmp_path):
         rerun = json.loads((lab / "manifest.json").read_text())["counts"]
         assert rerun["requests"]["requests"] == counts.get("failed", 0)
         assert rerun["skipped"] == len(posts) - counts.get("failed", 0)
+        # A feedback round through the real server: the rejected labels continue from their
+        # answer (a 4-turn conversation with the schema enforced), nothing else is asked again.
+        before = {p.name: json.loads(p.read_text()) for p in outputs(lab)}
+        rejected = {k for k, v in before.items() if v["verdict"] == "rejected"}
+        assert S03.main(["--input-dir", str(syn), "--output-dir", str(lab), "--max-tokens", "768",
+                         "--feedback-rounds", "1", *llm]) == 0
+        after = {p.name: json.loads(p.read_text()) for p in outputs(lab)}
+        for k in rejected:
+            rec = after[k]
+            if "feedback_error" in rec:
+                assert rec["verdict"] == "rejected" and rec["raw_content"] == before[k]["raw_content"], rec
+                continue
+            assert rec["feedback_rounds"] == 1 and rec["verdict"] in ("accepted", "rejected"), rec
+            assert rec["attempts"][0]["raw_content"] == before[k]["raw_content"]
+            assert rec["attempts"][0]["feedback"].startswith("Some fields of your answer failed the checks")
+            assert rec["response_format"] == "json_schema" and isinstance(rec["output"], dict)
+        for k, v in before.items():
+            if v["verdict"] == "accepted":
+                assert after[k] == v
     labels = [json.loads(p.read_text()) for p in outputs(lab)]
     assert len(labels) == len(posts)
     for lab_ in labels:
