@@ -65,6 +65,8 @@ def _main(args) -> int:
     from distill.synth import load_synthetic
     from distill.tasks import load_task
 
+    if args.feedback_rounds < 0:
+        raise StageError("--feedback-rounds must be 0 or more (0 = no feedback rounds)")
     m = require_manifest(args.input_dir, "02_generate_synthetic.py")
     task = load_task(args.task or m.get("task", "recipe"))
     rows = [r for r in load_synthetic(args.input_dir) if r.get("task", task.name) == task.name]
@@ -85,8 +87,6 @@ def _main(args) -> int:
     with run_lock(out):
         if not args.calibrate:
             clear_manifest(out)
-        if args.feedback_rounds < 0:
-            raise StageError("--feedback-rounds must be 0 or more")
         todo = [it for it in items if not labeling.is_done(out, it, args.feedback_rounds)]
         stats = RunStats()
         stats.skip(len(items) - len(todo))

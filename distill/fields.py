@@ -78,10 +78,6 @@ def numbers_in(value: Any) -> list[float]:
     return [_num(x) for x in re.findall(_NUM, s)]
 
 
-def _unit_word(w: str) -> str:
-    return w[:-1] if len(w) > 3 and w.endswith("s") else w
-
-
 def _is_plain_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False

@@ -274,3 +274,13 @@ def test_reweight_styles_keeps_the_task_weights_by_default():
     assert reweight_styles(styles, None) == styles
     only = reweight_styles(styles, "chaotic_unstructured")
     assert [(s.name, s.weight) for s in only] == [("chaotic_unstructured", 1.0)]
+
+
+def test_negative_feedback_rounds_is_one_clear_error_before_any_request(tmp_path, capsys):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn = tmp_path / "02"
+        assert run_02(srv, syn, "--limit", "1") == 0
+        n = chat_requests(srv)
+        assert run_03(srv, syn, tmp_path / "03", "--feedback-rounds", "-1") != 0
+        assert chat_requests(srv) == n
+    assert "--feedback-rounds must be 0 or more" in capsys.readouterr().err
