@@ -87,7 +87,8 @@ def _main(args) -> int:
     with run_lock(out):
         if not args.calibrate:
             clear_manifest(out)
-        todo = [it for it in items if not labeling.is_done(out, it, args.feedback_rounds)]
+        previous = {it.id: labeling.previous_label(out, it) for it in items}
+        todo = [it for it in items if not labeling.is_done(previous[it.id], args.feedback_rounds)]
         stats = RunStats()
         stats.skip(len(items) - len(todo))
         print(f"03: {len(items)} inputs ({stats.skipped} already labeled, {len(todo)} to label) "
@@ -95,8 +96,7 @@ def _main(args) -> int:
         if todo:
             client.ping()
             def label(it):
-                return labeling.label_item(client, task, it, args.feedback_rounds,
-                                           previous=labeling.previous_label(out, it))
+                return labeling.label_item(client, task, it, args.feedback_rounds, previous=previous[it.id])
 
             for item, res in run_concurrently(todo, label, concurrency=args.concurrency, desc="03 label"):
                 if isinstance(res, LLMError):

@@ -208,11 +208,10 @@ def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
     return rec if rec.get("key") == item.key else None
 
 
-def is_done(out_dir: Path, item: LabelItem, feedback_rounds: int = 0) -> bool:
-    """Finished = a label with the same key that was accepted, or rejected after the
-    feedback rounds asked for. Failures are retried; a label rejected with fewer
-    rounds than asked for now gets its remaining rounds (from its last answer)."""
-    rec = previous_label(out_dir, item)
+def is_done(rec: dict | None, feedback_rounds: int = 0) -> bool:
+    """Is this earlier label (from ``previous_label``) finished? Yes when it was accepted,
+    or rejected after the feedback rounds asked for. Failures are retried; a label rejected
+    with fewer rounds than asked for now gets its remaining rounds (from its last answer)."""
     if rec is None:
         return False
     if rec.get("verdict") == "rejected":
