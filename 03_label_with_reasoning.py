@@ -19,6 +19,7 @@ Usage:
     python 03_label_with_reasoning.py --calibrate 20          # label a stratified sample, print pass rates, stop
     python 03_label_with_reasoning.py --base-url http://localhost:8080/v1 --model smollm2 --concurrency 2
     python 03_label_with_reasoning.py --feedback-rounds 1      # rejected labels get one chance to be fixed
+    python 03_label_with_reasoning.py --calibrate 20 --review  # ... and review.html to see why labels failed
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "(0 = never). Each round costs one more request per rejected label; re-running with "
                         "more rounds continues the rejected labels from their last answer. Worth it with a "
                         "strong teacher: the bundled 1.5B one fixed 1 of 14 and repeated itself in 7")
+    p.add_argument("--review", action="store_true",
+                   help="also write review.html in --output-dir: each input with its label, the source record and "
+                        "every failed check, to open in a browser")
     add_llm_args(p, default_max_tokens=4096)
     p.set_defaults(temperature=0.2)
     return p
@@ -114,6 +118,9 @@ def _main(args) -> int:
         report = labeling.report(out, [it.id for it in items], task)
         print(stats.summary())
         print(labeling.format_report(report))
+        if args.review:
+            from distill.review import write_label_review
+            print(f"review page: {write_label_review(out, [it.row for it in items], task)}")
         if args.calibrate:
             print("calibration only: no manifest written. Fix the prompt if pass rates are low, then run without --calibrate.")
             return 0

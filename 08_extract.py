@@ -11,6 +11,7 @@ Usage:
     cat post.txt | python 08_extract.py --model gemma-3/ -                # stdin
     python 08_extract.py --model gemma-3/merged notes.md                  # the merged model
     python 08_extract.py --model gemma-3/gguf/model-Q8_0.gguf --input-dir pages/ --output-dir extracted/
+    python 08_extract.py --model gemma-3/ --input-dir pages/ --output-dir extracted/ --review   # + review.html
     python 08_extract.py --model openai:http://localhost:1234/v1 --model-id my-student --task gemma-3/ notes.txt
     python 08_extract.py --model gemma-3/gguf/model-Q8_0.gguf --export-ollama gemma-3/gguf   # writes a Modelfile
 
@@ -54,6 +55,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-reasoning", action="store_true",
                    help="keep the model's <think> reasoning: <stem>.reasoning.txt, or a <think> block before the "
                         "JSON on stdout (default: JSON only)")
+    g.add_argument("--review", action="store_true",
+                   help="also write review.html in --output-dir: each input with its extracted fields highlighted "
+                        "in the text, to open in a browser")
     g.add_argument("--overwrite", action="store_true",
                    help="redo inputs that already have a result (default: skip them, so re-runs resume)")
 
@@ -190,6 +194,9 @@ def _main(args) -> int:
         raise StageError("--context must be 0 (automatic) or a token count")
     if args.input_dir is not None and args.output_dir is None:
         raise StageError("--input-dir needs --output-dir (one <stem>.json per input goes there)")
+    if args.review:
+        from distill.review import check_extract_review
+        check_extract_review(args.output_dir, args.input_dir)
     docs = collect_inputs(args)
     if len(docs) > 1 and args.output_dir is None:
         raise StageError(f"{len(docs)} inputs: pass --output-dir (stdout takes a single input)")
@@ -275,6 +282,9 @@ def _main(args) -> int:
                + f"; {counts['truncated']} truncated to fit the context; {counts['skipped']} skipped (done before)"
                + (f"; {counts['empty']} empty" if counts["empty"] else "") + (f" | {elapsed:.1f}s, {rate}" if rate else ""))
     print(summary, file=sys.stderr)
+    if args.review:
+        from distill.review import write_extract_review
+        print(f"review page: {write_extract_review(out, docs, pred.task)}", file=sys.stderr)
     if out is not None:
         write_manifest(out, "08_extract", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                        counts, reasons=reasons, backend=pred.info, elapsed_s=round(elapsed, 2))

@@ -685,7 +685,7 @@ def _worst_md(ev: dict, n: int) -> list[str]:
 
 
 def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluation", n_worst: int = 5) -> Path:
-    """report.md + fields.png + styles.png in out_dir for one or more runs; returns report.md's path."""
+    """report.md + fields.png + styles.png + review.html in out_dir for one or more runs; returns report.md's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fields_png = plot_fields(evals, out_dir / "fields.png")
@@ -733,6 +733,9 @@ def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluatio
         lines += _worst_md(e, n_worst)
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+    from .review import write_eval_review   # review.html: every example next to its input
+
+    write_eval_review(out_dir, evals, title)
     return path
 
 
@@ -885,6 +888,7 @@ def _pred_output(rec: dict) -> tuple[Any, str | None]:
 def _example_record(item: dict, rec: dict, scored: dict) -> dict:
     return {"id": item["id"], "style": item.get("style"), "source_id": item.get("source_id"),
             "text": item["text"], "answer": (rec.get("answer") or "")[:4000],
+            "reasoning": (rec.get("reasoning") or "")[:4000] or None,
             "latency_s": rec.get("latency_s"), "truncated_input": rec.get("truncated_input", False),
             **scored}
 

@@ -182,16 +182,21 @@ def match_lists(pred: Iterable[Any], ref: Iterable[Any], threshold: float = ITEM
 
 def _words_near(item_words: list[str], text_words: list[str], slack: int = 3, cover: float = 0.8) -> bool:
     """Do most of the item's words occur together (any order) in some window of the text?"""
+    return _near_window(item_words, text_words, slack, cover) is not None
+
+
+def _near_window(item_words: list[str], text_words: list[str], slack: int = 3, cover: float = 0.8) -> int | None:
+    """The first word index of the window that _words_near accepts, or None."""
     k = len(item_words)
     if k < 2 or len(text_words) < 2:
-        return False
+        return None
     want = set(item_words)
     size = k + slack
     for start in range(0, max(1, len(text_words) - size + 1)):
         window = set(text_words[start:start + size])
         if len(want & window) >= cover * len(want):
-            return True
-    return False
+            return start
+    return None
 
 
 def grounded_in(item: Any, text_norm: str, threshold: float = ITEM_MATCH) -> bool:
@@ -209,6 +214,103 @@ def grounded_in(item: Any, text_norm: str, threshold: float = ITEM_MATCH) -> boo
     if fuzz.partial_ratio(s, text_norm) >= threshold:
         return True
     return _words_near(s.split(), text_norm.split())
+
+
+def normalize_with_offsets(s: Any) -> tuple[str, list[int]]:
+    """normalize_text(s) and, for each of its characters, the index in s it comes from.
+
+    The steps of normalize_text are replayed character by character. Where that gives
+    another string (NFKC composing a decomposed accent, fractions next to each other),
+    the offsets are carried over by aligning the two strings, so they stay close.
+    """
+    s = "" if s is None else str(s)
+    chars: list[tuple[str, int]] = []
+    for i, ch in enumerate(s):
+        if ch in _FRACTIONS:
+            j = len(chars) - 1
+            while j >= 0 and chars[j][0].isspace():
+                j -= 1
+            lead = " " if j >= 0 and re.match(r"\d", chars[j][0]) else ""
+            chars += [(c, i) for c in lead + _FRACTIONS[ch]]
+            continue
+        for c in unicodedata.normalize("NFKC", ch).replace("\u2044", "/").lower():
+            chars.append((c if re.match(r"[\w/.\s]", c) else " ", i))
+    kept = []
+    for j, (c, i) in enumerate(chars):
+        if c == "." and not (j > 0 and re.match(r"\d", chars[j - 1][0])
+                             and j + 1 < len(chars) and re.match(r"\d", chars[j + 1][0])):
+            c = " "
+        kept.append((c, i))
+    out: list[tuple[str, int]] = []
+    for c, i in kept:
+        if c.isspace():
+            if out and out[-1][0] != " ":
+                out.append((" ", i))
+        else:
+            out.append((c, i))
+    if out and out[-1][0] == " ":
+        out.pop()
+    mine, src = "".join(c for c, _ in out), [i for _, i in out]
+    want = normalize_text(s)
+    if mine == want:
+        return want, src
+    from rapidfuzz.distance import Levenshtein
+
+    mapped = [0] * len(want)
+    for op in Levenshtein.opcodes(mine, want):
+        for k in range(op.dest_start, op.dest_end):
+            j = min(op.src_start + (k - op.dest_start), max(op.src_end - 1, op.src_start))
+            mapped[k] = src[min(j, len(src) - 1)] if src else 0
+    return want, mapped
+
+
+class GroundingIndex:
+    """Where items occur in one raw text, by the same match as grounded_in.
+
+    ``span(item)`` is the (start, end) character range in the raw text of an item that
+    grounded_in accepts, and None for one it rejects (and for an empty item), so a page
+    that highlights items and the verifier agree on what is "in the text".
+    """
+
+    def __init__(self, text: str):
+        self.text = text or ""
+        self.norm, self._src = normalize_with_offsets(self.text)
+        self._words = [(m.start(), m.end()) for m in re.finditer(r"\S+", self.norm)]
+
+    def _raw(self, a: int, b: int) -> tuple[int, int]:
+        while a < b and self.norm[a] == " ":
+            a += 1
+        while b > a and self.norm[b - 1] == " ":
+            b -= 1
+        b = max(b, a + 1)
+        return self._src[a], self._src[b - 1] + 1
+
+    def _to_words(self, a: int, b: int) -> tuple[int, int]:
+        """Widen a range of the normalised text to whole words (a fuzzy alignment may cut one)."""
+        for ws, we in self._words:
+            if ws < a < we:
+                a = ws
+            if ws < b < we:
+                b = we
+        return a, b
+
+    def span(self, item: Any, threshold: float = ITEM_MATCH) -> tuple[int, int] | None:
+        s = normalize_text(item_text(item))
+        if not s or not self.norm:
+            return None
+        i = self.norm.find(s)
+        if i >= 0:
+            return self._raw(i, i + len(s))
+        al = fuzz.partial_ratio_alignment(s, self.norm)
+        if al is not None and al.score >= threshold:
+            return self._raw(*self._to_words(al.dest_start, al.dest_end))
+        item_words, text_words = s.split(), self.norm.split()
+        start = _near_window(item_words, text_words)
+        if start is None:
+            return None
+        want = set(item_words)
+        hits = [k for k in range(start, min(start + len(item_words) + 3, len(text_words))) if text_words[k] in want]
+        return self._raw(self._words[hits[0]][0], self._words[hits[-1]][1])
 
 
 def name_similarity(value: Any, source: Any) -> float:
