@@ -216,51 +216,65 @@ def grounded_in(item: Any, text_norm: str, threshold: float = ITEM_MATCH) -> boo
     return _words_near(s.split(), text_norm.split())
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
 def normalize_with_offsets(s: Any) -> tuple[str, list[int]]:
     """normalize_text(s) and, for each of its characters, the index in s it comes from.
 
-    The steps of normalize_text are replayed character by character. Where that gives
-    another string (NFKC composing a decomposed accent, fractions next to each other),
-    the offsets are carried over by aligning the two strings, so they stay close.
+    The steps of normalize_text are replayed with offsets: ASCII runs map one to one, the
+    other characters (fractions, NFKC, lower case) one by one, punctuation and dots are
+    replaced in place, whitespace runs collapse onto their first character. Where that gives
+    another string than normalize_text (NFKC composing a decomposed accent, fractions next
+    to each other), the offsets are carried over by aligning the two, so they stay close.
     """
     s = "" if s is None else str(s)
-    chars: list[tuple[str, int]] = []
-    for i, ch in enumerate(s):
-        if ch in _FRACTIONS:
-            j = len(chars) - 1
-            while j >= 0 and chars[j][0].isspace():
-                j -= 1
-            lead = " " if j >= 0 and re.match(r"\d", chars[j][0]) else ""
-            chars += [(c, i) for c in lead + _FRACTIONS[ch]]
-            continue
-        for c in unicodedata.normalize("NFKC", ch).replace("\u2044", "/").lower():
-            chars.append((c if re.match(r"[\w/.\s]", c) else " ", i))
-    kept = []
-    for j, (c, i) in enumerate(chars):
-        if c == "." and not (j > 0 and re.match(r"\d", chars[j - 1][0])
-                             and j + 1 < len(chars) and re.match(r"\d", chars[j + 1][0])):
-            c = " "
-        kept.append((c, i))
-    out: list[tuple[str, int]] = []
-    for c, i in kept:
-        if c.isspace():
-            if out and out[-1][0] != " ":
-                out.append((" ", i))
-        else:
-            out.append((c, i))
-    if out and out[-1][0] == " ":
-        out.pop()
-    mine, src = "".join(c for c, _ in out), [i for _, i in out]
+    parts: list[str] = []
+    src: list[int] = []
+    last = ""   # the last non-space character so far: a fraction after a digit gets a space
+
+    def put(text: str, idx) -> None:
+        nonlocal last
+        parts.append(text)
+        src.extend(idx)
+        stripped = text.rstrip()
+        if stripped:
+            last = stripped[-1]
+
+    pos = 0
+    for m in _NON_ASCII.finditer(s + "\x80"):   # the sentinel flushes the last ASCII run
+        a, b = m.span()
+        if a > pos:
+            put(s[pos:a].lower(), range(pos, a))
+        for i in range(a, min(b, len(s))):
+            ch = s[i]
+            if ch in _FRACTIONS:
+                out = (" " if last.isdecimal() else "") + _FRACTIONS[ch]
+            else:
+                out = unicodedata.normalize("NFKC", ch).replace("\u2044", "/").lower()
+            put(out, [i] * len(out))
+        pos = b
+    t = re.sub(r"[^\w/.\s]", " ", "".join(parts))
+    t = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", t)   # both replacements keep every offset in place
+    out_chars: list[str] = []
+    offsets: list[int] = []
+    for m in re.finditer(r"\S+", t):
+        if out_chars:
+            out_chars.append(" ")
+            offsets.append(src[m.start() - 1])
+        out_chars.append(m.group())
+        offsets.extend(src[m.start():m.end()])
+    mine = "".join(out_chars)
     want = normalize_text(s)
     if mine == want:
-        return want, src
+        return want, offsets
     from rapidfuzz.distance import Levenshtein
 
     mapped = [0] * len(want)
     for op in Levenshtein.opcodes(mine, want):
         for k in range(op.dest_start, op.dest_end):
-            j = min(op.src_start + (k - op.dest_start), max(op.src_end - 1, op.src_start))
-            mapped[k] = src[min(j, len(src) - 1)] if src else 0
+            j = min(op.src_start + (k - op.dest_start), max(op.src_end - 1, op.src_start), len(offsets) - 1)
+            mapped[k] = offsets[j] if offsets else 0
     return want, mapped
 
 

@@ -20,6 +20,7 @@ import datetime as _dt
 import json
 import math
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,6 +40,11 @@ _MAX_CHARS = 8000   # of reasoning and raw answers per example: the page stays s
 
 # ============================================================== highlighting
 
+@lru_cache(maxsize=8)
+def _grounding_index(text: str) -> F.GroundingIndex:
+    return F.GroundingIndex(text)   # runs side by side share their inputs: indexed once
+
+
 def highlight(text: str, values: Iterable[tuple[int, str, Any, bool]]) -> tuple[list, list]:
     """Spans of extracted items in ``text`` and the items not found there.
 
@@ -46,7 +52,7 @@ def highlight(text: str, values: Iterable[tuple[int, str, Any, bool]]) -> tuple[
     by item. Returns spans ``[start, end, field index, item text]`` and not-found items
     ``{"field", "text", "grounded"}`` (grounded = the verifier counts it as invented).
     """
-    index = F.GroundingIndex(text or "")
+    index = _grounding_index(text or "")
     spans, missing = [], []
     for fi, name, value, grounded in values:
         items = value if isinstance(value, list) else [value]
