@@ -143,6 +143,8 @@ def field_outcome(fr: dict) -> str:
 
 def _field_detail(fr: dict) -> str:
     bits = []
+    if fr.get("exact"):
+        return ""
     if fr.get("precision") is not None and fr.get("method") in ("list_f1", "set_f1"):
         bits.append(f"P {fr['precision']:.2f} R {fr['recall']:.2f} (tp {fr.get('tp')}, fp {fr.get('fp')}, "
                     f"fn {fr.get('fn')})")

