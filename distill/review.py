@@ -32,9 +32,9 @@ TEMPLATE = "review.html.j2"
 # Outcomes of one field; "failing" ones are what the field filter finds.
 OUTCOMES = ("match", "partial", "mismatch", "omitted", "hallucinated", "abstained")
 FAILING = {"partial", "mismatch", "omitted", "hallucinated"}
-# Values of these scoring/verify methods are normalised (ISO durations, numbers), not
-# text the input contains: they are not looked for in it.
-_NOT_TEXT = {"minutes", "mae"}
+# Values of these scoring/verify methods are normalised (ISO durations, scores, categories),
+# not text the input contains: they are not looked for in it (unless the field is grounded).
+_NOT_TEXT = {"minutes", "mae", "exact"}
 _MAX_CHARS = 8000   # of reasoning and raw answers per example: the page stays small
 
 
@@ -76,7 +76,14 @@ def _text_fields(task) -> dict[str, bool]:
     if task is None:
         return {}
     return {n: bool(r.grounded) for n, r in task.fields.items()
-            if r.score not in _NOT_TEXT and r.verify_method not in _NOT_TEXT}
+            if r.grounded or (r.score not in _NOT_TEXT and r.verify_method not in _NOT_TEXT)}
+
+
+def _extra_fields(task) -> list[str]:
+    """Schema properties without a rule (a rationale, a description): shown where filled, never scored."""
+    if task is None:
+        return []
+    return [n for n in ((task.schema or {}).get("properties") or {}) if n not in task.fields and not n.startswith("@")]
 
 
 def _highlight_obj(text: str, obj: dict | None, fields: list[str], text_fields: dict[str, bool]) -> tuple[list, list]:
@@ -203,8 +210,13 @@ def _eval_answer(e: dict, fields: list[str], text_fields: dict[str, bool]) -> di
     notes += [f"disagrees with the source record: {n} {st}" for n, st in (e.get("source_checks") or {}).items()
               if st != "ok"]
     pc = e.get("price_check")
-    if isinstance(pc, dict) and pc.get("problems"):
-        notes += [f"price check: {p}" for p in pc["problems"]]
+    if isinstance(pc, dict) and e.get("json_valid"):
+        if not pc.get("priced"):
+            notes.append("price check: an item is not on the menu")
+        elif not pc.get("consistent"):
+            notes.append(f"price check: the total is not the menu price ({pc.get('menu_total')})")
+        if pc.get("correct") is False:
+            notes.append(f"price check: the total is not the reference's ({pc.get('reference_total')})")
     score = e.get("score")
     return {"verdict": _eval_verdict(e), "score": score,
             "rank": -1.0 if score is None else score,
@@ -228,6 +240,7 @@ def eval_review_data(evals: list[dict], title: str) -> dict:
     task = _load_task(evals[0].get("task"))
     runs = [str(e.get("name") or f"run {i + 1}") for i, e in enumerate(evals)]
     fields: list[str] = list(task.fields) if task else []
+    extra = _extra_fields(task)
     per_run: list[dict[tuple, dict]] = []
     order: list[tuple] = []
     for ev in evals:
@@ -244,6 +257,8 @@ def eval_review_data(evals: list[dict], title: str) -> dict:
                     fields.append(n)
         per_run.append(rows)
     text_fields = _text_fields(task)
+    scored = list(fields)
+    fields += [n for n in extra if n not in fields]
     examples = []
     for key in order:
         first = next(r[key] for r in per_run if key in r)
@@ -251,12 +266,13 @@ def eval_review_data(evals: list[dict], title: str) -> dict:
         examples.append({"id": str(key[1]), "set": key[0], "style": first.get("kind") or first.get("style") or "?",
                          "text": first.get("text") or "", "ref": _eval_ref(first), "answers": answers})
     return {"kind": "compare" if len(evals) > 1 else "eval", "title": title, "runs": runs, "fields": fields,
+            "extra_fields": [n for n in fields if n not in scored],
             "ref_label": "reference", "answer_label": "prediction",
             "verdicts": [v for v in EVAL_VERDICTS if any(a and a["verdict"] == v for x in examples for a in x["answers"])],
             "meta": [f"{r}: {e.get('model')}" + (f" ({e['model_id']})" if e.get("model_id") else "")
                      + f", task {e.get('task')}, split {e.get('split')}, finished {e.get('finished_at', '?')}"
                      for r, e in zip(runs, evals)],
-            "summary": _eval_summary(evals, runs, fields, examples), "examples": examples}
+            "summary": _eval_summary(evals, runs, scored, examples), "examples": examples}
 
 
 def _eval_summary(evals: list[dict], runs: list[str], fields: list[str], examples: list[dict]) -> list[dict]:
@@ -336,6 +352,7 @@ def label_review_data(out_dir: str | Path, rows: list[dict], task, title: str | 
     """The page's data for 03's labels of ``rows`` (stage-02 inputs: id, style, text, source)."""
     out_dir = Path(out_dir)
     fields = list(task.fields)
+    extra = _extra_fields(task)
     text_fields = _text_fields(task)
     examples = []
     verdicts: Counter = Counter()
@@ -357,6 +374,8 @@ def label_review_data(out_dir: str | Path, rows: list[dict], task, title: str | 
                            "score": score, "detail": _check_detail(c)}
             if out:
                 per_field[name][cells[name]["outcome"] or "empty"] += 1
+        for name in extra:
+            cells[name] = {"value": out.get(name) if out else None, "outcome": "", "score": None, "detail": ""}
         verdict = rec.get("verdict") or "?"
         verdicts[verdict] += 1
         per_style.setdefault(row.get("style") or "?", Counter())[verdict] += 1
@@ -389,7 +408,7 @@ def label_review_data(out_dir: str | Path, rows: list[dict], task, title: str | 
                   "attempts": _clean(attempts), "truncated": False}
         examples.append({"id": str(row["id"]), "set": "label", "style": row.get("style") or "?",
                          "text": row.get("text") or "",
-                         "ref": {n: _source_value(task.fields[n], source) for n in fields},
+                         "ref": {n: _source_value(task.fields[n], source) for n in fields} | {n: None for n in extra},
                          "answers": [answer]})
     n = len(examples)
     summary = [
@@ -407,7 +426,7 @@ def label_review_data(out_dir: str | Path, rows: list[dict], task, title: str | 
                   for s, c in sorted(per_style.items())]},
     ]
     return {"kind": "labels", "title": title or f"Labels: {out_dir.name} ({task.name})", "runs": ["teacher label"],
-            "fields": fields, "ref_label": "source record", "answer_label": "label",
+            "fields": fields + extra, "extra_fields": extra, "ref_label": "source record", "answer_label": "label",
             "verdicts": [v for v in ("failed", "rejected", "unverified", "accepted", "missing") if verdicts[v]]
             + sorted(v for v in verdicts if v not in _VERDICT_RANK),
             "meta": [f"{n} labels in {out_dir.name}/, task {task.name}"], "summary": summary, "examples": examples}
@@ -433,6 +452,7 @@ def extract_review_data(out_dir: str | Path, docs: list, task, title: str | None
     """The page's data for 08's results in ``out_dir`` of ``docs`` (distill.documents.Document)."""
     out_dir = Path(out_dir)
     fields = list(task.fields)
+    extra = _extra_fields(task)
     text_fields = _text_fields(task)
     examples = []
     verdicts: Counter = Counter()
@@ -462,6 +482,8 @@ def extract_review_data(out_dir: str | Path, docs: list, task, title: str | None
                            "outcome": "hallucinated" if name in not_found else ""}
             filled[name] += not F.is_empty(v)
             invented[name] += name in not_found
+        for name in extra:
+            cells[name] = {"value": out.get(name) if out else None, "outcome": "", "score": None, "detail": ""}
         reasoning = out_dir / f"{d.name}.reasoning.txt"
         examples.append({"id": d.name, "set": "input", "style": d.kind,
                          "text": d.text, "ref": None, "source": str(d.source),
@@ -477,7 +499,7 @@ def extract_review_data(out_dir: str | Path, docs: list, task, title: str | None
          "rows": [{"cells": [f, str(filled[f]), str(invented[f])], "filter": ["field", f]} for f in fields]},
     ]
     return {"kind": "extract", "title": title or f"Extractions: {out_dir.name} ({task.name})", "runs": ["extraction"],
-            "fields": fields, "ref_label": None, "answer_label": "extraction",
+            "fields": fields + extra, "extra_fields": extra, "ref_label": None, "answer_label": "extraction",
             "verdicts": [v for v in ("invalid", "empty input", "no result", "valid") if verdicts[v]],
             "meta": [f"{len(docs)} inputs, results in {out_dir.name}/, task {task.name}"],
             "summary": summary, "examples": examples}

@@ -20,7 +20,8 @@ from review_helpers import RECIPE, SCRIPT, Student, make_dataset
 
 from distill import fields as F
 from distill import review as R
-from distill.evaluate import load_eval
+from distill.evaluate import aggregate, load_adversarial, load_eval, score_case
+from distill.tasks import list_tasks, load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tasks" / "recipe" / "sample.csv"
@@ -110,7 +111,9 @@ def test_07_writes_review_next_to_report_with_every_outcome(eval_runs):
     assert (out / "report.md").is_file() and (out / "review.html").is_file()
     data = page_data(out / "review.html")
     ev = load_eval(out)
-    assert data["kind"] == "eval" and data["runs"] == ["student"] and data["fields"] == list(RECIPE.fields)
+    assert data["kind"] == "eval" and data["runs"] == ["student"]
+    # The task's fields, then the schema's other properties (shown where filled, never scored).
+    assert data["fields"] == list(RECIPE.fields) + data["extra_fields"] and "description" in data["extra_fields"]
     ex = by_id(data)
     assert len(ex) == 8 + ev["adversarial"]["n"]
     assert {x["set"] for x in ex.values()} == {"test", "adversarial"}
@@ -170,6 +173,34 @@ def test_escaping_keeps_script_in_inputs_as_text(eval_runs, tmp_path):
     page = R.write_review(tmp_path / "review.html", data).read_text(encoding="utf-8")
     assert page.count("<script") == 2 and "<img" not in page and "alert(2)</script>" not in page
     assert page_data(tmp_path / "review.html")["examples"][0]["text"] == evil
+
+
+@pytest.mark.parametrize("task_name", list_tasks())
+def test_every_shipped_task_gets_a_page(task_name, tmp_path):
+    """Pages for the other tasks' shapes (nested items, score objects, price checks) from their
+    adversarial cases: once answered right, once with every value dropped."""
+    task = load_task(task_name)
+    cases = load_adversarial(task.adversarial_path, task)
+    scored = []
+    for c in cases:
+        right = c.get("reference") or {k: v for k, v in c["expect"].items() if v is not None}
+        for tag, pred in (("right", right), ("empty", {})):
+            scored.append({"id": f"{c['id']}-{tag}", "kind": c["kind"], "text": c["text"],
+                           "answer": json.dumps(pred), **score_case(c, pred, task)})
+    ev = {"name": "oracle", "task": task_name, "examples": [], "aggregate": aggregate([], task),
+          "adversarial": {"cases": scored}}
+    data = page_data(R.write_eval_review(tmp_path, [ev], task_name))
+    assert data["fields"] and len(data["examples"]) == 2 * len(cases)
+    for x in data["examples"]:
+        a = x["answers"][0]
+        assert x["style"] in {c["kind"] for c in cases}
+        if x["id"].endswith("-empty"):
+            assert a["spans"] == [] and all(c["outcome"] in ("omitted", "abstained", "match", "mismatch")
+                                            for f, c in a["cells"].items() if f in task.fields)
+        else:
+            assert a["verdict"] == "adversarial passed", x["id"]
+            assert all(c["outcome"] in ("match", "abstained") for f, c in a["cells"].items()
+                       if f in task.fields), x["id"]
 
 
 # ------------------------------------------------------------------ 03 --review
