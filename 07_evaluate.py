@@ -9,7 +9,8 @@ two recipes, missing fields) run too and are reported as pass rates per kind.
 
 Writes to --output-dir (default reports/<name>): predictions.jsonl (resumable: a re-run
 only generates what is missing), eval.json (per example and aggregate), report.md (table,
-by style, adversarial, worst examples), fields.png, styles.png, manifest.json.
+by style, adversarial, worst examples), review.html (every example next to its input, to open
+in a browser), fields.png, styles.png, manifest.json.
 
 Usage:
     python 07_evaluate.py --model gemma-3/ --split test                  # the LoRA adapter from 05
@@ -80,7 +81,7 @@ def _main(args) -> int:
         out = args.output_dir or Path("reports") / "comparison"
         evals = E.run_compare(args.compare, out)
         print(E.format_table(evals))
-        print(f"\nwrote {out}/report.md, fields.png, styles.png, compare.json")
+        print(f"\nwrote {out}/report.md, review.html, fields.png, styles.png, compare.json")
         return 0
 
     ev = E.run_evaluation(args.model, task=args.task, model_id=args.model_id, dataset_dir=args.dataset_dir,
@@ -99,7 +100,7 @@ def _main(args) -> int:
     print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {ev['aggregate']['n']} examples scored"
           + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
              if ev.get("adversarial") else ""))
-    print(f"wrote {out}/eval.json, report.md, fields.png, styles.png, predictions.jsonl")
+    print(f"wrote {out}/eval.json, report.md, review.html, fields.png, styles.png, predictions.jsonl")
     return 0
 
 

@@ -31,7 +31,7 @@ expected value counts as found when the field's score is at least PASS_SCORE);
 a case with only a reference passes when its overall score is at least PASS_SCORE.
 Pass rates are reported per kind.
 
-Reports: ``eval.json`` (per example and aggregate), ``report.md`` (side-by-side table,
+Reports: ``eval.json`` (per example and aggregate), ``review.html`` (:mod:`distill.review`), ``report.md`` (side-by-side table,
 by style, adversarial kinds, worst examples), ``fields.png`` and ``styles.png``.
 :func:`format_table` renders the comparison for a terminal.
 """

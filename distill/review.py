@@ -222,7 +222,9 @@ def _eval_answer(e: dict, fields: list[str], text_fields: dict[str, bool]) -> di
             "rank": -1.0 if score is None else score,
             "failing": sorted(n for n, c in cells.items() if c["outcome"] in FAILING),
             "cells": cells, "spans": spans, "missing": missing, "notes": notes,
-            "reasoning": _clip(e.get("reasoning")), "raw": _clip(e.get("answer")),
+            "reasoning": _clip(e.get("reasoning")),
+            # The raw reply where the table cannot show it: no valid JSON, or JSON repaired.
+            "raw": _clip(e.get("answer")) if not e.get("json_valid") or e.get("repaired") else None,
             "truncated": bool(e.get("truncated_input"))}
 
 
