@@ -281,7 +281,7 @@ def test_08_review_highlights_extractions_and_refuses_an_output_dir_inside_the_i
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1600"]
+                  "--disable-dev-shm-usage", "--window-size=1400,1600"]
 
 
 def _browser_parts():
