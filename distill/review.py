@@ -325,8 +325,8 @@ def _check_outcome(check: dict | None, value: Any) -> str:
         return "match"
     if st == "missing":
         return "omitted"
-    if st == "unverifiable":
-        return "abstained" if F.is_empty(value) else "unchecked"
+    if st == "unverifiable":   # "why" = the rule checks it but the source record has no value
+        return "abstained" if F.is_empty(value) else "unchecked" if check.get("why") else ""
     return str(st or "")
 
 
@@ -347,6 +347,8 @@ def _source_value(rule, record: dict | None) -> Any:
     vals = {n: record.get(n) for n in names if not F.is_empty(record.get(n))}
     if not vals:
         return None
+    if rule.verify_method == "minutes":   # the record's minutes, beside the label's ISO duration
+        vals = {n: f"{v:g} min" if isinstance(v, (int, float)) else v for n, v in vals.items()}
     return next(iter(vals.values())) if len(names) == 1 else " · ".join(f"{k}: {v}" for k, v in vals.items())
 
 
@@ -385,12 +387,15 @@ def label_review_data(out_dir: str | Path, rows: list[dict], task, title: str | 
             for r in str(rec.get("reason") or "").split(","):
                 if r:
                     reasons[r] += 1
-        notes = [f"{verdict}: {rec.get('reason')}" + (f" ({rec['detail']})" if rec.get("detail") else "")]
+        notes = [f"{verdict}: {str(rec.get('reason') or '').replace(',', ', ')}"
+                 + (f" ({rec['detail']})" if rec.get("detail") else "")]
         notes += [f"schema: {s}" for s in rec.get("schema_errors") or []]
         for name, c in checks.items():
-            if c.get("status") not in ("ok", "unverifiable", "missing", None) or c.get("grounded") is False:
-                notes.append(f"failed check {name}: {c.get('status')}"
-                             + (" (items not in the text)" if c.get("grounded") is False else "")
+            bad_status = c.get("status") not in ("ok", "unverifiable", "missing", None)
+            if bad_status or c.get("grounded") is False:
+                what = [str(c.get("status"))] if bad_status else []
+                what += ["items not in the text"] if c.get("grounded") is False else []
+                notes.append(f"failed check {name}: {' and '.join(what)}"
                              + (f" — {d}" if (d := _check_detail(c)) else ""))
         if rec.get("repaired"):
             notes.append("the JSON was repaired (json-repair)")
