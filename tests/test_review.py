@@ -87,6 +87,19 @@ def test_spans_agree_with_grounded_in_and_point_at_the_item():
         assert (index.span(item) is not None) == F.grounded_in(item, norm), item
 
 
+def test_field_outcome_reads_the_scorers_outcome_or_derives_it():
+    # The scorer's own outcome (score None where it gives no score) ...
+    assert R.field_outcome({"outcome": "abstained", "score": None}) == "abstained"
+    assert R.field_outcome({"outcome": "hallucinated", "score": None, "pred_empty": False}) == "hallucinated"
+    assert R.field_outcome({"outcome": "scored", "exact": False, "score": 0.5}) == "partial"
+    # ... or the same from the empty flags of an older eval.json.
+    assert R.field_outcome({"pred_empty": True, "ref_empty": True, "exact": True, "score": 1.0}) == "abstained"
+    assert R.field_outcome({"pred_empty": True, "ref_empty": False, "exact": False, "score": 0.0}) == "omitted"
+    assert R.field_outcome({"pred_empty": False, "ref_empty": True, "exact": False, "score": 0.0}) == "hallucinated"
+    assert R.field_outcome({"pred_empty": False, "ref_empty": False, "exact": True, "score": 1.0}) == "match"
+    assert R.field_outcome({"pred_empty": False, "ref_empty": False, "exact": False, "score": 0.0}) == "mismatch"
+
+
 # ------------------------------------------------------------------ 07: a small run and --compare
 
 @pytest.fixture(scope="module")
