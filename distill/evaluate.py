@@ -31,8 +31,9 @@ expected value counts as found when the field's score is at least PASS_SCORE);
 a case with only a reference passes when its overall score is at least PASS_SCORE.
 Pass rates are reported per kind.
 
-Reports: ``eval.json`` (per example and aggregate), ``review.html`` (:mod:`distill.review`), ``report.md`` (side-by-side table,
-by style, adversarial kinds, worst examples), ``fields.png`` and ``styles.png``.
+Reports: ``eval.json`` (per example and aggregate), ``report.md`` (side-by-side table,
+by style, adversarial kinds, worst examples), ``fields.png``, ``styles.png`` and ``review.html``
+(:mod:`distill.review`).
 :func:`format_table` renders the comparison for a terminal.
 """
 from __future__ import annotations
