@@ -193,7 +193,7 @@ def _eval_answer(e: dict, fields: list[str], text_fields: dict[str, bool]) -> di
     cells = {}
     for name, fr in (e.get("fields") or {}).items():
         cells[name] = {"value": fr.get("pred"), "outcome": field_outcome(fr), "score": fr.get("score"),
-                       "detail": _field_detail(fr)}
+                       "detail": _field_detail(fr) if e.get("json_valid") else ""}
     for name, ch in (e.get("expect") or {}).items():
         if name not in cells:
             cells[name] = {"value": ch.get("got"), "score": None, "detail": ch.get("why", ""),
