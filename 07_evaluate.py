@@ -96,7 +96,10 @@ def _main(args) -> int:
         print(f"\nwarning: {ev['missing_predictions']} inputs have no prediction (failed requests: "
               f"{ev['request_failures']}); they are not scored. Re-run the same command to retry them.",
               file=sys.stderr)
-    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {ev['aggregate']['n']} examples scored"
+    agg = ev["aggregate"]
+    unscored = agg["n"] - agg["n_scored"]
+    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {agg['n_scored']} examples scored"
+          + (f" ({unscored} more have no reference value: only their abstentions count)" if unscored else "")
           + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
              if ev.get("adversarial") else ""))
     print(f"wrote {out}/eval.json, report.md, fields.png, styles.png, predictions.jsonl")
