@@ -636,9 +636,9 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
     """(label, one cell per run) rows shared by the terminal and the Markdown table."""
     rows: list[tuple[str, list[str]]] = []
 
-    def add(label: str, fmt, *path: str, src: str = "aggregate") -> None:
+    def add(label: str, fmt, *path: str, src: str = "aggregate", always: bool = False) -> None:
         cells = [fmt(_get(e.get(src), *path)) for e in evals]
-        if any(c != "n/a" for c in cells):
+        if always or any(c != "n/a" for c in cells):
             rows.append((label, cells))
 
     rows.append(("examples", [str(_get(e, "aggregate", "n") or 0) for e in evals]))
@@ -651,15 +651,16 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
         for name, fa in (_get(e, "aggregate", "fields") or {}).items():
             fields.setdefault(name, fa["method"])
     for name, method in fields.items():
+        # a field's first row stays when no run has a mean (n=0 everywhere): its outcome rows follow it
         if method in LIST_METHODS:
-            add(f"{name} F1", _num3, "fields", name, "f1")
+            add(f"{name} F1", _num3, "fields", name, "f1", always=True)
             add(f"  precision", _num3, "fields", name, "precision")
             add(f"  recall", _num3, "fields", name, "recall")
         elif method == "text":
-            add(f"{name} similarity", _num3, "fields", name, "score")
+            add(f"{name} similarity", _num3, "fields", name, "score", always=True)
             add(f"  exact match", _pct, "fields", name, "exact")
         elif method == "mae":
-            add(f"{name} MAE", _num2, "fields", name, "mae")
+            add(f"{name} MAE", _num2, "fields", name, "mae", always=True)
             add(f"  RMSE", _num2, "fields", name, "rmse")
             dims = sorted({d for e in evals for d in (_get(e, "aggregate", "fields", name, "dims") or {})})
             if len(dims) > 1 or (dims and dims[0] != name):
@@ -667,7 +668,7 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
                     add(f"  {d} MAE", _num2, "fields", name, "dims", d, "mae")
                     add(f"  {d} RMSE", _num2, "fields", name, "dims", d, "rmse")
         else:
-            add(f"{name} ({method}) match", _pct, "fields", name, "exact")
+            add(f"{name} ({method}) match", _pct, "fields", name, "exact", always=True)
         # what the means above are over, and what happened where the reference is empty
         add("  n (reference has a value)", _int, "fields", name, "n")
         add("  omitted", _pct, "fields", name, "missing_rate")
@@ -757,7 +758,7 @@ def plot_fields(evals: list[dict], path: Path) -> Path | None:
     """Per-field score (F1 for lists, similarity for text, match rate for scalars) by model."""
     fields = list(dict.fromkeys(f for e in evals for f in (_get(e, "aggregate", "fields") or {})))
     return _grouped_bars(Path(path), fields, evals, lambda e, f: _get(e, "aggregate", "fields", f, "score"),
-                         "Per-field score by model (F1 for lists)", "score (0-1)")
+                         "Per-field score by model (where the reference has a value; F1 for lists)", "score (0-1)")
 
 
 def plot_styles(evals: list[dict], path: Path) -> Path | None:
