@@ -151,6 +151,11 @@ def _as_list(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
 
+def _items(v: Any) -> list:
+    """The list items that have text (the ones :func:`distill.fields.match_lists` compares)."""
+    return [x for x in _as_list(v) if F.normalize_text(F.item_text(x))]
+
+
 def _dedupe(items: list) -> list:
     seen, out = set(), []
     for x in items:
@@ -207,6 +212,8 @@ def score_field(rule: FieldRule, pred: Any, ref: Any, schema_prop: dict | None =
     if m not in SCORE_METHODS:
         raise ValueError(f"unknown score method {m!r} for field {rule.name}")
     pe, re_ = is_blank(pred), is_blank(ref)
+    if m in LIST_METHODS:   # a list of blank items ([{"@type": "HowToStep", "text": ""}]) has none
+        pe, re_ = pe or not _items(pred), re_ or not _items(ref)
     outcome = field_outcome(pe, re_)
     out: dict[str, Any] = {"method": m, "outcome": outcome, "pred_empty": pe, "ref_empty": re_}
     tol = rule.verify_tolerance
@@ -214,7 +221,7 @@ def score_field(rule: FieldRule, pred: Any, ref: Any, schema_prop: dict | None =
     if re_:
         out.update(score=None, exact=None)
         if m in LIST_METHODS:   # the invented items, for micro precision over all fields
-            n_pred = len(_dedupe(_as_list(pred)) if m == "set_f1" else _as_list(pred)) if not pe else 0
+            n_pred = len(_dedupe(_items(pred)) if m == "set_f1" else _items(pred)) if not pe else 0
             out.update(tp=0, fp=n_pred, fn=0, precision=None, recall=None, f1=None)
         elif m == "mae":
             out["errors"] = {}

@@ -97,6 +97,10 @@ def test_list_f1_field():
     assert E.score_field(rule("list_f1"), [], [])["f1"] is None          # abstained (used to be F1 1.0)
     r = E.score_field(rule("list_f1"), ["x"], [])
     assert r["f1"] is None and r["outcome"] == "hallucinated" and (r["tp"], r["fp"], r["fn"]) == (0, 1, 0)
+    # a list of blank steps is no answer: omitted against steps, abstained against none
+    blank = [{"@type": "HowToStep", "text": ""}, " "]
+    assert E.score_field(rule("list_f1"), blank, ["Mix."])["outcome"] == "omitted"
+    assert E.score_field(rule("list_f1"), blank, [])["outcome"] == "abstained"
     # HowToStep objects are compared by their text
     steps = [{"@type": "HowToStep", "text": "Mix."}, {"@type": "HowToStep", "text": "Bake."}]
     assert E.score_field(rule("list_f1"), steps, ["Mix.", "Bake."])["exact"]
@@ -525,6 +529,25 @@ def test_write_report_and_compare(tmp_path):
     row = next(r for r in cmp["table"] if r["metric"] == "JSON valid")
     assert row == {"metric": "JSON valid", "student": "100.0%", "base": "50.0%"}
     assert (tmp_path / "cmp" / "manifest.json").exists()
+
+
+def test_report_says_what_was_scored(tmp_path):
+    perfect = _eval("perfect", [(REF, "minimal"), (REF, "chaotic")])
+    assert "(none: all 2 scored examples scored 1.0)" in E._worst_md(perfect, 5)
+    empty_ref = {k: None for k in RECIPE.fields}
+    exs = [E.score_example({"name": "Bread"}, empty_ref, RECIPE, TEXT) | {"id": "e", "style": "s", "text": TEXT}]
+    unscored = {"name": "u", "aggregate": E.aggregate(exs, RECIPE), "examples": exs}
+    assert "(no example scored: no reference has a value)" in E._worst_md(unscored, 5)
+    assert unscored["aggregate"]["score"] is None and unscored["aggregate"]["n_scored"] == 0
+    # the invented field of a scored example is listed as invented, not as a score
+    inv = _eval("inv", [(PRED, "chaotic")])
+    assert "`recipeYield` invented: got `4 servings`, expected `null`" in "\n".join(E._worst_md(inv, 5))
+    rows = dict(E.table_rows([inv, unscored]))
+    assert rows["recipeYield (number) match"] == ["n/a", "n/a"]   # a mean over n=0 is n/a, not 0% or 100%
+    assert rows["  scored (reference has a value)"] == ["1", "0"]
+    E.write_report(tmp_path, [inv, unscored])
+    md = (tmp_path / "report.md").read_text()
+    assert "| chaotic | 0.536 (n=1 of 1); omitted 16.7%, invented 100.0%, abstained 0.0% | n/a |" in md
 
 
 def test_compare_errors(tmp_path):
