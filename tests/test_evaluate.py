@@ -582,3 +582,9 @@ def test_price_check_for_tasks_that_declare_it():
     assert a["price_check"]["priced_rate"] == 0.6667
     assert "total = menu price" in E.format_table([{"name": "m", "aggregate": a}])
     assert "price_check" not in E.score_example(REF, REF, RECIPE, TEXT)
+    # an empty order has nothing to price: not a vacuous "every item on the menu"; {} is not priced at all
+    nothing = E.score_example({"items": [], "total_price": 0, "not_on_menu": []}, ref, coffee, "t")["price_check"]
+    assert nothing["priced"] is None and nothing["consistent"] is None and nothing["correct"] is False
+    assert E.score_example("{}", ref, coffee, "t")["price_check"]["priced"] is False
+    a = E.aggregate([right, E.score_example({"items": [], "total_price": 0}, ref, coffee, "t")], coffee)
+    assert a["price_check"]["priced_rate"] == 1.0 and a["price_check"]["correct_rate"] == 0.5
