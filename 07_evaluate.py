@@ -3,8 +3,10 @@
 
 The model gets the exact training prompt, greedy. Every output is scored per field as the
 task declares (text similarity, exact, minutes, number, list/set F1 with fuzzy matching, MAE),
-plus JSON/schema validity, missing and invented fields and hallucinated items (not in the
-input), broken down by input style. The task's adversarial cases (a post with no recipe,
+only where the reference has a value: an empty answer there scores 0, an empty answer to an
+empty reference is an abstention (its own rate, not a match), an invented value lowers the
+overall score. Also JSON/schema validity and hallucinated items (not in the input), broken
+down by input style. Nothing to score (no reference value, no prediction) is an error. The task's adversarial cases (a post with no recipe,
 two recipes, missing fields) run too and are reported as pass rates per kind.
 
 Writes to --output-dir (default reports/<name>): predictions.jsonl (resumable: a re-run
@@ -97,7 +99,10 @@ def _main(args) -> int:
         print(f"\nwarning: {ev['missing_predictions']} inputs have no prediction (failed requests: "
               f"{ev['request_failures']}); they are not scored. Re-run the same command to retry them.",
               file=sys.stderr)
-    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {ev['aggregate']['n']} examples scored"
+    agg = ev["aggregate"]
+    unscored = agg["n"] - agg["n_scored"]
+    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {agg['n_scored']} examples scored"
+          + (f" ({unscored} more have no reference value: only their abstentions count)" if unscored else "")
           + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
              if ev.get("adversarial") else ""))
     print(f"wrote {out}/eval.json, report.md, review.html, fields.png, styles.png, predictions.jsonl")

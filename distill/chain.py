@@ -190,7 +190,10 @@ def _generate_step_outputs(task: Task, i: int, save: Path, gen_path: Path, split
                          concurrency=concurrency, progress=progress, task=task.step_task(i))
         generated[s] = {k: step_output_text(p) for k, p in zip(ids, preds)}
         targets = {r["id"]: step_target(task, i, r["reference"]) for r in splits[s]}
-        stats[s] = {"n": len(ids), "exact_match_target": sum(generated[s][k] == targets[k] for k in ids),
+        # an empty output against an empty target is not a match (the same rule as 07's scores)
+        stats[s] = {"n": len(ids), "with_target": sum(bool(targets[k].strip()) for k in ids),
+                    "exact_match_target": sum(bool(targets[k].strip()) and generated[s][k] == targets[k]
+                                              for k in ids),
                     "empty": sum(not generated[s][k] for k in ids),
                     "cut_off": sum(p.finish_reason == "length" for p in preds)}
         rows += [{"split": s, "id": k, "input": inputs[s][k], "generated": generated[s][k], "target": targets[k]}
@@ -198,7 +201,8 @@ def _generate_step_outputs(task: Task, i: int, save: Path, gen_path: Path, split
     write_jsonl(gen_path, rows)
     write_json(marker, m | {"generated_key": gen_key, "generated_stats": stats})
     print(f"chain: step {st.name} output matches its target exactly on {stats['train']['exact_match_target']}/"
-          f"{stats['train']['n']} train inputs; these generated texts are the next step's training inputs")
+          f"{stats['train']['with_target']} train inputs with a non-empty target; these generated texts are the "
+          f"next step's training inputs")
     info["generated"] = stats
     return generated
 

@@ -12,13 +12,30 @@ per task:
   mae       numbers, or an object of numbers (one dimension per key, e.g. scores 0-10):
             absolute error per dimension; aggregated as MAE and RMSE per dimension
 
-Every example gets a weighted overall score (field ``weight``), plus: JSON valid,
-schema valid, missing fields (reference has a value, prediction is empty), spurious
-fields (reference is empty, prediction invents a value), and hallucinated items
-(items of ``grounded`` fields that do not appear in the input text). An
-unparseable reply scores 0 on every field. A task with ``price_check:`` also gets
-the menu price validation of :mod:`distill.menu` (items on the menu, total equal to
-the menu price of the predicted items, total equal to the reference).
+Scores that cannot be gamed: every field has one ``outcome``:
+
+  scored        reference and prediction have a value: the method's score
+  omitted       the reference has a value, the prediction is empty: score 0
+  hallucinated  the reference is empty, the prediction invents a value: score None, a penalty
+  abstained     both empty (the right answer): score None, reported as its own rate
+  invalid       the reply is not valid JSON and the reference is empty: score None; neither
+                an abstention nor a hallucination (where the reference has a value: omitted)
+
+Field means (score, exact, F1, ...) are over scored + omitted only, with that n. Each
+example gets a weighted overall score (field ``weight``): sum(w * score) over the fields
+whose reference has a value, divided by their sum(w) plus the sum(w) of hallucinated
+fields. So ``{}`` scores 0 wherever the reference has values, an unparseable reply 0, an
+invented field lowers the score, and an example whose reference has no value at all has
+no score (None) while its abstentions and hallucinations still count. A split with no
+scorable example is an error (exit 1), never a perfect score. Also per example: JSON
+valid, schema valid, missing / spurious / abstained fields, and hallucinated items
+(items of ``grounded`` fields that do not appear in the input text); aggregated as
+rates: omission (``missing_rate``) = omitted / reference has a value, hallucination
+(``spurious_rate``) and abstention = hallucinated or abstained / reference empty.
+
+A task with ``price_check:`` also gets the menu price validation of :mod:`distill.menu`
+(items on the menu, total equal to the menu price of the predicted items, total equal to
+the reference).
 
 Adversarial cases (``tasks/<name>/adversarial.jsonl``; one JSON object per line)::
 
@@ -27,8 +44,9 @@ Adversarial cases (``tasks/<name>/adversarial.jsonl``; one JSON object per line)
      "expect": {"name": null, "recipeYield": "4"}}      # optional: field -> value; null = must be empty
 
 A case passes when the reply is valid JSON and every ``expect`` entry holds (an
-expected value counts as found when the field's score is at least PASS_SCORE);
-a case with only a reference passes when its overall score is at least PASS_SCORE.
+expected null only as an abstention; an expected value counts as found when the field's
+score is at least PASS_SCORE); a case with only a reference passes when its overall score
+is at least PASS_SCORE, or, for a reference with no value, when no field is invented.
 Pass rates are reported per kind.
 
 Reports: ``eval.json`` (per example and aggregate), ``report.md`` (side-by-side table,
@@ -50,7 +68,7 @@ from typing import Any, Iterable
 
 from . import fields as F
 from .io import StageError, atomic_write_text, read_json, read_jsonl, write_json
-from .tasks import FieldRule, Task
+from .tasks import SCORE_METHODS, FieldRule, Task
 
 # Score at or above which an expected adversarial value counts as found, and a
 # reference-only adversarial case counts as passed.
@@ -134,6 +152,11 @@ def _as_list(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
 
+def _items(v: Any) -> list:
+    """The list items that have text (the ones :func:`distill.fields.match_lists` compares)."""
+    return [x for x in _as_list(v) if F.normalize_text(F.item_text(x))]
+
+
 def _dedupe(items: list) -> list:
     seen, out = set(), []
     for x in items:
@@ -152,25 +175,69 @@ def _num(v: Any) -> float | None:
     return F.to_number(v) if isinstance(v, str) else None
 
 
+def is_blank(v: Any) -> bool:
+    """No value for scoring: None, "", whitespace, or a list/object with only blank members.
+
+    Stricter than :func:`distill.fields.is_empty` so that a reply of ``"  "`` or ``[""]``
+    counts as an abstention (both empty) or an omission, never as a value that matches.
+    """
+    if F.is_empty(v):
+        return True
+    if isinstance(v, str):
+        return not v.strip()
+    if isinstance(v, list):
+        return all(is_blank(x) for x in v)
+    if isinstance(v, dict):
+        return all(is_blank(x) for x in v.values())
+    return False
+
+
+def field_outcome(pred_empty: bool, ref_empty: bool) -> str:
+    """scored (both have a value), omitted (only the reference), hallucinated (only the
+    prediction) or abstained (neither)."""
+    if ref_empty:
+        return "abstained" if pred_empty else "hallucinated"
+    return "omitted" if pred_empty else "scored"
+
+
 def score_field(rule: FieldRule, pred: Any, ref: Any, schema_prop: dict | None = None) -> dict:
-    """Score one field. Always returns ``score`` (0-1) and ``exact`` (bool), plus method details."""
+    """Score one field; ``outcome`` says which of four cases it is (see :func:`field_outcome`).
+
+    Only a reference with a value is scored: ``score`` (0-1) and ``exact`` (bool) for
+    outcome scored, 0 and False for omitted. Where the reference is empty there is nothing
+    to match, so ``score`` and ``exact`` are None: an abstention is reported as its own
+    rate, never as a perfect match, and a hallucination is penalised in the example's
+    overall score (:func:`score_example`), not averaged into the field's mean.
+    """
     m = rule.score
-    pe, re_ = F.is_empty(pred), F.is_empty(ref)
-    out: dict[str, Any] = {"method": m, "pred_empty": pe, "ref_empty": re_}
+    if m not in SCORE_METHODS:
+        raise ValueError(f"unknown score method {m!r} for field {rule.name}")
+    pe, re_ = is_blank(pred), is_blank(ref)
+    if m in LIST_METHODS:   # a list of blank items ([{"@type": "HowToStep", "text": ""}]) has none
+        pe, re_ = pe or not _items(pred), re_ or not _items(ref)
+    outcome = field_outcome(pe, re_)
+    out: dict[str, Any] = {"method": m, "outcome": outcome, "pred_empty": pe, "ref_empty": re_}
     tol = rule.verify_tolerance
 
+    if re_:
+        out.update(score=None, exact=None)
+        if m in LIST_METHODS:   # the invented items, for micro precision over all fields
+            n_pred = len(_dedupe(_items(pred)) if m == "set_f1" else _items(pred)) if not pe else 0
+            out.update(tp=0, fp=n_pred, fn=0, precision=None, recall=None, f1=None)
+        elif m == "mae":
+            out["errors"] = {}
+        return out
+
     if m == "text":
-        out["score"] = F.text_similarity(pred, ref)
-        out["exact"] = F.normalize_text(pred) == F.normalize_text(ref)
+        out["score"] = 0.0 if pe else F.text_similarity(pred, ref)
+        out["exact"] = not pe and F.normalize_text(pred) == F.normalize_text(ref)
     elif m == "exact":
-        out["exact"] = (pe and re_) or (not pe and not re_ and _canon(pred) == _canon(ref))
+        out["exact"] = not pe and _canon(pred) == _canon(ref)
         out["score"] = float(out["exact"])
     elif m in NUMERIC_METHODS:
         conv = F.to_minutes if m == "minutes" else F.to_number
-        pv, rv = (None if pe else conv(pred)), (None if re_ else conv(ref))
-        if pe and re_:
-            out["exact"] = True
-        elif pv is None or rv is None:
+        pv, rv = (None if pe else conv(pred)), conv(ref)
+        if pv is None or rv is None:
             out["exact"] = False
             if not pe and pv is None:
                 out["unreadable"] = True
@@ -179,41 +246,34 @@ def score_field(rule: FieldRule, pred: Any, ref: Any, schema_prop: dict | None =
             out["exact"] = out["abs_error"] <= tol + 1e-9
         out["score"] = float(out["exact"])
     elif m in LIST_METHODS:
-        p, r = _as_list(pred), _as_list(ref)
+        p, r = ([] if pe else _as_list(pred)), _as_list(ref)
         if m == "set_f1":
             p, r = _dedupe(p), _dedupe(r)
         res = F.match_lists(p, r)
         out.update({k: res[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1")})
         out["score"] = res["f1"]
         out["exact"] = res["fp"] == 0 and res["fn"] == 0
-    elif m == "mae":
+    else:   # mae
         rng = _value_range(schema_prop)
-        if pe and re_:
-            out.update(score=1.0, exact=True, errors={})
-        elif re_:
-            out.update(score=0.0, exact=False, errors={})
+        if isinstance(ref, dict):
+            refs = {k: _num(v) for k, v in ref.items() if _num(v) is not None}
+            preds = {k: _num(pred.get(k)) if isinstance(pred, dict) else None for k in refs}
         else:
-            if isinstance(ref, dict):
-                refs = {k: _num(v) for k, v in ref.items() if _num(v) is not None}
-                preds = {k: _num(pred.get(k)) if isinstance(pred, dict) else None for k in refs}
-            else:
-                refs = {rule.name: _num(ref)}
-                preds = {rule.name: None if isinstance(pred, dict) else _num(pred)}
-            errors = {k: (abs(preds[k] - rv) if preds[k] is not None and rv is not None else None)
-                      for k, rv in refs.items()}
+            refs = {rule.name: _num(ref)}
+            preds = {rule.name: None if pe or isinstance(pred, dict) else _num(pred)}
+        errors = {k: (abs(preds[k] - rv) if preds[k] is not None and rv is not None else None)
+                  for k, rv in refs.items()}
 
-            def dim_score(e: float | None) -> float:
-                if e is None:
-                    return 0.0
-                if rng and rng[1] > rng[0]:
-                    return max(0.0, 1.0 - e / (rng[1] - rng[0]))
-                return float(e <= tol + 1e-9)
+        def dim_score(e: float | None) -> float:
+            if e is None:
+                return 0.0
+            if rng and rng[1] > rng[0]:
+                return max(0.0, 1.0 - e / (rng[1] - rng[0]))
+            return float(e <= tol + 1e-9)
 
-            out["errors"] = errors
-            out["score"] = sum(dim_score(e) for e in errors.values()) / len(errors) if errors else 0.0
-            out["exact"] = bool(errors) and all(e is not None and e <= tol + 1e-9 for e in errors.values())
-    else:
-        raise ValueError(f"unknown score method {m!r} for field {rule.name}")
+        out["errors"] = errors
+        out["score"] = sum(dim_score(e) for e in errors.values()) / len(errors) if errors else 0.0
+        out["exact"] = bool(errors) and all(e is not None and e <= tol + 1e-9 for e in errors.values())
     return out
 
 
@@ -234,16 +294,33 @@ def _schema_prop(task: Task, name: str) -> dict | None:
 
 # ============================================================== one example
 
+def _unparseable_field(rule: FieldRule, ref: Any, error: str | None, schema_prop: dict | None) -> dict:
+    """A field of a reply that is not valid JSON: 0 where the reference has a value (omitted);
+    where it has none, outcome ``invalid``: the model did not answer, so it is neither a
+    correct abstention nor a hallucination (it counts against the abstention rate)."""
+    if is_blank(ref):
+        fr = score_field(rule, None, None, schema_prop) | {"outcome": "invalid"}
+    else:
+        fr = score_field(rule, None, ref, schema_prop)
+    return fr | {"error": error}
+
+
 def score_example(pred_output: Any, reference: dict | None, task: Task, text: str,
                   source: dict | None = None) -> dict:
     """Score one prediction against its reference label (and source record, where present).
 
     Returns json_valid, repaired, parse_error, schema_valid, schema_errors, fields
-    (name -> score_field result), score (weighted mean over fields; 0 when the reply
-    is not valid JSON; None without a reference), missing / spurious (field names),
-    ref_filled / ref_empty (counts, the denominators of the missing and spurious
-    rates), hallucination (items of grounded fields and those not in the text) and
-    source_checks (field -> ok | mismatch | missing | unverifiable, from stage 03's checks).
+    (name -> score_field result with its ``outcome``), score, missing / spurious /
+    abstained (names of the omitted, hallucinated and abstained fields), ref_filled /
+    ref_empty (counts, the denominators of those rates), hallucination (items of grounded
+    fields and those not in the text) and source_checks (field -> ok | mismatch | missing
+    | unverifiable, from stage 03's checks).
+
+    score = sum(weight * field score over fields whose reference has a value)
+            / (sum(weight over those fields) + sum(weight over hallucinated fields)),
+    so an empty prediction scores 0, an unparseable reply scores 0, and each invented
+    field lowers the score. None when the reference has no value at all (or there is no
+    reference): such an example is not in the mean, its abstentions still count.
     """
     from .labels import validate, verify
 
@@ -267,34 +344,35 @@ def score_example(pred_output: Any, reference: dict | None, task: Task, text: st
                     not_in_text.append(F.item_text(it))
     res["hallucination"] = {"items": items, "ungrounded": ungrounded, "not_in_text": not_in_text[:5]}
 
-    res["fields"], res["missing"], res["spurious"] = {}, [], []
+    res["fields"], res["missing"], res["spurious"], res["abstained"] = {}, [], [], []
     res["ref_filled"] = res["ref_empty"] = 0
     res["score"] = None
     if reference is not None:
-        total = wsum = 0.0
+        total = wsum = penalty = 0.0
         for name, rule in rules.items():
             ref = reference.get(name)
             if obj is None:
-                fr = {"method": rule.score, "pred_empty": True, "ref_empty": F.is_empty(ref),
-                      "score": 0.0, "exact": False, "error": info["parse_error"]}
-                if rule.score in LIST_METHODS:
-                    n_ref = len(_as_list(ref))
-                    fr.update(tp=0, fp=0, fn=n_ref, precision=0.0, recall=0.0, f1=0.0)
+                fr = _unparseable_field(rule, ref, info["parse_error"], _schema_prop(task, name))
             else:
                 fr = score_field(rule, obj.get(name), ref, _schema_prop(task, name))
             fr["pred"], fr["ref"] = (None if obj is None else obj.get(name)), ref
             res["fields"][name] = fr
-            if fr["ref_empty"]:
-                res["ref_empty"] += 1
-                if not fr["pred_empty"]:
-                    res["spurious"].append(name)
-            else:
-                res["ref_filled"] += 1
-                if fr["pred_empty"]:
-                    res["missing"].append(name)
-            total += rule.weight * fr["score"]
-            wsum += rule.weight
-        res["score"] = total / wsum if wsum else None
+            res["ref_empty" if fr["ref_empty"] else "ref_filled"] += 1
+            outcome = fr["outcome"]
+            if outcome == "omitted":
+                res["missing"].append(name)
+            elif outcome == "hallucinated":
+                res["spurious"].append(name)
+                penalty += rule.weight
+            elif outcome == "abstained":
+                res["abstained"].append(name)
+            if not fr["ref_empty"]:
+                total += rule.weight * fr["score"]
+                wsum += rule.weight
+        # Only fields whose reference has a value are scored; each hallucinated field adds its
+        # weight to the denominator (a 0 on a field that should have stayed empty). A reference
+        # with no value at all leaves nothing to score: None, not a free 1.0.
+        res["score"] = total / (wsum + penalty) if wsum else None
 
     pc = task.extra.get("price_check")
     if pc:
@@ -311,15 +389,20 @@ def score_example(pred_output: Any, reference: dict | None, task: Task, text: st
 
 
 def check_expectations(pred_output: Any, expect: dict, task: Task) -> dict:
-    """Check an adversarial case's ``expect`` (field -> value; None = must be empty)."""
+    """Check an adversarial case's ``expect`` (field -> value; None = must be empty).
+
+    Each check has the field's ``outcome`` as in :func:`field_outcome` (``invalid`` when the
+    reply is not valid JSON): an expected null passes only as an abstention.
+    """
     obj, info = parse_prediction(pred_output)
     checks = {}
     for name, want in expect.items():
         got = None if obj is None else obj.get(name)
+        outcome = "invalid" if obj is None else field_outcome(is_blank(got), is_blank(want))
         if obj is None:
             ok, why = False, f"no valid JSON ({info['parse_error']})"
-        elif want is None:
-            ok = F.is_empty(got)
+        elif is_blank(want):
+            ok = outcome == "abstained"
             why = "" if ok else "expected empty/null"
         else:
             rule = task.fields.get(name)
@@ -329,7 +412,8 @@ def check_expectations(pred_output: Any, expect: dict, task: Task) -> dict:
                 s = float(_canon(got) == _canon(want))
             ok = s >= PASS_SCORE
             why = "" if ok else f"score {s:.2f} < {PASS_SCORE}"
-        checks[name] = {"expected": want, "got": got, "passed": ok, **({"why": why} if why else {})}
+        checks[name] = {"expected": want, "got": got, "outcome": outcome, "passed": ok,
+                        **({"why": why} if why else {})}
     return {"passed": obj is not None and all(c["passed"] for c in checks.values()), "checks": checks}
 
 
@@ -371,8 +455,10 @@ def score_case(case: dict, pred_output: Any, task: Task) -> dict:
         exp = check_expectations(pred_output, case["expect"], task)
         res["expect"] = exp["checks"]
         res["passed"] = exp["passed"]
+    elif res["score"] is None:   # a reference with no value: pass = valid JSON that invents nothing
+        res["passed"] = bool(res["json_valid"]) and not res["spurious"]
     else:
-        res["passed"] = bool(res["json_valid"]) and (res["score"] or 0.0) >= PASS_SCORE
+        res["passed"] = bool(res["json_valid"]) and res["score"] >= PASS_SCORE
     return res
 
 
@@ -394,38 +480,59 @@ def _mae_rmse(errors: list[float]) -> dict:
             "n": len(errors)}
 
 
+OUTCOMES = ("scored", "omitted", "hallucinated", "abstained", "invalid")
+
+
+def _outcome_rates(frs: list[dict]) -> dict:
+    """Counts per outcome and the three rates, each over the fields it can happen to.
+
+    missing_rate (omission) = omitted / reference has a value; spurious_rate (hallucinated
+    field) and abstention_rate = hallucinated or abstained / reference empty. A reply that
+    is not valid JSON is in both denominators and neither abstains nor hallucinates.
+    """
+    counts = Counter(f.get("outcome") for f in frs)
+    filled = counts["scored"] + counts["omitted"]
+    empty = len(frs) - filled
+    return {"outcomes": {o: counts[o] for o in OUTCOMES},
+            "missing_rate": _ratio(counts["omitted"], filled),
+            "spurious_rate": _ratio(counts["hallucinated"], empty),
+            "abstention_rate": _ratio(counts["abstained"], empty)}
+
+
 def _aggregate_fields(examples: list[dict], task: Task) -> dict:
+    """Per field: means over the examples whose reference has a value (n); outcome rates."""
     out = {}
     for name, rule in _scored_fields(task).items():
         frs = [e["fields"][name] for e in examples if name in (e.get("fields") or {})]
         if not frs:
             continue
-        a: dict[str, Any] = {"method": rule.score, "n": len(frs),
-                             "score": _mean(f["score"] for f in frs),
-                             "exact": _mean(float(f["exact"]) for f in frs)}
         filled = [f for f in frs if not f["ref_empty"]]
-        empty = [f for f in frs if f["ref_empty"]]
-        a["missing_rate"] = _ratio(sum(f["pred_empty"] for f in filled), len(filled))
-        a["spurious_rate"] = _ratio(sum(not f["pred_empty"] for f in empty), len(empty))
+        a: dict[str, Any] = {"method": rule.score, "n": len(filled), "n_fields": len(frs),
+                             "score": _mean(f["score"] for f in filled),
+                             "exact": _mean(float(f["exact"]) for f in filled)}
+        a.update(_outcome_rates(frs))
         if rule.score in LIST_METHODS:
             for k in ("precision", "recall", "f1"):
-                a[k] = _mean(f.get(k) for f in frs)
+                a[k] = _mean(f.get(k) for f in filled)
+            # micro counts over every field, so the items of a hallucinated list are false positives
             tp, fp, fn = (sum(f.get(k, 0) for f in frs) for k in ("tp", "fp", "fn"))
             p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
             a["micro"] = {"tp": tp, "fp": fp, "fn": fn, "precision": p, "recall": r,
                           "f1": (2 * p * r / (p + r)) if p is not None and r is not None and p + r else 0.0}
         if rule.score in NUMERIC_METHODS:
-            a.update(_mae_rmse([f["abs_error"] for f in frs if f.get("abs_error") is not None]))
+            err = _mae_rmse([f["abs_error"] for f in filled if f.get("abs_error") is not None])
+            a.update(mae=err["mae"], rmse=err["rmse"], n_errors=err["n"])
         if rule.score == "mae":
             dims: dict[str, list[float]] = defaultdict(list)
             seen: Counter = Counter()
-            for f in frs:
+            for f in filled:
                 for d, e in (f.get("errors") or {}).items():
                     seen[d] += 1
                     if e is not None:
                         dims[d].append(e)
             a["dims"] = {d: _mae_rmse(dims[d]) | {"coverage": len(dims[d]) / seen[d]} for d in sorted(seen)}
-            a.update(_mae_rmse([e for d in dims for e in dims[d]]))
+            err = _mae_rmse([e for d in dims for e in dims[d]])
+            a.update(mae=err["mae"], rmse=err["rmse"], n_errors=err["n"])
         checks = [e["source_checks"][name] for e in examples if name in (e.get("source_checks") or {})]
         if checks:
             a["source_agreement"] = checks.count("ok") / len(checks)
@@ -434,18 +541,23 @@ def _aggregate_fields(examples: list[dict], task: Task) -> dict:
 
 
 def aggregate(examples: list[dict], task: Task, by_style: bool = True) -> dict:
-    """Means over scored examples: rates, overall score, per-field metrics, and the same per style."""
+    """Means over scored examples: rates, overall score, per-field metrics, and the same per style.
+
+    ``n`` counts examples, ``n_scored`` those with an overall score (a reference with a
+    value), the n of ``score``. Field outcomes are pooled over all fields of all examples.
+    """
     n = len(examples)
+    scores = [e["score"] for e in examples if e.get("score") is not None]
     agg: dict[str, Any] = {
         "n": n,
+        "n_scored": len(scores),
         "json_valid": _ratio(sum(bool(e["json_valid"]) for e in examples), n),
         "schema_valid": _ratio(sum(bool(e["schema_valid"]) for e in examples), n),
         "repaired": _ratio(sum(bool(e.get("repaired")) for e in examples), n),
-        "score": _mean(e.get("score") for e in examples),
+        "score": _mean(scores),
         "hallucination_rate": _ratio(sum(e["hallucination"]["ungrounded"] for e in examples),
                                      sum(e["hallucination"]["items"] for e in examples)),
-        "missing_rate": _ratio(sum(len(e["missing"]) for e in examples), sum(e["ref_filled"] for e in examples)),
-        "spurious_rate": _ratio(sum(len(e["spurious"]) for e in examples), sum(e["ref_empty"] for e in examples)),
+        **_outcome_rates([f for e in examples for f in (e.get("fields") or {}).values()]),
         "parse_errors": dict(Counter(e["parse_error"] for e in examples if e.get("parse_error"))),
         "fields": _aggregate_fields(examples, task),
     }
@@ -516,6 +628,10 @@ def _num2(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def _int(v: int | None) -> str:
+    return "n/a" if v is None else str(v)
+
+
 def _get(d: Any, *path: str) -> Any:
     for k in path:
         if not isinstance(d, dict) or k not in d:
@@ -528,12 +644,13 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
     """(label, one cell per run) rows shared by the terminal and the Markdown table."""
     rows: list[tuple[str, list[str]]] = []
 
-    def add(label: str, fmt, *path: str, src: str = "aggregate") -> None:
+    def add(label: str, fmt, *path: str, src: str = "aggregate", always: bool = False) -> None:
         cells = [fmt(_get(e.get(src), *path)) for e in evals]
-        if any(c != "n/a" for c in cells):
+        if always or any(c != "n/a" for c in cells):
             rows.append((label, cells))
 
     rows.append(("examples", [str(_get(e, "aggregate", "n") or 0) for e in evals]))
+    add("  scored (reference has a value)", _int, "n_scored")
     add("JSON valid", _pct, "json_valid")
     add("schema valid", _pct, "schema_valid")
     add("overall score", _num3, "score")
@@ -542,15 +659,16 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
         for name, fa in (_get(e, "aggregate", "fields") or {}).items():
             fields.setdefault(name, fa["method"])
     for name, method in fields.items():
+        # a field's first row stays when no run has a mean (n=0 everywhere): its outcome rows follow it
         if method in LIST_METHODS:
-            add(f"{name} F1", _num3, "fields", name, "f1")
+            add(f"{name} F1", _num3, "fields", name, "f1", always=True)
             add(f"  precision", _num3, "fields", name, "precision")
             add(f"  recall", _num3, "fields", name, "recall")
         elif method == "text":
-            add(f"{name} similarity", _num3, "fields", name, "score")
+            add(f"{name} similarity", _num3, "fields", name, "score", always=True)
             add(f"  exact match", _pct, "fields", name, "exact")
         elif method == "mae":
-            add(f"{name} MAE", _num2, "fields", name, "mae")
+            add(f"{name} MAE", _num2, "fields", name, "mae", always=True)
             add(f"  RMSE", _num2, "fields", name, "rmse")
             dims = sorted({d for e in evals for d in (_get(e, "aggregate", "fields", name, "dims") or {})})
             if len(dims) > 1 or (dims and dims[0] != name):
@@ -558,13 +676,19 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
                     add(f"  {d} MAE", _num2, "fields", name, "dims", d, "mae")
                     add(f"  {d} RMSE", _num2, "fields", name, "dims", d, "rmse")
         else:
-            add(f"{name} ({method}) match", _pct, "fields", name, "exact")
+            add(f"{name} ({method}) match", _pct, "fields", name, "exact", always=True)
+        # what the means above are over, and what happened where the reference is empty
+        add("  n (reference has a value)", _int, "fields", name, "n")
+        add("  omitted", _pct, "fields", name, "missing_rate")
+        add("  invented (reference empty)", _pct, "fields", name, "spurious_rate")
+        add("  abstained (reference empty)", _pct, "fields", name, "abstention_rate")
     add("priced items on menu", _pct, "price_check", "priced_rate")
     add("total = menu price", _pct, "price_check", "consistent_rate")
     add("total = reference", _pct, "price_check", "correct_rate")
     add("hallucinated items", _pct, "hallucination_rate")
     add("missing fields", _pct, "missing_rate")
     add("invented fields", _pct, "spurious_rate")
+    add("abstained fields", _pct, "abstention_rate")
     add("adversarial passed", _pct, "pass_rate", src="adversarial")
     kinds = sorted({k for e in evals for k in (_get(e, "adversarial", "by_kind") or {})})
     for k in kinds:
@@ -617,9 +741,13 @@ def _grouped_bars(path: Path, groups: list[str], evals: list[dict], value, title
     width = 0.8 / n
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, n / 2)), 4.2))
     for i, e in enumerate(evals):
-        vals = [value(e, g) for g in groups]
-        xs = [j + (i - (n - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, [v if v is not None else 0.0 for v in vals], width, label=str(e.get("name")))
+        # a mean over nothing (n=0) gets no bar, only "n/a": a 0 would read as a measured score
+        pts = [(j + (i - (n - 1) / 2) * width, value(e, g)) for j, g in enumerate(groups)]
+        ax.bar([x for x, v in pts if v is not None], [v for _, v in pts if v is not None], width,
+               label=str(e.get("name")))
+        for x, v in pts:
+            if v is None:
+                ax.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
@@ -638,7 +766,7 @@ def plot_fields(evals: list[dict], path: Path) -> Path | None:
     """Per-field score (F1 for lists, similarity for text, match rate for scalars) by model."""
     fields = list(dict.fromkeys(f for e in evals for f in (_get(e, "aggregate", "fields") or {})))
     return _grouped_bars(Path(path), fields, evals, lambda e, f: _get(e, "aggregate", "fields", f, "score"),
-                         "Per-field score by model (F1 for lists)", "score (0-1)")
+                         "Per-field score by model (where the reference has a value; F1 for lists)", "score (0-1)")
 
 
 def plot_styles(evals: list[dict], path: Path) -> Path | None:
@@ -666,8 +794,11 @@ def worst_examples(ev: dict, n: int = 5) -> list[dict]:
 def _worst_md(ev: dict, n: int) -> list[str]:
     lines = [f"### Worst examples: {ev.get('name')}", ""]
     worst = worst_examples(ev, n)
+    n_scored = sum(e.get("score") is not None for e in ev.get("examples", []))
+    if not n_scored:
+        return lines + ["(no example scored: no reference has a value)", ""]
     if not worst:
-        return lines + ["(none: every example scored 1.0)", ""]
+        return lines + [f"(none: all {n_scored} scored examples scored 1.0)", ""]
     for e in worst:
         lines.append(f"- **{e.get('id')}** ({e.get('style') or '?'}): score {e['score']:.3f}"
                      + ("" if e["json_valid"] else f", no valid JSON ({e.get('parse_error')})")
@@ -676,13 +807,24 @@ def _worst_md(ev: dict, n: int) -> list[str]:
         if not e["json_valid"]:
             lines.append(f"  - answer: `{_short(e.get('answer') or '', 160)}`")
         else:
-            bad = sorted(((k, f) for k, f in e["fields"].items() if f["score"] < 1.0), key=lambda kv: kv[1]["score"])
+            bad = sorted(((k, f) for k, f in e["fields"].items()
+                          if f.get("outcome") == "hallucinated" or (f["score"] is not None and f["score"] < 1.0)),
+                         key=lambda kv: kv[1]["score"] or 0.0)
             for k, f in bad[:3]:
-                lines.append(f"  - `{k}` {f['score']:.2f}: got `{_short(f.get('pred'))}`, "
-                             f"expected `{_short(f.get('ref'))}`")
+                lines.append(f"  - `{k}` {'invented' if f['score'] is None else format(f['score'], '.2f')}: "
+                             f"got `{_short(f.get('pred'))}`, expected `{_short(f.get('ref'))}`")
         if e.get("text"):
             lines.append(f"  - input: {_short(e['text'], 160)}")
     return lines + [""]
+
+
+def _style_cell(a: dict | None) -> str:
+    """Overall score (n scored of n), then the field outcome rates."""
+    if not a:
+        return "n/a"
+    n, n_scored = a.get("n") or 0, a.get("n_scored", a.get("n") or 0)
+    return (f"{_num3(a.get('score'))} (n={n_scored} of {n}); omitted {_pct(a.get('missing_rate'))}, "
+            f"invented {_pct(a.get('spurious_rate'))}, abstained {_pct(a.get('abstention_rate'))}")
 
 
 def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluation", n_worst: int = 5) -> Path:
@@ -698,17 +840,21 @@ def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluatio
                              str(e.get("finished_at", ""))] for e in evals]))
     lines += ["", "## Scores", "", markdown_table(evals), ""]
     lines += ["Scores: F1 for list fields (fuzzy one-to-one item matching), similarity for text fields, "
-              "match rate for times (minutes) and numbers. Missing = the reference has a value and the model "
-              "gave none; invented = the reference is empty and the model gave a value; hallucinated items = "
-              "items of grounded fields not found in the input text.", ""]
+              "match rate for times (minutes) and numbers, each a mean over the examples whose reference has "
+              "a value (n); an empty prediction there scores 0 (omitted). Where the reference is empty there is "
+              "nothing to match: the model abstains (gives nothing, the right answer) or invents a value, each "
+              "a rate of the fields whose reference is empty, never averaged into a field's score. The overall "
+              "score of an example is the weighted mean over its fields whose reference has a value, with "
+              "each invented field adding its weight to the denominator as a 0; an answer that is not valid "
+              "JSON scores 0 on every field. Missing fields = omitted; invented fields = hallucinated fields; "
+              "hallucinated items = items of grounded fields not found in the input text.", ""]
     if fields_png:
         lines += [f"![per-field scores]({fields_png.name})", ""]
     styles = _styles(evals)
     if styles:
         lines += ["## By input style", "",
                   _md_table(["style"] + [str(e.get("name")) for e in evals],
-                            [[s] + [f"{_num3(_get(e, 'aggregate', 'by_style', s, 'score'))} "
-                                    f"(n={_get(e, 'aggregate', 'by_style', s, 'n') or 0})" for e in evals]
+                            [[s] + [_style_cell(_get(e, "aggregate", "by_style", s)) for e in evals]
                              for s in styles]), ""]
         if styles_png:
             lines += [f"![scores by style]({styles_png.name})", ""]
@@ -727,7 +873,8 @@ def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluatio
                                     for k, ch in (c.get("expect") or {}).items() if not ch["passed"])
                     lines.append(f"- {c['id']} ({c['kind']}): "
                                  + (why or (f"no valid JSON ({c.get('parse_error')})" if not c["json_valid"]
-                                            else f"score {c.get('score') or 0:.2f}")))
+                                            else f"invented {', '.join(c.get('spurious') or [])}"
+                                            if c.get("score") is None else f"score {c['score']:.2f}")))
                 lines.append("")
     lines += ["## Worst examples", ""]
     for e in evals:
@@ -838,6 +985,10 @@ def load_split(dataset_dir: str | Path, split: str, task: Task, limit: int = 0) 
                 ref = json.loads(strip_reasoning(r["messages"][-1]["content"]))
             except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
                 raise StageError(f"{path} row {i} has no 'reference' label and no parseable assistant turn") from exc
+        if ref is None:   # a JSON null label: nothing to extract, every field's reference is empty
+            ref = {}
+        if not isinstance(ref, dict):
+            raise StageError(f"{path} row {i}: the reference label is a {type(ref).__name__}, not a JSON object")
         out.append(r | {"reference": ref})
     if limit and limit < len(out):
         order = {r["id"]: i for i, r in enumerate(out)}
@@ -986,19 +1137,29 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             (examples if it["set"] == "test" else scored_cases).append(_example_record(it, rec, s))
 
         missing = len(items) - len(examples) - len(scored_cases)
+        agg = aggregate(examples, task_obj)
+        split_file = Path(dataset_dir) / f"{split}.jsonl"
+        # n=0 is an error, never a score: nothing is written but the saved predictions.
+        if not examples:
+            raise StageError(f"07 {name}: nothing to score on {split_file}: no prediction for any of its {len(rows)} "
+                             f"examples (failed requests: {dict(failures) or 'none'}); re-run to retry them")
+        if not agg["n_scored"]:
+            raise StageError(f"07 {name}: nothing to score on {split_file}: none of its {len(examples)} examples has "
+                             f"a reference with a value for any scored field "
+                             f"({', '.join(_scored_fields(task_obj))}); check the labels (04_build_dataset.py)")
         ev = {
             "name": name, "model": spec, "model_id": model_id, "task": task_obj.name, "split": split,
             "dataset_dir": str(dataset_dir), "max_new_tokens": max_new_tokens, "predictor": info,
             "n_examples": len(rows), "missing_predictions": missing, "request_failures": dict(failures),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "aggregate": aggregate(examples, task_obj),
+            "aggregate": agg,
             "adversarial": None,
             "examples": examples,
         }
         if cases:
             ev["adversarial"] = aggregate_adversarial(scored_cases) | {
-                "aggregate": aggregate([c for c in scored_cases if c.get("score") is not None], task_obj,
-                                       by_style=False),
+                # every case with a reference, so a no-recipe case's abstentions are counted too
+                "aggregate": aggregate([c for c in scored_cases if c.get("fields")], task_obj, by_style=False),
                 "cases": scored_cases}
         write_eval(out_dir, ev)
         others = compare(compare_dirs) if compare_dirs else []

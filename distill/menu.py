@@ -128,15 +128,18 @@ def price_check(menu: Menu, pred: dict | None, ref: dict | None = None, *, items
 
     ``priced``: every predicted item is on the menu; ``consistent``: the predicted
     total equals the menu price of the predicted items; ``correct``: it equals the
-    reference total (None without a reference).
+    reference total (None without a reference). A prediction with an empty item list
+    has nothing to price: priced and consistent are None, not a vacuous True.
     """
     if not isinstance(pred, dict):
         return {"priced": False, "consistent": False, "correct": False if ref else None, "menu_total": None}
     menu_total = price_order(menu, pred.get(items))
     got = _to_number(pred.get(total))
     want = _to_number(ref.get(total)) if isinstance(ref, dict) else None
-    return {"priced": menu_total is not None,
-            "consistent": menu_total is not None and got is not None and abs(got - menu_total) <= tolerance,
+    has_items = pred.get(items) != []
+    return {"priced": menu_total is not None if has_items else None,
+            "consistent": (menu_total is not None and got is not None and abs(got - menu_total) <= tolerance)
+            if has_items else None,
             "correct": (got is not None and want is not None and abs(got - want) <= tolerance) if ref else None,
             "menu_total": menu_total, "predicted_total": got, "reference_total": want}
 

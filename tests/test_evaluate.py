@@ -1,5 +1,6 @@
 """07's scoring on hand-made cases with numbers worked out by hand, adversarial cases, aggregates,
 tables, reports and run comparison."""
+import dataclasses
 import json
 import math
 
@@ -48,8 +49,10 @@ def test_text_field():
     r = E.score_field(rule("text"), "banana bread", "Banana Breads")   # one insertion in 25 chars
     assert r["score"] == pytest.approx(0.96) and not r["exact"]
     assert E.score_field(rule("text"), None, "x")["score"] == 0.0
+    # both empty: an abstention, not a match (this used to score 1.0)
     r = E.score_field(rule("text"), None, None)
-    assert r["score"] == 1.0 and r["exact"] and r["pred_empty"] and r["ref_empty"]
+    assert r["score"] is None and r["exact"] is None and r["pred_empty"] and r["ref_empty"]
+    assert r["outcome"] == "abstained"
 
 
 def test_exact_field():
@@ -58,8 +61,9 @@ def test_exact_field():
     assert E.score_field(rule("exact"), True, True)["exact"]
     assert not E.score_field(rule("exact"), False, True)["exact"]
     assert E.score_field(rule("exact"), "a", "b")["score"] == 0.0
-    assert E.score_field(rule("exact"), None, None)["exact"]
-    assert not E.score_field(rule("exact"), None, "x")["exact"]
+    assert E.score_field(rule("exact"), None, None)["exact"] is None   # abstained, not "exact"
+    assert E.score_field(rule("exact"), None, "x")["exact"] is False
+    assert E.score_field(rule("exact"), False, False)["exact"]         # False is a value, not empty
 
 
 def test_minutes_field():
@@ -70,9 +74,11 @@ def test_minutes_field():
     assert E.score_field(rule("minutes", verify_tolerance=5), "PT40M", "PT45M")["exact"]
     r = E.score_field(rule("minutes"), "soon", "PT10M")
     assert r.get("unreadable") and r["score"] == 0.0 and "abs_error" not in r
-    assert E.score_field(rule("minutes"), None, "PT10M")["score"] == 0.0   # missing
-    assert E.score_field(rule("minutes"), "PT10M", None)["score"] == 0.0   # invented
-    assert E.score_field(rule("minutes"), None, None)["score"] == 1.0
+    assert E.score_field(rule("minutes"), None, "PT10M")["score"] == 0.0   # omitted
+    # invented, and both empty: not scored here (the example's overall score penalises the
+    # invented one); null-against-null used to be an "exact" 1.0
+    assert E.score_field(rule("minutes"), "PT10M", None)["score"] is None
+    assert E.score_field(rule("minutes"), None, None)["score"] is None
 
 
 def test_number_field():
@@ -88,8 +94,13 @@ def test_list_f1_field():
     assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 2)
     assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(1 / 2)
     assert r["f1"] == pytest.approx(4 / 7) and r["score"] == r["f1"] and not r["exact"]
-    assert E.score_field(rule("list_f1"), [], [])["f1"] == 1.0
-    assert E.score_field(rule("list_f1"), ["x"], [])["f1"] == 0.0
+    assert E.score_field(rule("list_f1"), [], [])["f1"] is None          # abstained (used to be F1 1.0)
+    r = E.score_field(rule("list_f1"), ["x"], [])
+    assert r["f1"] is None and r["outcome"] == "hallucinated" and (r["tp"], r["fp"], r["fn"]) == (0, 1, 0)
+    # a list of blank steps is no answer: omitted against steps, abstained against none
+    blank = [{"@type": "HowToStep", "text": ""}, " "]
+    assert E.score_field(rule("list_f1"), blank, ["Mix."])["outcome"] == "omitted"
+    assert E.score_field(rule("list_f1"), blank, [])["outcome"] == "abstained"
     # HowToStep objects are compared by their text
     steps = [{"@type": "HowToStep", "text": "Mix."}, {"@type": "HowToStep", "text": "Bake."}]
     assert E.score_field(rule("list_f1"), steps, ["Mix.", "Bake."])["exact"]
@@ -112,6 +123,28 @@ def test_mae_field_scalar_and_dimensions():
     # without a declared range: right within tolerance or wrong
     assert E.score_field(rule("mae", name="c"), 0.5, 0.9)["score"] == 0.0
     assert E.score_field(rule("mae", name="c", verify_tolerance=0.5), 0.5, 0.9)["score"] == 1.0
+
+
+MAE_PROP = {"type": "integer", "minimum": 0, "maximum": 10}
+
+
+@pytest.mark.parametrize("method,value", [
+    ("text", "Banana Bread"), ("exact", "vegan"), ("minutes", "PT10M"), ("number", "4 servings"),
+    ("list_f1", ["1 cup flour"]), ("set_f1", ["salt"]), ("mae", 7)])
+def test_every_method_separates_the_four_outcomes(method, value):
+    """One rule for every method: a field is scored only where the reference has a value."""
+    def score(pred, ref):
+        return E.score_field(rule(method), pred, ref, MAE_PROP)
+
+    for empty in (None, "", "   ", [], [""], {}):
+        abst = score(empty, None)
+        assert (abst["outcome"], abst["score"], abst["exact"]) == ("abstained", None, None)
+        om = score(empty, value)
+        assert (om["outcome"], om["score"], om["exact"]) == ("omitted", 0.0, False)
+    hal = score(value, None)
+    assert (hal["outcome"], hal["score"], hal["exact"]) == ("hallucinated", None, None)
+    hit = score(value, value)
+    assert (hit["outcome"], hit["score"], hit["exact"]) == ("scored", 1.0, True)
 
 
 # ------------------------------------------------------------------ one example
@@ -141,10 +174,14 @@ def test_score_example_by_hand():
     assert (ing["tp"], ing["fp"], ing["fn"]) == (3, 1, 1) and ing["f1"] == pytest.approx(0.75)
     assert f["recipeInstructions"]["f1"] == 1.0
     assert f["prepTime"]["score"] == 1.0 and f["cookTime"]["abs_error"] == 5.0 and f["cookTime"]["score"] == 0.0
-    assert f["totalTime"]["score"] == 0.0 and f["recipeYield"]["score"] == 0.0
-    # 7 fields of weight 1: (1 + 0.75 + 1 + 1 + 0 + 0 + 0) / 7
-    assert r["score"] == pytest.approx(3.75 / 7)
-    assert r["missing"] == ["totalTime"] and r["spurious"] == ["recipeYield"]
+    assert f["totalTime"]["score"] == 0.0 and f["recipeYield"]["score"] is None
+    assert {k: fr["outcome"] for k, fr in f.items()} == {
+        "name": "scored", "recipeIngredient": "scored", "recipeInstructions": "scored", "prepTime": "scored",
+        "cookTime": "scored", "totalTime": "omitted", "recipeYield": "hallucinated"}
+    # 6 fields with a reference value, weight 1: (1 + 0.75 + 1 + 1 + 0 + 0); the invented yield adds 1
+    # to the denominator
+    assert r["score"] == pytest.approx(3.75 / (6 + 1))
+    assert r["missing"] == ["totalTime"] and r["spurious"] == ["recipeYield"] and r["abstained"] == []
     assert (r["ref_filled"], r["ref_empty"]) == (6, 1)
     assert r["hallucination"] == {"items": 4, "ungrounded": 1, "not_in_text": ["1 cup chocolate chips"]}
     # against the source record (stage 03's checks): cook time disagrees, total missing
@@ -155,7 +192,12 @@ def test_score_example_by_hand():
 def test_score_example_invalid_json_scores_zero():
     r = E.score_example("Sorry, I can't help with that.", REF, RECIPE, TEXT)
     assert not r["json_valid"] and not r["schema_valid"] and r["parse_error"] == "no_json"
-    assert r["score"] == 0.0 and all(fr["score"] == 0.0 for fr in r["fields"].values())
+    assert r["score"] == 0.0
+    # 0 on every field with a reference value; the empty yield is "invalid": no abstention credit
+    assert {k: (fr["outcome"], fr["score"]) for k, fr in r["fields"].items()} == {
+        **{k: ("omitted", 0.0) for k in REF if k in RECIPE.fields and REF[k] is not None},
+        "recipeYield": ("invalid", None)}
+    assert r["abstained"] == [] and r["spurious"] == []
     # everything the reference has counts as missing; the list field's reference items as false negatives
     assert r["missing"] == ["name", "recipeIngredient", "recipeInstructions", "prepTime", "cookTime", "totalTime"]
     assert r["fields"]["recipeIngredient"]["fn"] == 4 and r["hallucination"]["items"] == 0
@@ -166,6 +208,40 @@ def test_score_example_schema_invalid_but_scored():
     r = E.score_example(bad, REF, RECIPE, TEXT)
     assert r["json_valid"] and not r["schema_valid"] and any("prepTime" in e for e in r["schema_errors"])
     assert r["fields"]["prepTime"]["score"] == 1.0 and r["score"] == 1.0
+
+
+def test_hallucinated_field_lowers_the_score_by_its_weight():
+    honest = dict(PRED, recipeYield=None)
+    h = E.score_example(honest, REF, RECIPE, TEXT)
+    assert h["fields"]["recipeYield"]["outcome"] == "abstained" and h["score"] == pytest.approx(3.75 / 6)
+    invented = E.score_example(PRED, REF, RECIPE, TEXT)
+    assert h["score"] - invented["score"] == pytest.approx(3.75 / 6 - 3.75 / 7)   # 0.0893
+    # a perfect answer plus one invented field: 6 / 7
+    assert E.score_example(dict(REF, recipeYield="4"), REF, RECIPE, TEXT)["score"] == pytest.approx(6 / 7)
+    # the penalty follows the field weight: a weight-3 invented field on 6 perfect fields -> 6 / 9
+    weighted = dataclasses.replace(RECIPE, fields=dict(
+        RECIPE.fields, recipeYield=FieldRule(name="recipeYield", score="number", weight=3.0)))
+    assert E.score_example(dict(REF, recipeYield="4"), REF, weighted, TEXT)["score"] == pytest.approx(6 / 9)
+
+
+@pytest.mark.parametrize("answer", ["{}", "null", {}, {"@context": "https://schema.org", "@type": "Recipe"},
+                                    {"name": "", "recipeIngredient": [], "recipeInstructions": [""]}])
+def test_an_empty_answer_scores_zero(answer):
+    """{} is valid JSON but says nothing: 0 wherever the reference has a value, abstained where it has none."""
+    r = E.score_example(answer, REF, RECIPE, TEXT)
+    assert r["json_valid"] and r["parse_error"] is None and r["score"] == 0.0
+    assert r["missing"] == ["name", "recipeIngredient", "recipeInstructions", "prepTime", "cookTime", "totalTime"]
+    assert r["abstained"] == ["recipeYield"] and r["spurious"] == []
+
+
+def test_a_reference_without_values_is_not_scored():
+    empty_ref = {k: None for k in RECIPE.fields}
+    r = E.score_example("{}", empty_ref, RECIPE, TEXT)
+    assert r["score"] is None and len(r["abstained"]) == 7 and (r["ref_filled"], r["ref_empty"]) == (0, 7)
+    r = E.score_example({"name": "Banana Bread"}, empty_ref, RECIPE, TEXT)
+    assert r["score"] is None and r["spurious"] == ["name"] and len(r["abstained"]) == 6
+    r = E.score_example("not json", empty_ref, RECIPE, TEXT)
+    assert r["score"] is None and r["abstained"] == [] and {f["outcome"] for f in r["fields"].values()} == {"invalid"}
 
 
 # ------------------------------------------------------------------ aggregate
@@ -188,7 +264,15 @@ def test_aggregate_by_hand():
     assert ing["micro"]["recall"] == pytest.approx(7 / 12)
     cook = a["fields"]["cookTime"]
     assert cook["exact"] == pytest.approx(1 / 3) and cook["mae"] == pytest.approx(2.5)
-    assert cook["rmse"] == pytest.approx(math.sqrt(25 / 2)) and cook["n"] == 2
+    assert cook["rmse"] == pytest.approx(math.sqrt(25 / 2)) and cook["n_errors"] == 2
+    assert cook["n"] == 3 and cook["outcomes"] == {"scored": 2, "omitted": 1, "hallucinated": 0, "abstained": 0,
+                                                    "invalid": 0}
+    # the yield's reference is empty everywhere: no mean (n=0), one invention, one abstention, one non-answer
+    y = a["fields"]["recipeYield"]
+    assert y["n"] == 0 and y["score"] is None and y["exact"] is None and y["missing_rate"] is None
+    assert y["outcomes"] == {"scored": 0, "omitted": 0, "hallucinated": 1, "abstained": 1, "invalid": 1}
+    assert y["spurious_rate"] == pytest.approx(1 / 3) and y["abstention_rate"] == pytest.approx(1 / 3)
+    assert a["abstention_rate"] == pytest.approx(1 / 3) and a["n_scored"] == 3
     # missing: 1 (PRED) + 0 + 6 (invalid) of 18 filled reference fields; invented: 1 of 3 empty ones
     assert a["missing_rate"] == pytest.approx(7 / 18) and a["spurious_rate"] == pytest.approx(1 / 3)
     assert a["fields"]["totalTime"]["missing_rate"] == pytest.approx(2 / 3)
@@ -250,7 +334,8 @@ def test_expectations_with_flags(scores_task):
     bad = E.score_case(case, {"needs_clarification": False, "confidence": 0.9}, scores_task)
     assert not bad["passed"]
     assert bad["expect"]["needs_clarification"]["passed"] is False
-    assert bad["expect"]["confidence"] == {"expected": None, "got": 0.9, "passed": False, "why": "expected empty/null"}
+    assert bad["expect"]["confidence"] == {"expected": None, "got": 0.9, "outcome": "hallucinated", "passed": False,
+                                           "why": "expected empty/null"}
 
 
 # ------------------------------------------------------------------ adversarial cases of the recipe task
@@ -267,7 +352,8 @@ def test_recipe_case_file_is_complete(cases):
     for c in cases.values():   # every reference is a valid label and passes its own expectations
         assert validate(c["reference"], RECIPE.schema) == []
         r = E.score_case(c, c["reference"], RECIPE)
-        assert r["passed"] and r["score"] == 1.0, c["id"]
+        # a no-recipe reference has no value to score (it used to score 1.0, null against null)
+        assert r["passed"] and r["score"] == (None if c["kind"] == "no_recipe" else 1.0), c["id"]
 
 
 def test_no_recipe_case(cases):
@@ -305,6 +391,8 @@ def test_missing_fields_case_guessing_fails(cases):
     assert not r["passed"]
     assert {k for k, ch in r["expect"].items() if not ch["passed"]} == {"prepTime", "recipeYield"}
     assert r["spurious"] == ["prepTime", "recipeYield"]
+    # 3 fields with a value, all right, 2 invented: 3 / (3 + 2)
+    assert r["score"] == pytest.approx(0.6)
     shrimp = cases["missing-title-shrimp"]
     assert not E.score_case(shrimp, dict(shrimp["reference"], name="Garlic Butter Shrimp"), RECIPE)["passed"]
 
@@ -316,6 +404,59 @@ def test_aggregate_adversarial_per_kind(cases):
     assert a["n"] == 8 and a["passed"] == 6 and a["pass_rate"] == 0.75
     assert a["by_kind"]["two_recipes"] == {"n": 2, "passed": 0, "pass_rate": 0.0}
     assert a["by_kind"]["no_recipe"]["pass_rate"] == 1.0
+
+
+def test_adversarial_kinds_against_an_empty_answer(cases):
+    """{} passes exactly the cases that expect nothing (no_recipe), fails the others, scores 0 there."""
+    scored = {cid: E.score_case(c, "{}", RECIPE) | {"kind": c["kind"]} for cid, c in cases.items()}
+    assert {cid: r["passed"] for cid, r in scored.items()} == {
+        "no-recipe-renovation": True, "no-recipe-review": True, "no-recipe-request": True,
+        "two-recipes-tacos-onions": False, "two-recipes-pancakes-syrup": False,
+        "missing-times-yield-coleslaw": False, "missing-prep-cook-soup": False, "missing-title-shrimp": False}
+    assert {r["score"] for r in scored.values() if r["kind"] != "no_recipe"} == {0.0}
+    assert all(r["score"] is None and len(r["abstained"]) == 7 for r in scored.values() if r["kind"] == "no_recipe")
+    # an expected null is met by abstaining; an expected value is not
+    soup = scored["missing-prep-cook-soup"]["expect"]
+    assert {k: (ch["outcome"], ch["passed"]) for k, ch in soup.items()} == {
+        "prepTime": ("abstained", True), "cookTime": ("abstained", True), "totalTime": ("omitted", False),
+        "recipeYield": ("abstained", True)}
+    a = E.aggregate_adversarial(list(scored.values()))
+    assert (a["n"], a["passed"]) == (8, 3)
+    assert a["by_kind"] == {"missing_fields": {"n": 3, "passed": 0, "pass_rate": 0.0},
+                            "no_recipe": {"n": 3, "passed": 3, "pass_rate": 1.0},
+                            "two_recipes": {"n": 2, "passed": 0, "pass_rate": 0.0}}
+    # aggregated like a split: overall 0 over the 5 scorable cases; the ref-empty fields all abstained
+    agg = E.aggregate(list(scored.values()), RECIPE, by_style=False)
+    assert agg["n_scored"] == 5 and agg["score"] == 0.0 and agg["abstention_rate"] == 1.0
+    assert agg["missing_rate"] == 1.0 and agg["spurious_rate"] == 0.0
+
+
+def test_adversarial_kinds_against_invented_and_unparseable_answers(cases):
+    lasagna = {"@context": "https://schema.org", "@type": "Recipe", "name": "Five Cheese Lasagna",
+               "recipeIngredient": ["1 lb ground beef"], "recipeInstructions": ["Layer and bake."],
+               "prepTime": "PT20M"}
+    r = E.score_case(cases["no-recipe-request"], lasagna, RECIPE)
+    assert not r["passed"] and r["score"] is None
+    assert r["spurious"] == ["name", "recipeIngredient", "recipeInstructions", "prepTime"]
+    assert {k for k, ch in r["expect"].items() if ch["outcome"] == "hallucinated"} == set(r["spurious"])
+    for c in cases.values():   # prose fails every case, every expectation
+        r = E.score_case(c, "Here is the recipe you asked for!", RECIPE)
+        assert not r["passed"] and r["abstained"] == [] and r["spurious"] == []
+        assert {ch["outcome"] for ch in r["expect"].values()} == {"invalid"}
+        assert r["score"] == (None if c["kind"] == "no_recipe" else 0.0)
+
+
+def test_reference_only_case(tmp_path):
+    p = tmp_path / "adv.jsonl"
+    empty = {"id": "e", "kind": "k", "text": "t", "reference": {"name": None}}
+    full = {"id": "f", "kind": "k", "text": "t", "reference": dict(REF)}
+    p.write_text(json.dumps(empty) + "\n" + json.dumps(full) + "\n")
+    e, f = E.load_adversarial(p, RECIPE)
+    assert E.score_case(e, "{}", RECIPE)["passed"] and not E.score_case(e, "no", RECIPE)["passed"]
+    assert not E.score_case(e, {"name": "Bread"}, RECIPE)["passed"]   # nothing to match: an invention fails
+    assert E.score_case(f, REF, RECIPE)["passed"] and not E.score_case(f, "{}", RECIPE)["passed"]
+    assert E.score_case(f, dict(REF, recipeYield="4"), RECIPE)["passed"]   # one invented field: 6/7 >= 0.8
+    assert not E.score_case(f, dict(REF, recipeYield="4", name="Cake"), RECIPE)["passed"]
 
 
 @pytest.mark.parametrize("line,msg", [
@@ -390,6 +531,25 @@ def test_write_report_and_compare(tmp_path):
     assert (tmp_path / "cmp" / "manifest.json").exists()
 
 
+def test_report_says_what_was_scored(tmp_path):
+    perfect = _eval("perfect", [(REF, "minimal"), (REF, "chaotic")])
+    assert "(none: all 2 scored examples scored 1.0)" in E._worst_md(perfect, 5)
+    empty_ref = {k: None for k in RECIPE.fields}
+    exs = [E.score_example({"name": "Bread"}, empty_ref, RECIPE, TEXT) | {"id": "e", "style": "s", "text": TEXT}]
+    unscored = {"name": "u", "aggregate": E.aggregate(exs, RECIPE), "examples": exs}
+    assert "(no example scored: no reference has a value)" in E._worst_md(unscored, 5)
+    assert unscored["aggregate"]["score"] is None and unscored["aggregate"]["n_scored"] == 0
+    # the invented field of a scored example is listed as invented, not as a score
+    inv = _eval("inv", [(PRED, "chaotic")])
+    assert "`recipeYield` invented: got `4 servings`, expected `null`" in "\n".join(E._worst_md(inv, 5))
+    rows = dict(E.table_rows([inv, unscored]))
+    assert rows["recipeYield (number) match"] == ["n/a", "n/a"]   # a mean over n=0 is n/a, not 0% or 100%
+    assert rows["  scored (reference has a value)"] == ["1", "0"]
+    E.write_report(tmp_path, [inv, unscored])
+    md = (tmp_path / "report.md").read_text()
+    assert "| chaotic | 0.536 (n=1 of 1); omitted 16.7%, invented 100.0%, abstained 0.0% | n/a |" in md
+
+
 def test_compare_errors(tmp_path):
     with pytest.raises(StageError, match="eval.json not found"):
         E.compare([tmp_path / "nothing"])
@@ -422,3 +582,9 @@ def test_price_check_for_tasks_that_declare_it():
     assert a["price_check"]["priced_rate"] == 0.6667
     assert "total = menu price" in E.format_table([{"name": "m", "aggregate": a}])
     assert "price_check" not in E.score_example(REF, REF, RECIPE, TEXT)
+    # an empty order has nothing to price: not a vacuous "every item on the menu"; {} is not priced at all
+    nothing = E.score_example({"items": [], "total_price": 0, "not_on_menu": []}, ref, coffee, "t")["price_check"]
+    assert nothing["priced"] is None and nothing["consistent"] is None and nothing["correct"] is False
+    assert E.score_example("{}", ref, coffee, "t")["price_check"]["priced"] is False
+    a = E.aggregate([right, E.score_example({"items": [], "total_price": 0}, ref, coffee, "t")], coffee)
+    assert a["price_check"]["priced_rate"] == 1.0 and a["price_check"]["correct_rate"] == 0.5

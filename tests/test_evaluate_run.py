@@ -157,6 +157,68 @@ def test_fake_server_end_to_end(tmp_path, dataset, capsys):
     assert "| metric | student | base |" in md and "## Adversarial cases" in md
 
 
+def test_a_model_answering_nothing_scores_zero(tmp_path, dataset, capsys):
+    """A model that answers {} to everything: valid JSON, overall 0 on a split with references,
+    no parse errors, abstentions counted only where the reference is empty, and it passes
+    exactly the adversarial cases that expect nothing."""
+    ds, rows = dataset
+    for r in rows[:2]:   # two references without times or yield: 4 empty fields each
+        r["reference"] = dict(r["reference"], prepTime=None, cookTime=None, totalTime=None, recipeYield=None)
+    write_jsonl(ds / "test.jsonl", rows)
+    out = tmp_path / "nothing"
+    with FakeOpenAIServer(lambda body: "{}") as srv:
+        assert run07("--model", f"openai:{srv.url}", "--task", "recipe", "--dataset-dir", ds, "--output-dir", out,
+                     "--no-progress") == 0
+    ev = json.loads((out / "eval.json").read_text())
+    a = ev["aggregate"]
+    assert a["n"] == a["n_scored"] == 6 and a["score"] == 0.0
+    assert a["json_valid"] == 1.0 and a["parse_errors"] == {}
+    # 6 x 7 fields: 42 - 8 with a value, all omitted; the 8 empty ones all abstained
+    assert a["outcomes"] == {"scored": 0, "omitted": 34, "hallucinated": 0, "abstained": 8, "invalid": 0}
+    assert a["missing_rate"] == 1.0 and a["abstention_rate"] == 1.0 and a["spurious_rate"] == 0.0
+    for name, f in a["fields"].items():
+        assert f["score"] == 0.0 and f["exact"] == 0.0, name
+    y = a["fields"]["recipeYield"]
+    assert (y["n"], y["n_fields"], y["abstention_rate"]) == (4, 6, 1.0)
+    assert a["fields"]["name"]["abstention_rate"] is None   # every reference has a name: nothing to abstain on
+    assert all(e["score"] == 0.0 for e in ev["examples"])
+    adv = ev["adversarial"]
+    assert (adv["n"], adv["passed"]) == (8, 3) and adv["by_kind"]["no_recipe"]["pass_rate"] == 1.0
+    assert adv["by_kind"]["missing_fields"]["passed"] == 0 and adv["by_kind"]["two_recipes"]["passed"] == 0
+    table = capsys.readouterr().out
+    assert next(line for line in table.splitlines() if line.startswith("overall score")).split()[-1] == "0.000"
+    assert "6 examples scored" in table
+
+
+def test_nothing_to_score_is_an_error(tmp_path, dataset, capsys):
+    """n=0 is an error: one clear line, exit 1, no eval.json (the saved predictions stay)."""
+    ds, rows = dataset
+    write_jsonl(ds / "test.jsonl", [r | {"reference": {k: None for k in r["reference"]}} for r in rows])
+    out = tmp_path / "o"
+    with FakeOpenAIServer(lambda body: "{}") as srv:
+        assert run07("--model", f"openai:{srv.url}", "--task", "recipe", "--dataset-dir", ds, "--output-dir", out,
+                     "--no-adversarial", "--no-progress") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: 07 ") and "test.jsonl: none of its 6 examples has a reference" in err[-1]
+        assert not (out / "eval.json").exists() and not (out / "manifest.json").exists()
+        assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
+
+        # every request failed: nothing scored either
+        srv.handler = lambda body: error(400, "context length exceeded")
+        rows = make_dataset(ds)
+        assert run07("--model", f"openai:{srv.url}", "--task", "recipe", "--dataset-dir", ds, "--output-dir",
+                     tmp_path / "o2", "--no-adversarial", "--no-progress") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "no prediction for any of its 6 examples" in err[-1] and "http_400" in err[-1]
+        assert not (tmp_path / "o2" / "eval.json").exists()
+
+    # an empty split file
+    write_jsonl(ds / "test.jsonl", [])
+    assert run07("--model", "openai:http://127.0.0.1:9/v1", "--task", "recipe", "--dataset-dir", ds,
+                 "--output-dir", tmp_path / "o3") == 1
+    assert "test.jsonl is empty" in capsys.readouterr().err
+
+
 def test_user_errors(tmp_path, dataset, capsys):
     ds, _ = dataset
     assert run07() == 1
