@@ -30,8 +30,8 @@ from .io import StageError, atomic_write_text, read_json
 REVIEW_FILE = "review.html"
 TEMPLATE = "review.html.j2"
 # Outcomes of one field; "failing" ones are what the field filter finds.
-OUTCOMES = ("match", "partial", "mismatch", "omitted", "hallucinated", "abstained")
-FAILING = {"partial", "mismatch", "omitted", "hallucinated"}
+OUTCOMES = ("match", "partial", "mismatch", "omitted", "hallucinated", "abstained", "invalid")
+FAILING = {"partial", "mismatch", "omitted", "hallucinated", "invalid"}
 # Values of these scoring/verify methods are normalised (ISO durations, scores, categories),
 # not text the input contains: they are not looked for in it (unless the field is grounded).
 _NOT_TEXT = {"minutes", "mae", "exact"}
@@ -131,11 +131,12 @@ def _load_task(name: str | None):
 
 
 def field_outcome(fr: dict) -> str:
-    """match | partial | mismatch | omitted | hallucinated | abstained, for one scored field of 07.
+    """match | partial | mismatch | omitted | hallucinated | abstained | invalid, for one scored field of 07.
 
     Uses the scorer's ``outcome`` where it gives one, else derives it the same way from
     pred_empty / ref_empty (both empty = abstained; only the prediction empty = omitted;
-    only the reference empty = hallucinated).
+    only the reference empty = hallucinated). ``invalid``: the reply was not valid JSON and
+    the reference is empty, so no abstention credit.
     """
     o = fr.get("outcome")
     if o is None:
@@ -218,9 +219,10 @@ def _eval_answer(e: dict, fields: list[str], text_fields: dict[str, bool]) -> di
         if pc.get("correct") is False:
             notes.append(f"price check: the total is not the reference's ({pc.get('reference_total')})")
     score = e.get("score")
-    return {"verdict": _eval_verdict(e), "score": score,
-            "rank": -1.0 if score is None else score,
-            "failing": sorted(n for n, c in cells.items() if c["outcome"] in FAILING),
+    failing = sorted(n for n, c in cells.items() if c["outcome"] in FAILING)
+    # Nothing to score (the reference has no value): worst when it invented or broke something.
+    rank = score if score is not None else 0.0 if failing or not e.get("json_valid") else 1.0
+    return {"verdict": _eval_verdict(e), "score": score, "rank": rank, "failing": failing,
             "cells": cells, "spans": spans, "missing": missing, "notes": notes,
             "reasoning": _clip(e.get("reasoning")),
             # The raw reply where the table cannot show it: no valid JSON, or JSON repaired.
