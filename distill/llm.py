@@ -356,19 +356,22 @@ class LLMClient:
     def _request(self, method: str, path: str, body: dict | None = None, fallback_on: Callable | None = None):
         """Send with retries. Returns (response, attempts). Raises LLMUnavailable / LLMError / _FormatRefused.
 
-        ``fallback_on(status, detail) -> bool`` marks responses that mean "response_format refused":
-        those are not retried even when they are 500s.
+        ``fallback_on(status, detail, every_attempt) -> bool`` marks responses that mean
+        "response_format refused": those are not retried even when they are 500s.
+        ``every_attempt`` is True once the retries are used up and every attempt was a 500.
         """
         attempts = 0
+        bare_500s = 0
 
         def once() -> httpx.Response:
-            nonlocal attempts
+            nonlocal attempts, bare_500s
             attempts += 1
             try:
                 return self._send(method, path, body)
             except _Transient as exc:
-                if fallback_on and exc.reason.startswith("http_5") and fallback_on(int(exc.reason[5:]), exc.detail):
+                if fallback_on and exc.reason.startswith("http_5") and fallback_on(int(exc.reason[5:]), exc.detail, False):
                     raise _FormatRefused(str(exc)) from exc
+                bare_500s += exc.reason == "http_500"
                 raise
 
         retrying = tenacity.Retrying(
@@ -383,10 +386,12 @@ class LLMClient:
         except _Transient as exc:
             if exc.unreachable:
                 raise LLMUnavailable(self._unreachable_message(exc.detail)) from None
+            if fallback_on and bare_500s == attempts and fallback_on(500, exc.detail, True):
+                raise _FormatRefused(f"http_500 on all {attempts} attempts: {exc.detail}") from None
             raise LLMError(exc.reason, exc.detail) from None
         if resp.status_code >= 400:
             detail = _error_detail(resp)
-            if fallback_on and fallback_on(resp.status_code, detail):
+            if fallback_on and fallback_on(resp.status_code, detail, False):
                 raise _FormatRefused(f"http_{resp.status_code}: {detail}")
             if resp.status_code in (401, 403):
                 raise LLMAuthError(f"{self.config.base_url} answered {method} {path} with http {resp.status_code} "
@@ -456,14 +461,17 @@ class LLMClient:
 
     def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool,
               seed: int | None = None) -> Completion:
-        def refused(status: int, detail: str) -> bool:
+        def refused(status: int, detail: str, every_attempt: bool) -> bool:
             # Only while probing: once a mode works (or was forced), errors are plain LLMErrors.
-            # Only a reply that names the format counts: a bare 500 (a server hiccup, an
-            # overloaded slot) is retried like any 5xx, or one unlucky first request would
-            # switch json_schema off for the whole run.
+            # A reply that names the format means refused. A bare 500 (a hiccup, a busy slot) is
+            # retried like any 5xx, so one unlucky first request does not switch json_schema off
+            # for the whole run; only a 500 on every attempt does (llama-cpp-python answers an
+            # unsupported response_format with a bare 500, every time).
             if not probing or mode == "prompt" or schema is None:
                 return False
-            return status in (400, 422, 500) and any(w in detail.lower() for w in _FORMAT_WORDS)
+            if status in (400, 422, 500) and any(w in detail.lower() for w in _FORMAT_WORDS):
+                return True
+            return every_attempt and status == 500 and self.config.retries > 0
 
         started = time.monotonic()
         resp, attempts = self._request("POST", "/chat/completions", self._body(messages, schema, mode, seed), refused)
@@ -519,7 +527,7 @@ class LLMClient:
             try:
                 return self._chat(messages, schema, mode, probing=True, seed=seed)
             except _FormatRefused as exc:
-                log.info("server refused response_format %s (%s); trying the next mode", mode, exc)
+                log.warning("server refused response_format %s (%s); trying the next mode", mode, exc)
         raise AssertionError("unreachable: prompt mode is never refused")
 
 
