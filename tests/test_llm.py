@@ -575,6 +575,37 @@ def _ctrl_c_run():
         assert len(srv.history) <= len(received) + 4
 
 
+def test_ctrl_c_against_a_hanging_server_returns_at_once_and_abandons_the_requests():
+    # The server sits on every request for 60 s (the client would wait up to its 60 s timeout).
+    # Ctrl-C (a real SIGINT to the main thread, blocked waiting for results) must return within a
+    # second or two, and the workers still waiting are daemon threads, so exiting the process
+    # does not wait for them either (the subprocess test in test_bad_inputs.py measures that).
+    import threading
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with FakeOpenAIServer(lambda body: hang(60)) as srv:
+            client = make_client(srv.url, timeout=60, retries=0)
+            sent = []
+
+            def ctrl_c_when_both_requests_hang():
+                while len(srv.history) < 2:
+                    time.sleep(0.01)
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+            threading.Thread(target=ctrl_c_when_both_requests_hang, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                for _ in run_concurrently(range(10), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
+                    pass
+            assert time.monotonic() - sent[0] < 3
+            workers = [t for t in threading.enumerate() if t.name.startswith("llm_")]
+            assert workers and all(t.daemon for t in workers)
+            assert len(srv.history) == 2  # nothing queued was started after Ctrl-C
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_run_stats_counts_and_summary():
     stats = RunStats()
     c = Completion("x", None, "stop", {"prompt_tokens": 10, "completion_tokens": 5}, "m", {}, "json_schema")
@@ -588,8 +619,15 @@ def test_run_stats_counts_and_summary():
     assert (stats.done, stats.skipped, stats.requests) == (2, 3, 6)
     assert stats.failed == {"timeout": 1, "length": 1, "schema_invalid": 1, "ValueError": 1}
     assert (stats.prompt_tokens, stats.completion_tokens) == (40, 20)
+    assert stats.all_failed() is None  # some succeeded
     s = stats.summary()
     assert "done 2, skipped 3, failed 4" in s and "timeout 1" in s and "6 requests" in s and "40 prompt" in s
     d = stats.as_dict()
     assert d["failed"]["length"] == 1 and d["requests"] == 6 and d["elapsed_s"] >= 0
     json.dumps(d)  # goes into manifests
+
+    nothing = RunStats()
+    assert nothing.all_failed() is None  # nothing asked: not a failure
+    nothing.fail(LLMError("timeout"))
+    nothing.fail(LLMError("timeout"))
+    assert nothing.all_failed() == "error: all 2 requests failed (timeout 2); nothing new was written"
