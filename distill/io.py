@@ -73,20 +73,16 @@ def read_json(path: str | os.PathLike) -> Any:
                          f"0x{exc.object[exc.start]:02x}): move it out of the folder") from exc
 
 
-def read_json_object(path: str | os.PathLike, *, required: tuple[str, ...] = ()) -> dict:
-    """A JSON file from a stage folder that must hold one object with the ``required`` keys.
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file from a stage folder that must hold one object.
 
-    A stray file in a stage folder (binary, not JSON, a list, a record without an id) is
-    refused with its name and the reason, never skipped silently and never a traceback:
-    the user moves it away or re-runs the stage that wrote it.
+    A stray file in a stage folder (binary, not JSON, a list) is refused with its name and
+    the reason, never skipped silently and never a traceback: the user moves it away or
+    re-runs the stage that wrote it.
     """
     obj = read_json(path)
     if not isinstance(obj, dict):
         raise StageError(f"{path}: expected a JSON object, got {type(obj).__name__}: move it out of the folder")
-    missing = [k for k in required if k not in obj]
-    if missing:
-        raise StageError(f"{path}: no {', '.join(repr(k) for k in missing)} field: not a file this pipeline "
-                         f"wrote; move it out of the folder or re-run the stage that wrote it")
     return obj
 
 
