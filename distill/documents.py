@@ -59,6 +59,8 @@ def binary_reason(data: bytes) -> str | None:
     UTF-8 file) stay far below that share.
     """
     head = data[:8192]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16 text (it has NUL bytes between the letters): save it as UTF-8 and run again"
     if b"\x00" in head:
         return "a binary file (it contains NUL bytes), not text, Markdown or HTML"
     sample = head.decode("utf-8", errors="replace")

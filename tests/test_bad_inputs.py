@@ -302,6 +302,15 @@ def test_08_binary_input_is_reported_and_never_sent(tmp_path, capsys):
     assert not (out / "scan.json").exists()
 
 
+def test_08_utf16_text_is_named_as_such():
+    from distill.documents import document_from_bytes
+
+    doc = document_from_bytes("Pancakes: 2 eggs.".encode("utf-16"), name="p", source="p.txt", suffix=".txt")
+    assert doc.text == "" and doc.error.startswith("UTF-16 text") and "save it as UTF-8" in doc.error
+    text = document_from_bytes("Crêpes: 2 œufs, 1 tasse de lait.\n".encode("utf-8"), name="c", source="c.txt")
+    assert text.error is None and text.text.startswith("Crêpes")
+
+
 def test_08_binary_stdin_prints_no_json(monkeypatch, capsys):
     import io
 
