@@ -24,7 +24,7 @@ same command skips inputs that already have <stem>.json (invalid ones are retrie
 Long inputs: when prompt + --max-new-tokens would exceed the context, the head of the input
 is kept (cut at a token boundary) so everything fits; truncated inputs are counted and flagged.
 
-A binary input (a PDF, an image: NUL bytes or mostly non-text bytes) is never sent to the model:
+A binary input (a PDF, an image: NUL bytes or control bytes) is never sent to the model:
 it is reported, and gets <stem>.error.json. Inputs with the same stem (a/post.txt, b/post.txt)
 get names from their paths (a__post_txt.json), always inside --output-dir.
 

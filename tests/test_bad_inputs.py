@@ -285,7 +285,7 @@ def test_08_binary_input_is_reported_and_never_sent(tmp_path, capsys):
     pdf = tmp_path / "scan.txt"
     pdf.write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 8)
     noisy = tmp_path / "noise.md"
-    noisy.write_bytes(bytes(range(128, 256)) * 16)  # no NUL bytes, but not text either
+    noisy.write_bytes(bytes(range(1, 256)) * 16)  # no NUL bytes, but not text either
     good = tmp_path / "post.txt"
     good.write_text("Pancakes: 2 eggs. Fry.\n")
     out = tmp_path / "out"
@@ -309,6 +309,8 @@ def test_08_utf16_text_is_named_as_such():
     assert doc.text == "" and doc.error.startswith("UTF-16 text") and "save it as UTF-8" in doc.error
     text = document_from_bytes("Crêpes: 2 œufs, 1 tasse de lait.\n".encode("utf-8"), name="c", source="c.txt")
     assert text.error is None and text.text.startswith("Crêpes")
+    greek = "Μουσακάς: 2 μελιτζάνες, κιμάς. Ψήνουμε 45 λεπτά.\n".encode("iso-8859-7")  # all bytes above 0x7F
+    assert document_from_bytes(greek, name="g", source="g.txt").error is None  # a legacy encoding is text
 
 
 def test_08_binary_stdin_prints_no_json(monkeypatch, capsys):
