@@ -288,7 +288,9 @@ def _main(args) -> int:
     elapsed = time.monotonic() - t0
     ran = counts["valid"] + counts["invalid"]
     rate = f"{ran / elapsed * 60:.1f} inputs/min" if ran and elapsed > 0 else ""
-    summary = (f"extracted {counts['valid']}/{ran} valid" + (f", {counts['invalid']} invalid ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else "")
+    no_answer = counts["invalid"] + counts["empty"] + counts["unreadable"]
+    summary = (f"extracted {counts['valid']}/{ran} valid"
+               + (f"; no valid answer for {no_answer} ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else "")
                + f"; {counts['truncated']} truncated to fit the context; {counts['skipped']} skipped (done before)"
                + (f"; {counts['empty']} empty" if counts["empty"] else "")
                + (f"; {counts['unreadable']} not text (binary)" if counts["unreadable"] else "")

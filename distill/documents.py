@@ -38,7 +38,7 @@ _HTML_SNIFF = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*(?:<!docty
 class Document:
     name: str          # output stem: the input's file stem, or "stdin"
     source: str        # where it came from (path or "-"), for messages
-    kind: str          # "text" | "markdown" | "html"
+    kind: str          # "text" | "markdown" | "html" | "binary"
     text: str          # what the model reads
     chars_in: int      # size of the raw input (characters after decoding)
     error: str | None = None  # why this input cannot be extracted from (a binary file); never sent to a model
