@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import run  # noqa: E402
+from distill.cli import non_negative_int, run  # noqa: E402
 from distill.io import SOURCE_DIR  # noqa: E402
 
 STAGE = "01_download_dataset"
@@ -47,7 +47,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="recipe", help="task folder under tasks/; picks the parser and default dataset")
     p.add_argument("--parser", default=None,
                    help="source parser: allrecipes_csv, csv or jsonl (default: the task's source.parser)")
-    p.add_argument("--limit", type=int, default=0, help="keep the first N cleaned records (0 = all)")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="keep the first N cleaned records (0 = all)")
     # Where it goes
     p.add_argument("--output-dir", type=Path, default=SOURCE_DIR, help="output directory (records.jsonl etc.)")
     p.add_argument("--list-tasks", action="store_true", help="list the available task folders and exit")
@@ -73,7 +73,7 @@ def _clear_stale(raw_dir: Path, keep: set[Path]) -> None:
 def _main(args) -> int:
     import hashlib
 
-    from distill.io import StageError, clear_manifest, run_lock, write_json, write_jsonl, write_manifest
+    from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_json, write_jsonl, write_manifest
     from distill.source import (
         DEFAULT_KAGGLE_DATASET,
         copy_file_atomic,
@@ -87,8 +87,6 @@ def _main(args) -> int:
         for name in list_tasks():
             print(name)
         return 0
-    if args.limit < 0:
-        raise StageError("--limit must be 0 (all) or more")
 
     task = load_task(args.task)
     parser_name = args.parser or task.source.get("parser") or "allrecipes_csv"
@@ -106,7 +104,7 @@ def _main(args) -> int:
     if local is not None and not local.is_file():
         raise StageError(f"{local}: no such file")
 
-    out = args.output_dir
+    out = check_output_dir(args.output_dir, STAGE, [local])
     raw_dir = out / "raw"
     with run_lock(out):
         clear_manifest(out)

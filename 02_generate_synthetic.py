@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import add_llm_args, llm_config_from_args, run  # noqa: E402
+from distill.cli import add_llm_args, llm_config_from_args, non_negative_int, positive_int, run  # noqa: E402
 from distill.io import SOURCE_DIR, SYNTHETIC_DIR  # noqa: E402
 
 
@@ -32,9 +32,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=SYNTHETIC_DIR, help="where the generated inputs go")
     p.add_argument("--task", default="recipe", help="task folder under tasks/ (see: python 01_download_dataset.py --list-tasks)")
     # How much
-    p.add_argument("--limit", type=int, default=2, help="source records to use (0 = all)")
-    p.add_argument("--skip", type=int, default=0, help="skip the first N source records")
-    p.add_argument("--per-record", type=int, default=1, help="messy inputs to write per source record")
+    p.add_argument("--limit", type=non_negative_int, default=2, help="source records to use (0 = all)")
+    p.add_argument("--skip", type=non_negative_int, default=0, help="skip the first N source records")
+    p.add_argument("--per-record", type=positive_int, default=1, help="messy inputs to write per source record")
     p.add_argument("--seed", type=int, default=42, help="seed for style choice and sampling")
     p.add_argument("--styles", default=None, metavar="NAME=W,...",
                    help="override the task's style weights, e.g. 'instagram_short=2,minimal_organized=1' "
@@ -50,18 +50,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     from distill import synth
-    from distill.io import StageError, clear_manifest, run_lock, write_jsonl, write_manifest
+    from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_jsonl, write_manifest
     from distill.llm import LLMClient, LLMError, RunStats, run_concurrently
     from distill.source import load_records
     from distill.tasks import load_task
 
+    check_output_dir(args.output_dir, "02_generate_synthetic", [args.input])
     task = load_task(args.task)
     try:
         styles = synth.reweight_styles(task.styles, args.styles)
     except ValueError as exc:
         raise StageError(str(exc)) from None
-    if args.limit < 0 or args.skip < 0 or args.per_record < 1:
-        raise StageError("--limit and --skip must be >= 0 and --per-record >= 1")
     records, _ = load_records(args.input, task.source.get("parser", "jsonl"))
     records = records[args.skip:]
     if args.limit:
@@ -119,7 +118,10 @@ def _main(args) -> int:
         if failures:
             print(f"{len(failures)} inputs failed (see {out / 'failures.jsonl'}); re-run the same command to retry them.")
         print(f"wrote {out}")
-    return 1 if failures and stats.done + stats.skipped == 0 else 0
+    if stats.all_failed():
+        print(stats.all_failed() + f" (see {out / 'failures.jsonl'})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

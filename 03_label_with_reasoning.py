@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import add_llm_args, llm_config_from_args, run  # noqa: E402
+from distill.cli import add_llm_args, llm_config_from_args, non_negative_int, run  # noqa: E402
 from distill.io import LABELED_DIR, SYNTHETIC_DIR  # noqa: E402
 
 
@@ -38,9 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dir", type=Path, default=SYNTHETIC_DIR, help="02's output directory")
     p.add_argument("--output-dir", type=Path, default=LABELED_DIR, help="where labels go")
     p.add_argument("--task", default=None, help="task name (default: the one 02 used)")
-    p.add_argument("--limit", type=int, default=0, help="inputs to label (0 = all)")
-    p.add_argument("--skip", type=int, default=0, help="skip the first N inputs (sorted by id)")
-    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+    p.add_argument("--limit", type=non_negative_int, default=0, help="inputs to label (0 = all)")
+    p.add_argument("--skip", type=non_negative_int, default=0, help="skip the first N inputs (sorted by id)")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="N",
                    help="label a style-stratified sample of N inputs, print the pass rate per field and per "
                         "style, then stop without a manifest (0 = off): check the teacher before a long run")
     p.add_argument("--seed", type=int, default=42, help="seed for sampling and the calibration sample")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     from distill import labels as labeling
-    from distill.io import StageError, clear_manifest, require_manifest, run_lock, write_manifest
+    from distill.io import StageError, check_output_dir, clear_manifest, require_manifest, run_lock, write_manifest
     from distill.llm import LLMClient, LLMError, RunStats, run_concurrently
     from distill.synth import load_synthetic
     from distill.tasks import load_task
@@ -72,6 +72,7 @@ def _main(args) -> int:
     if args.feedback_rounds < 0:
         raise StageError("--feedback-rounds must be 0 or more (0 = no feedback rounds)")
     m = require_manifest(args.input_dir, "02_generate_synthetic.py")
+    check_output_dir(args.output_dir, "03_label_with_reasoning", [args.input_dir])
     task = load_task(args.task or m.get("task", "recipe"))
     rows = [r for r in load_synthetic(args.input_dir) if r.get("task", task.name) == task.name]
     rows = rows[args.skip:]
@@ -123,12 +124,18 @@ def _main(args) -> int:
             print(f"review page: {write_label_review(out, [it.row for it in items], task)}")
         if args.calibrate:
             print("calibration only: no manifest written. Fix the prompt if pass rates are low, then run without --calibrate.")
+            if stats.all_failed():
+                print(stats.all_failed(), file=sys.stderr)
+                return 1
             return 0
         write_manifest(out, "03_label_with_reasoning", vars(args) | {"api_key": "***"},
                        {"inputs": len(items), "labeled_now": len(todo), "skipped": stats.skipped, **report["verdicts"],
                         "rejected_by_reason": report["rejected_by_reason"], "requests": stats.as_dict()},
                        task=task.name, task_fingerprint=task.fingerprint(), report=report)
         print(f"wrote {out}")
+    if stats.all_failed():
+        print(stats.all_failed() + f" (the failed labels in {out} say why; a re-run retries them)", file=sys.stderr)
+        return 1
     return 0
 
 

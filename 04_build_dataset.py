@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import run  # noqa: E402
+from distill.cli import non_negative_int, run  # noqa: E402
 from distill.io import DATASET_DIR, LABELED_DIR, SYNTHETIC_DIR  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="keep the teacher's reasoning as <think>...</think> before the JSON, or train on JSON alone")
     p.add_argument("--dedupe-threshold", type=float, default=95.0,
                    help="drop an input whose text is this similar (0-100, rapidfuzz ratio) to an earlier one; 100 = exact only")
-    p.add_argument("--limit", type=int, default=0, help="use at most N accepted examples (0 = all)")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="use at most N accepted examples (0 = all)")
     p.add_argument("--tokenizer", default=None,
                    help="local HF tokenizer folder for real token-length percentiles (default: chars/4 estimate)")
     return p
@@ -52,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     from distill import dataset as D
-    from distill.io import (StageError, clear_manifest, read_json, require_manifest, run_lock, write_json,
-                            write_jsonl, write_manifest)
+    from distill.io import (StageError, check_output_dir, clear_manifest, read_json_object, require_manifest,
+                            run_lock, write_json, write_jsonl, write_manifest)
     from distill.synth import load_synthetic
     from distill.tasks import load_task
 
     fractions = D.parse_split(args.split)
     require_manifest(args.synthetic_dir, "02_generate_synthetic.py")
     lm = require_manifest(args.labeled_dir, "03_label_with_reasoning.py")
+    check_output_dir(args.output_dir, "04_build_dataset", [args.synthetic_dir, args.labeled_dir])
     task = load_task(args.task or lm.get("task", "recipe"))
     synthetic = {r["id"]: r for r in load_synthetic(args.synthetic_dir)}
 
@@ -69,9 +70,12 @@ def _main(args) -> int:
     for p in sorted(args.labeled_dir.glob("*.json")):
         if p.name == "manifest.json":
             continue
-        lab = read_json(p)
+        lab = read_json_object(p)
         if "verdict" not in lab:
             continue
+        if "id" not in lab:
+            raise StageError(f"{p}: a label without an \"id\": cannot pair it with its input; move it out of "
+                             f"the folder or re-run 03_label_with_reasoning.py")
         if lab["id"] not in synthetic:
             orphans += 1
             continue

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import run  # noqa: E402
+from distill.cli import check_train_dirs, run  # noqa: E402
 from distill.train.config import add_config_args, config_from_args  # noqa: E402
 
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def _main() -> int:
         cfg = config_from_args(args)
+        check_train_dirs(cfg)
         from distill.chain import chain_task_for, train_chain
 
         chained = chain_task_for(cfg.dataset_dir, args.chain)

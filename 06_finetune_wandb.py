@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import run  # noqa: E402
+from distill.cli import check_train_dirs, run  # noqa: E402
 from distill.io import StageError  # noqa: E402
 from distill.train.config import add_config_args, config_from_args, config_from_mapping  # noqa: E402
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
 
     def _main() -> int:
-        config_from_args(args)  # reject bad flags before anything starts
+        check_train_dirs(config_from_args(args))  # reject bad flags and folders before anything starts
         if args.sweep_id:
             if args.wandb_mode in ("disabled", "offline"):
                 raise StageError("--sweep-id needs W&B online (the sweep controller is on the server): "

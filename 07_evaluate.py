@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import add_model_args, run  # noqa: E402
+from distill.cli import add_model_args, non_negative_int, run  # noqa: E402
 from distill.io import DATASET_DIR  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset-dir", type=Path, default=DATASET_DIR, help="04's output")
     g.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split to evaluate")
-    g.add_argument("--limit", type=int, default=0,
+    g.add_argument("--limit", type=non_negative_int, default=0,
                    help="evaluate N examples, spread evenly over styles (0 = the whole split)")
     adv = g.add_mutually_exclusive_group()
     adv.add_argument("--adversarial", dest="adversarial", action="store_true", default=None,

@@ -25,7 +25,13 @@ same command skips inputs that already have <stem>.json (invalid ones are retrie
 Long inputs: when prompt + --max-new-tokens would exceed the context, the head of the input
 is kept (cut at a token boundary) so everything fits; truncated inputs are counted and flagged.
 
-Exit code: 0 all answers valid, 1 usage error, 2 some inputs gave no valid answer.
+A binary input (a PDF, an image: NUL bytes or control bytes) is never sent to the model:
+it is reported, and gets <stem>.error.json. Inputs with the same stem (a/post.txt, b/post.txt)
+get names from their paths (a__post_txt.json), always inside --output-dir.
+
+Exit code: 0 every input gave a valid answer; 1 a usage error (one line on stderr, nothing
+extracted); 2 argparse rejected the flags; 2 also when some inputs gave no valid answer
+(invalid, empty or binary; the others are written); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -39,7 +45,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from distill.cli import add_model_args, run  # noqa: E402
-from distill.io import StageError, atomic_write_text, clear_manifest, read_json, run_lock, write_json, write_manifest  # noqa: E402
+from distill.io import (StageError, atomic_write_text, check_output_dir, clear_manifest, read_json, run_lock,  # noqa: E402
+                        write_json, write_manifest)
 
 RUN_STATE = ".extract_run.json"
 
@@ -197,6 +204,8 @@ def _main(args) -> int:
     if args.review:
         from distill.review import check_extract_review
         check_extract_review(args.output_dir, args.input_dir)
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir, "08_extract", [args.input_dir])
     docs = collect_inputs(args)
     if len(docs) > 1 and args.output_dir is None:
         raise StageError(f"{len(docs)} inputs: pass --output-dir (stdout takes a single input)")
@@ -218,13 +227,15 @@ def _main(args) -> int:
         if not args.overwrite:
             skipped = [d for d in docs if (out / f"{d.name}.json").exists()]
             todo = [d for d in docs if not (out / f"{d.name}.json").exists()]
-    empty = [d for d in todo if not d.text.strip()]
-    todo = [d for d in todo if d.text.strip()]
+    unreadable = [d for d in todo if d.error]
+    empty = [d for d in todo if not d.error and not d.text.strip()]
+    todo = [d for d in todo if not d.error and d.text.strip()]
 
     import contextlib
 
     lock = run_lock(out) if out is not None else contextlib.nullcontext()
-    counts = {"inputs": len(docs), "skipped": len(skipped), "empty": len(empty), "valid": 0, "invalid": 0,
+    counts = {"inputs": len(docs), "skipped": len(skipped), "empty": len(empty), "unreadable": len(unreadable),
+              "valid": 0, "invalid": 0,
               "truncated": 0, "repaired": 0}
     reasons: dict[str, int] = {}
     t0 = time.monotonic()
@@ -240,6 +251,12 @@ def _main(args) -> int:
             print(f"model: {args.model} ({pred.info.get('backend')}, {pred.info.get('kind')}); task {pred.task.name}; "
                   f"{len(todo)} to extract" + (f", {len(skipped)} already done" if skipped else "")
                   + (f"; context {pred.info['context']} tokens" if pred.info.get("context") else ""), file=sys.stderr)
+            for doc in unreadable:
+                reasons["binary_input"] = reasons.get("binary_input", 0) + 1
+                print(f"{doc.source}: not extracted: {doc.error}", file=sys.stderr)
+                if out is not None:
+                    write_json(out / f"{doc.name}.error.json", {"source": doc.source, "error": "binary_input",
+                                                                "detail": doc.error})
             for doc in empty:
                 reasons["empty_input"] = reasons.get("empty_input", 0) + 1
                 print(f"{doc.source}: no text to extract (empty, or a page without readable text)", file=sys.stderr)
@@ -278,9 +295,13 @@ def _main(args) -> int:
     elapsed = time.monotonic() - t0
     ran = counts["valid"] + counts["invalid"]
     rate = f"{ran / elapsed * 60:.1f} inputs/min" if ran and elapsed > 0 else ""
-    summary = (f"extracted {counts['valid']}/{ran} valid" + (f", {counts['invalid']} invalid ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else "")
+    no_answer = counts["invalid"] + counts["empty"] + counts["unreadable"]
+    summary = (f"extracted {counts['valid']}/{ran} valid"
+               + (f"; no valid answer for {no_answer} ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else "")
                + f"; {counts['truncated']} truncated to fit the context; {counts['skipped']} skipped (done before)"
-               + (f"; {counts['empty']} empty" if counts["empty"] else "") + (f" | {elapsed:.1f}s, {rate}" if rate else ""))
+               + (f"; {counts['empty']} empty" if counts["empty"] else "")
+               + (f"; {counts['unreadable']} not text (binary)" if counts["unreadable"] else "")
+               + (f" | {elapsed:.1f}s, {rate}" if rate else ""))
     print(summary, file=sys.stderr)
     if args.review:
         from distill.review import write_extract_review
@@ -288,7 +309,7 @@ def _main(args) -> int:
     if out is not None:
         write_manifest(out, "08_extract", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                        counts, reasons=reasons, backend=pred.info, elapsed_s=round(elapsed, 2))
-    return 0 if counts["invalid"] == 0 and counts["empty"] == 0 else 2
+    return 0 if counts["invalid"] == counts["empty"] == counts["unreadable"] == 0 else 2
 
 
 if __name__ == "__main__":

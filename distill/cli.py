@@ -4,15 +4,58 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 from .io import StageError
 
 
+# argparse types: a bad value becomes argparse's one-line "error: argument --x: ..." and exit 2.
+
+def non_negative_int(text: str) -> int:
+    """0 or more (``--limit``/``--skip``: a negative value would silently take a tail)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
+def http_url(text: str) -> str:
+    """An http(s) URL with a host: ``localhost:1234/v1`` is refused with the fix, not sent to httpx."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        hint = f"; did you mean http://{text.strip()}" if "://" not in text else ""
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}{hint}")
+    return text.strip()
+
+
 def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) -> None:
     g = p.add_argument_group("teacher server (any OpenAI-compatible endpoint)")
-    g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://localhost:1234/v1"),
+    g.add_argument("--base-url", type=http_url, default=os.environ.get("OPENAI_BASE_URL", "http://localhost:1234/v1"),
                    help="server URL: LM Studio http://localhost:1234/v1 (default), Ollama http://localhost:11434/v1, "
                         "vLLM http://localhost:8000/v1, llama-server http://localhost:8080/v1")
     g.add_argument("--model", default="",
@@ -20,15 +63,15 @@ def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) 
     g.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "lm-studio"),
                    help="API key (default: $OPENAI_API_KEY, else 'lm-studio'; local servers ignore it)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    g.add_argument("--max-tokens", type=int, default=default_max_tokens,
+    g.add_argument("--max-tokens", type=positive_int, default=default_max_tokens,
                    help="token limit per reply; a reply cut off at the limit is rejected, not used")
-    g.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one reply")
-    g.add_argument("--retries", type=int, default=4,
+    g.add_argument("--timeout", type=positive_float, default=300.0, help="seconds to wait for one reply")
+    g.add_argument("--retries", type=non_negative_int, default=4,
                    help="retries per request on connection errors, timeouts, 429 and 5xx (exponential backoff)")
     g.add_argument("--extra-body", type=json.loads, default={}, metavar="JSON",
                    help="extra request fields for server-specific sampling, e.g. '{\"repeat_penalty\": 1.15}' "
                         "for llama.cpp (small teachers loop without it)")
-    g.add_argument("--concurrency", type=int, default=4,
+    g.add_argument("--concurrency", type=positive_int, default=4,
                    help="requests in flight at once; match the server's parallel slots (llama-server -np)")
 
 
@@ -61,8 +104,45 @@ def llm_config_from_args(args: argparse.Namespace, seed: int | None = None):
                      retries=args.retries, concurrency=args.concurrency, seed=seed, extra_body=args.extra_body)
 
 
+def check_train_dirs(cfg) -> None:
+    """05/06: the adapter folder replaces ``--save-dir`` at the end, so it must not be the dataset,
+    another stage's folder, or a folder of the user's own files."""
+    from pathlib import Path
+
+    from .io import MANIFEST, check_output_dir
+
+    check_output_dir(cfg.save_dir, "05_finetune", [cfg.dataset_dir], flag="--save-dir")
+    check_output_dir(cfg.output_dir, "05_finetune", [cfg.dataset_dir], flag="--output-dir")
+    save = Path(cfg.save_dir)
+    ours = (MANIFEST, "distill_config.json", "chain.json")
+    if save.is_dir() and any(save.iterdir()) and not any((save / f).exists() for f in ours):
+        raise StageError(f"--save-dir {save} holds files 05_finetune.py did not write, and training replaces that "
+                         f"folder: pick a new or empty folder")
+
+
+def _exit_now(signum, frame) -> None:
+    # The second Ctrl-C: the user wants out now, not after cleanup or a traceback.
+    os.write(2, b"\ninterrupted again: exiting now\n")
+    os._exit(130)
+
+
+def _first_interrupt(signum, frame) -> None:
+    signal.signal(signal.SIGINT, _exit_now)
+    raise KeyboardInterrupt
+
+
 def run(main_fn: Callable[[], int]) -> int:
-    """Run a stage: user errors become one line on stderr and exit code 1."""
+    """Run a stage: user errors become one line on stderr and exit code 1.
+
+    Ctrl-C stops at once (requests in flight are abandoned on daemon threads and retried by
+    the next run) with exit code 130; a second Ctrl-C during the cleanup exits immediately.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    # Installed only when Python's own handler is active: a SIGINT ignored by the parent
+    # (nohup, a background job) stays ignored.
+    if main_thread and previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _first_interrupt)
     try:
         return main_fn()
     except StageError as exc:
@@ -72,3 +152,6 @@ def run(main_fn: Callable[[], int]) -> int:
         print("\ninterrupted: everything finished so far is saved; re-run the same command to resume.",
               file=sys.stderr)
         return 130
+    finally:
+        if main_thread and previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)

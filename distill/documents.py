@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -37,9 +38,10 @@ _HTML_SNIFF = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*(?:<!docty
 class Document:
     name: str          # output stem: the input's file stem, or "stdin"
     source: str        # where it came from (path or "-"), for messages
-    kind: str          # "text" | "markdown" | "html"
+    kind: str          # "text" | "markdown" | "html" | "binary"
     text: str          # what the model reads
     chars_in: int      # size of the raw input (characters after decoding)
+    error: str | None = None  # why this input cannot be extracted from (a binary file); never sent to a model
 
 
 def _decode(data: bytes) -> str:
@@ -47,6 +49,26 @@ def _decode(data: bytes) -> str:
     # replacement characters rather than refused, since a stray byte should not lose a file.
     text = data.decode("utf-8-sig", errors="replace")
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def binary_reason(data: bytes) -> str | None:
+    """Why ``data`` is not text (a PDF, an image, an archive), or None for text.
+
+    NUL bytes never occur in text files (UTF-16, which has them, is named as such). Without
+    them, control bytes (below 0x20, other than whitespace and ESC) give binary data away: about
+    one byte in ten of compressed or random data, none in text. Bytes above 0x7F are not counted:
+    text in a legacy 8-bit encoding (cp1252, ISO-8859-7 Greek) is full of them.
+    """
+    head = data[:8192]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16 text (it has NUL bytes between the letters): save it as UTF-8 and run again"
+    if b"\x00" in head:
+        return "a binary file (it contains NUL bytes), not text, Markdown or HTML"
+    control = sum(1 for b in head if b < 0x20 and b not in b"\t\n\r\f\v\x1b") + head.count(0x7F)
+    if head and control / len(head) > 0.03:
+        return (f"a binary file ({control} of its first {len(head)} bytes are control bytes), "
+                f"not text, Markdown or HTML")
+    return None
 
 
 def sniff_kind(data: bytes, suffix: str = "") -> str:
@@ -83,6 +105,9 @@ def html_to_text(html: bytes | str) -> str:
 
 
 def document_from_bytes(data: bytes, *, name: str, source: str, suffix: str = "") -> Document:
+    why = binary_reason(data)
+    if why is not None:
+        return Document(name=name, source=source, kind="binary", text="", chars_in=len(data), error=why)
     kind = sniff_kind(data, suffix)
     if kind == "html":
         raw = _decode(data)
@@ -120,17 +145,24 @@ def list_input_dir(input_dir: str | Path) -> tuple[list[Path], list[Path]]:
 
 def output_names(paths: Iterable[Path], root: Path | None = None) -> dict[Path, str]:
     """Output stem per input: the file stem; inputs with clashing stems (a.txt and a.html, or
-    sub/a.txt) get their relative path with separators and suffix folded in, so none overwrites another."""
+    sub/a.txt) get their relative path with separators and suffix folded in, so none overwrites another.
+
+    The path is relative to ``root`` (the input folder) or, for files named on the command line,
+    to the deepest folder holding all the clashing ones: an absolute path never becomes a name
+    starting with ``/``, which would put the output outside the output folder.
+    """
     paths = list(paths)
     stems: dict[str, int] = {}
     for p in paths:
         stems[p.stem] = stems.get(p.stem, 0) + 1
+    clashing = [p.resolve() for p in paths if stems[p.stem] > 1]
+    base = Path(os.path.commonpath([p.parent for p in clashing])) if root is None and clashing else None
     names = {}
     for p in paths:
         if stems[p.stem] == 1:
             names[p] = p.stem
         else:
-            rel = p.relative_to(root) if root is not None else p
+            rel = p.relative_to(root) if root is not None else p.resolve().relative_to(base)
             names[p] = "__".join(rel.parts[:-1] + (f"{p.stem}.{p.suffix.lstrip('.')}",)).replace(".", "_") \
                 if p.suffix else "__".join(rel.parts)
     return names

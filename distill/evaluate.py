@@ -1059,7 +1059,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     """
     from .chain import is_chain_dir, load_chain_predictor
     from .infer import load_predictor
-    from .io import clear_manifest, read_manifest, run_lock, stable_hash, write_manifest
+    from .io import check_output_dir, clear_manifest, read_manifest, run_lock, stable_hash, write_manifest
 
     spec = str(spec)
     if limit < 0:
@@ -1077,7 +1077,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     cases = load_adversarial(adv_path, task_obj) if adversarial else []
 
     name = name or default_name(spec, model_id)
-    out_dir = Path(output_dir) if output_dir else Path("reports") / name
+    out_dir = check_output_dir(Path(output_dir) if output_dir else Path("reports") / name, "07_evaluate", [dataset_dir])
     concurrency = concurrency or default_concurrency(spec)
     fp = model_fingerprint(spec, model_id)
     template = (dcfg or {}).get("chat_template")
@@ -1175,10 +1175,11 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
 
 def run_compare(dirs: list[str | Path], output_dir: str | Path) -> list[dict]:
     """--compare: one table, report and plots from earlier runs, written to output_dir."""
-    from .io import write_manifest
+    from .io import check_output_dir, write_manifest
 
     if len(dirs) < 1:
         raise StageError("--compare needs at least one run folder")
+    check_output_dir(output_dir, "07_evaluate_compare", dirs)
     evals = compare(dirs)
     write_report(output_dir, evals, title="Comparison: " + " vs ".join(str(e.get("name")) for e in evals))
     write_json(Path(output_dir) / "compare.json",

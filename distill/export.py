@@ -11,10 +11,12 @@ must answer a prompt rendered with the training chat template.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from distill.io import StageError
 
@@ -87,6 +89,42 @@ def check_gguf(gguf: str | Path, messages: list[dict], template_tok=None, max_to
         raise StageError(f"{gguf}: llama-server loaded the GGUF but generated nothing")
     print(f"GGUF check: llama-server answered {n} tokens: {text[:120]!r}")
     return text
+
+
+def export_gguf_preferring(native: Callable[[Path], None] | None, merged_dir: str | Path, out_dir: str | Path,
+                           quant: str, *, why_not: str | None = None, env: dict[str, str] | None = None,
+                           who: str = "Unsloth") -> Path:
+    """A training library's own GGUF exporter (``native(out_dir)``), else llama.cpp's converter.
+
+    The converter on the merged folder is used when ``native`` is None (``why_not`` says why),
+    raises, or writes no ``.gguf``; each fallback prints one ``note:`` line with the reason,
+    so a run never switches exporters silently. ``env`` is set only while ``native`` runs.
+    """
+    out_dir = Path(out_dir)
+    if native is not None:
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        try:
+            native(out_dir)
+            found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
+            if found:
+                # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
+                for extra in out_dir.iterdir():
+                    if extra.is_dir():
+                        shutil.rmtree(extra, ignore_errors=True)
+                return found[-1]
+            why_not = "wrote no .gguf"
+        except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
+            why_not = f"failed ({type(exc).__name__}: {str(exc)[:200]})"
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    print(f"note: {who}'s GGUF exporter not used: {why_not or 'not available'}; exporting with llama.cpp's "
+          f"converter from {merged_dir}", file=sys.stderr)
+    return export_gguf(merged_dir, out_dir, quant)
 
 
 def unsloth_env() -> dict[str, str] | None:

@@ -405,13 +405,15 @@ class Predictor:
                 bar.close()
             return
         # Servers: a bounded thread pool, results in completion order (each one can be written at once).
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        from .llm import DaemonPool  # daemon workers: Ctrl-C does not wait for replies in flight
 
         n = self.backend.batch
         pending: dict = {}
         source = iter(items)
         bar = tqdm(total=len(items), desc=desc, unit="input", disable=not progress, dynamic_ncols=True)
-        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="infer")
+        pool = DaemonPool(n, thread_name_prefix="infer")
         try:
             def fill() -> None:
                 while len(pending) < 2 * n:
@@ -431,7 +433,7 @@ class Predictor:
         finally:
             for fut in pending:
                 fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
             bar.close()
 
     def predict(self, texts: list[str], progress: bool = True) -> list[Prediction]:

@@ -68,6 +68,22 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise StageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except UnicodeDecodeError as exc:
+        raise StageError(f"{path}: not a UTF-8 text file (a binary file? byte {exc.start} is "
+                         f"0x{exc.object[exc.start]:02x}): move it out of the folder") from exc
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file from a stage folder that must hold one object.
+
+    A stray file in a stage folder (binary, not JSON, a list) is refused with its name and
+    the reason, never skipped silently and never a traceback: the user moves it away or
+    re-runs the stage that wrote it.
+    """
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise StageError(f"{path}: expected a JSON object, got {type(obj).__name__}: move it out of the folder")
+    return obj
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
@@ -143,6 +159,48 @@ def require_manifest(stage_dir: str | os.PathLike, producer: str) -> dict:
             f"Re-run {producer} (it resumes) before this stage."
         )
     return m
+
+
+def check_output_dir(out: str | os.PathLike, stage: str, inputs: Iterable[str | os.PathLike | None] = (),
+                     *, flag: str = "--output-dir") -> Path:
+    """Refuse an output folder that would lose data, before anything is written.
+
+    * it exists and is not a folder;
+    * it is one of the ``inputs`` (03 writing its labels over 02's inputs), contains an input
+      folder or file, or lies inside an input folder (a re-run would read its own outputs);
+    * it holds another stage's ``manifest.json`` (03 pointed at 01's folder).
+
+    ``stage`` is the name this stage writes into its manifest; a folder holding that
+    stage's own manifest is a re-run and is fine.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"{flag} {out} is a file, not a folder: give a folder path")
+    if out.is_symlink() and not out.exists():
+        raise StageError(f"{flag} {out} is a broken symlink")
+    ro = out.resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        ri = Path(inp).resolve()
+        if ri == ro:
+            raise StageError(f"{flag} {out} is this stage's input {inp}: its files would be overwritten; "
+                             f"pick another {flag}")
+        if ro in ri.parents:
+            raise StageError(f"{flag} {out} contains this stage's input {inp}: pick a folder outside it")
+        if ri.is_dir() and ri in ro.parents:
+            raise StageError(f"{flag} {out} is inside this stage's input folder {inp}: a re-run would read "
+                             f"its own outputs as inputs; pick a folder outside it")
+    p = out / MANIFEST
+    if p.is_file():
+        try:
+            other = json.loads(p.read_text(encoding="utf-8")).get("stage")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            other = "an unknown stage"
+        if other != stage:
+            raise StageError(f"{flag} {out} holds the output of {other} (its {MANIFEST}): "
+                             f"pick another {flag}, this stage would write over it")
+    return out
 
 
 def clear_manifest(stage_dir: str | os.PathLike) -> None:

@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import re
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -88,6 +89,10 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
+        if not re.match(r"https?://[^/]", self.base_url):
+            raise StageError(f"base URL {self.base_url!r} needs http:// or https://, e.g. http://localhost:1234/v1")
+        if not self.timeout > 0:
+            raise StageError(f"timeout must be above 0 seconds, got {self.timeout}")
         if self.response_format != "auto" and self.response_format not in RESPONSE_FORMATS:
             raise StageError(
                 f"response_format must be auto or one of {', '.join(RESPONSE_FORMATS)}, got {self.response_format!r}"
@@ -129,6 +134,15 @@ class LLMUnavailable(StageError):
 
     It is a StageError, so a script that lets it propagate prints one ``error: ...`` line.
     """
+
+
+class LLMAuthError(LLMUnavailable):
+    """The server refused the API key (401/403). Every request would fail the same way, so the
+    stage stops with one line instead of counting each item as a failure."""
+
+
+class LLMBadModelList(LLMUnavailable):
+    """GET /models answered, but not with an OpenAI model list (``{"data": null}``, HTML, ...)."""
 
 
 class _Transient(Exception):
@@ -225,6 +239,43 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def _parse_chat_response(resp: httpx.Response) -> tuple[dict, dict, dict]:
+    """(data, choices[0], message) of a chat completion; anything else is a ``bad_response`` LLMError
+    naming what was wrong (never a TypeError deep in the parsing)."""
+    def bad(why: str) -> LLMError:
+        return LLMError("bad_response", f"{why}: {resp.text[:200]!r}")
+
+    try:
+        data = resp.json()
+    except ValueError:
+        raise bad("not JSON") from None
+    if not isinstance(data, dict):
+        raise bad("not a chat completion object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise bad("no choices in the reply")
+    choice = choices[0]
+    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        raise bad("choices[0] has no message")
+    message = choice["message"]
+    content = message.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        raise bad(f"message content is a {type(content).__name__}, not text")
+    for key in ("reasoning_content", "reasoning"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            message = {k: v for k, v in message.items() if k != key}  # a non-text reasoning field is ignored
+    if not isinstance(data.get("usage") or {}, dict):
+        data = data | {"usage": {}}
+    return data, choice, message
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0  # a server's odd usage field must not fail an answer that arrived
+
+
 class LLMClient:
     """A thread-safe client for one OpenAI-compatible server. Share one per stage run."""
 
@@ -305,19 +356,22 @@ class LLMClient:
     def _request(self, method: str, path: str, body: dict | None = None, fallback_on: Callable | None = None):
         """Send with retries. Returns (response, attempts). Raises LLMUnavailable / LLMError / _FormatRefused.
 
-        ``fallback_on(status, detail) -> bool`` marks responses that mean "response_format refused":
-        those are not retried even when they are 500s.
+        ``fallback_on(status, detail, every_attempt) -> bool`` marks responses that mean
+        "response_format refused": those are not retried even when they are 500s.
+        ``every_attempt`` is True once the retries are used up and every attempt was a 500.
         """
         attempts = 0
+        bare_500s = 0
 
         def once() -> httpx.Response:
-            nonlocal attempts
+            nonlocal attempts, bare_500s
             attempts += 1
             try:
                 return self._send(method, path, body)
             except _Transient as exc:
-                if fallback_on and exc.reason.startswith("http_5") and fallback_on(int(exc.reason[5:]), exc.detail):
+                if fallback_on and exc.reason.startswith("http_5") and fallback_on(int(exc.reason[5:]), exc.detail, False):
                     raise _FormatRefused(str(exc)) from exc
+                bare_500s += exc.reason == "http_500"
                 raise
 
         retrying = tenacity.Retrying(
@@ -332,13 +386,16 @@ class LLMClient:
         except _Transient as exc:
             if exc.unreachable:
                 raise LLMUnavailable(self._unreachable_message(exc.detail)) from None
+            if fallback_on and bare_500s == attempts and fallback_on(500, exc.detail, True):
+                raise _FormatRefused(f"http_500 on all {attempts} attempts: {exc.detail}") from None
             raise LLMError(exc.reason, exc.detail) from None
         if resp.status_code >= 400:
             detail = _error_detail(resp)
-            if fallback_on and fallback_on(resp.status_code, detail):
+            if fallback_on and fallback_on(resp.status_code, detail, False):
                 raise _FormatRefused(f"http_{resp.status_code}: {detail}")
             if resp.status_code in (401, 403):
-                detail += " (check the API key: --api-key or OPENAI_API_KEY)"
+                raise LLMAuthError(f"{self.config.base_url} answered {method} {path} with http {resp.status_code} "
+                                   f"({detail}): check --api-key (or OPENAI_API_KEY)")
             raise LLMError(f"http_{resp.status_code}", detail)
         return resp, attempts
 
@@ -349,12 +406,15 @@ class LLMClient:
         resp, _ = self._request("GET", "/models")
         try:
             data = resp.json().get("data", [])
-            return [m["id"] for m in data if isinstance(m, dict) and "id" in m]
-        except (ValueError, AttributeError) as exc:
-            raise LLMUnavailable(
-                f"{self.config.base_url}/models did not return an OpenAI model list — is this an OpenAI-compatible "
-                f"base URL (usually ending in /v1)?"
-            ) from exc
+        except (ValueError, AttributeError):
+            data = None
+        if not isinstance(data, list):
+            # {"data": null} (some proxies with nothing loaded), a bare list, HTML from a web UI ...
+            raise LLMBadModelList(
+                f"{self.config.base_url}/models did not return an OpenAI model list ({resp.text[:100]!r}) — is this "
+                f"an OpenAI-compatible base URL (usually ending in /v1), and is a model loaded? Or pass --model"
+            )
+        return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     def ping(self) -> list[str]:
         """Check the server at stage start; picks the first listed model when none was configured.
@@ -365,6 +425,12 @@ class LLMClient:
         """
         try:
             ids = self.models()
+        except LLMBadModelList as exc:
+            if not self.model:
+                raise
+            # The server is up and --model names what to ask for: the list is not needed.
+            log.warning("%s", exc)
+            return []
         except LLMError as exc:
             raise LLMUnavailable(
                 f"{self.config.base_url} answered GET /models with {exc} — is the base URL right "
@@ -395,24 +461,21 @@ class LLMClient:
 
     def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool,
               seed: int | None = None) -> Completion:
-        def refused(status: int, detail: str) -> bool:
+        def refused(status: int, detail: str, every_attempt: bool) -> bool:
             # Only while probing: once a mode works (or was forced), errors are plain LLMErrors.
+            # A reply that names the format means refused. A bare 500 (a hiccup, a busy slot) is
+            # retried like any 5xx, so one unlucky first request does not switch json_schema off
+            # for the whole run; only a 500 on every attempt does (llama-cpp-python answers an
+            # unsupported response_format with a bare 500, every time).
             if not probing or mode == "prompt" or schema is None:
                 return False
             if status in (400, 422, 500) and any(w in detail.lower() for w in _FORMAT_WORDS):
                 return True
-            # llama-cpp-python answers an unsupported response_format with a bare 500; while we
-            # don't know the server's mode yet, a 500 moves on to the next mode instead of retrying.
-            return status == 500
+            return every_attempt and status == 500 and self.config.retries > 0
 
         started = time.monotonic()
         resp, attempts = self._request("POST", "/chat/completions", self._body(messages, schema, mode, seed), refused)
-        try:
-            data = resp.json()
-            choice = data["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise LLMError("bad_response", f"not a chat completion: {resp.text[:200]!r}") from None
+        data, choice, message = _parse_chat_response(resp)
         if schema is not None and probing and self._mode is None:
             self._mode = mode  # the server accepted this response_format: remember it
         reasoning, content = split_reasoning(message)
@@ -422,8 +485,8 @@ class LLMClient:
             reasoning=reasoning,
             finish_reason=choice.get("finish_reason"),
             usage={
-                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "completion_tokens": int(usage.get("completion_tokens") or 0),
+                "prompt_tokens": _count(usage.get("prompt_tokens")),
+                "completion_tokens": _count(usage.get("completion_tokens")),
             },
             model=data.get("model"),
             raw=data,
@@ -464,7 +527,7 @@ class LLMClient:
             try:
                 return self._chat(messages, schema, mode, probing=True, seed=seed)
             except _FormatRefused as exc:
-                log.info("server refused response_format %s (%s); trying the next mode", mode, exc)
+                log.warning("server refused response_format %s (%s); trying the next mode", mode, exc)
         raise AssertionError("unreachable: prompt mode is never refused")
 
 
@@ -472,6 +535,55 @@ class LLMClient:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class DaemonPool:
+    """A minimal thread pool (``submit`` -> ``Future``) whose workers are daemon threads.
+
+    ``ThreadPoolExecutor`` joins its workers when the interpreter exits, so after Ctrl-C a stage
+    would sit there until every in-flight request answered or hit ``--timeout``. Daemon workers
+    are abandoned instead: their replies were never written, so the next run retries exactly
+    those items.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "worker"):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{thread_name_prefix}_{i}", daemon=True)
+                         for i in range(max(1, int(max_workers)))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> "Future[R]":
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def shutdown(self) -> None:
+        """Cancel work not yet started and let the workers end; never waits for running work."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
 
 
 def run_concurrently(
@@ -487,15 +599,15 @@ def run_concurrently(
     At most ``2 * concurrency`` items are submitted ahead, so a huge or lazy ``items`` is fine.
     An exception of a ``fatal`` type (default: server unreachable) stops the run and is raised.
     On Ctrl-C, a fatal error or the caller leaving the loop, work not yet started is cancelled;
-    requests already in flight finish in the background (at most one client timeout) and their
-    results are dropped — everything yielded before is already in the caller's hands.
+    requests already in flight are abandoned on daemon threads (the process can exit at once)
+    and their results dropped — everything yielded before is already in the caller's hands.
     """
     from tqdm.auto import tqdm  # imported here: only stages with long loops need it
 
     concurrency = max(1, int(concurrency))
     total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
     source = iter(items)
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
+    pool = DaemonPool(concurrency, thread_name_prefix="llm")
     pending: dict[Future, T] = {}
     bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True)
 
@@ -524,7 +636,7 @@ def run_concurrently(
     finally:
         for fut in pending:
             fut.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown()
         bar.close()
 
 
@@ -586,6 +698,15 @@ class RunStats:
             "elapsed_s": round(self.elapsed, 2),
             "requests_per_s": round(self.requests_per_s, 3),
         }
+
+    def all_failed(self) -> str | None:
+        """One line for stderr when this run asked for something and every item failed, else None:
+        such a stage exits non-zero (a pass where nothing worked is not a finished stage)."""
+        failed = sum(self.failed.values())
+        if self.done or not failed:
+            return None
+        reasons = ", ".join(f"{r} {n}" for r, n in self.failed.most_common())
+        return f"error: all {failed} requests failed ({reasons}); nothing new was written"
 
     def summary(self) -> str:
         failed = sum(self.failed.values())

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import read_json, stable_hash, write_json
+from .io import read_json, read_json_object, stable_hash, write_json
 from .tasks import Style, Task
 
 
@@ -127,7 +127,7 @@ def load_synthetic(in_dir: Path) -> list[dict]:
     for p in sorted(in_dir.glob("*.json")):
         if p.name in ("manifest.json", "stats.json"):
             continue
-        row = read_json(p)
+        row = read_json_object(p)
         if "text" in row and "id" in row:
             rows.append(row)
     return rows

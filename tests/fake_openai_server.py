@@ -15,10 +15,13 @@ content), or any behaviour below.
         assert len(srv.history) == 3          # bodies of every chat request received
 
 Behaviours: ``reply(content, reasoning_content=, reasoning=, finish_reason=)``, ``json_reply(obj)``,
-``error(status)``, ``hang(seconds)``, ``drop()`` (close the connection without answering), ``fenced(obj)``.
+``error(status)``, ``hang(seconds)``, ``drop()`` (close the connection without answering), ``fenced(obj)``,
+``raw(obj)`` (any JSON body with status 200: ``content`` a number, ``choices: []``, no ``message``).
 A ``fake_server`` pytest fixture is defined at the bottom (import it into a test module to use it).
 Server options: ``refuse_formats={"json_schema": 400}`` rejects response_format types (500 mimics
-llama-cpp-python), ``slots=N`` serves at most N requests at once, ``delay`` seconds per request.
+llama-cpp-python), ``slots=N`` serves at most N requests at once, ``delay`` seconds per request,
+``models_body=`` replaces the ``GET /models`` reply (``{"data": None}``), ``api_key="k"`` answers 401 to
+requests without ``Authorization: Bearer k`` (``GET /models`` too unless ``open_models=True``).
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class Behaviour:
     seconds: float = 0.0
     headers: dict = field(default_factory=dict)
     usage: dict | None = None
+    body: Any = None
 
 
 def reply(content: str | None = "", *, reasoning_content: str | None = None, reasoning: str | None = None,
@@ -73,6 +77,11 @@ def hang(seconds: float, then: str = "too late") -> Behaviour:
 def drop() -> Behaviour:
     """Close the connection without any response (a crashed or restarting server)."""
     return Behaviour("drop")
+
+
+def raw(body: Any, status: int = 200) -> Behaviour:
+    """Answer with ``body`` as the whole JSON response, whatever its shape."""
+    return Behaviour("raw", status=status, body=body)
 
 
 def fenced(obj: Any, lang: str = "json") -> Behaviour:
@@ -105,11 +114,17 @@ class FakeOpenAIServer:
         delay: float = 0.0,
         refuse_formats: dict[str, int] | None = None,
         models: tuple[str, ...] = ("fake-model",),
+        models_body: Any = None,
+        api_key: str | None = None,
+        open_models: bool = False,
     ):
         self.handler = handler or echo_handler
         self.delay = delay
         self.refuse_formats = dict(refuse_formats or {})
         self.models = list(models)
+        self.models_body = models_body
+        self.api_key = api_key
+        self.open_models = open_models
         self.script: deque[Behaviour] = deque()
         self.history: list[dict] = []  # JSON bodies of chat requests, in arrival order
         self.paths: list[str] = []  # "GET /v1/models", "POST /v1/chat/completions", ...
@@ -151,9 +166,21 @@ class FakeOpenAIServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
+            def _refuse_key(self, checked: bool = True) -> bool:
+                if checked and server.api_key is not None \
+                        and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    self._json(401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+                    return True
+                return False
+
             def do_GET(self) -> None:
                 server.paths.append(f"GET {self.path}")
+                if self._refuse_key(not server.open_models):
+                    return
                 if self.path.rstrip("/") == "/v1/models":
+                    if server.models_body is not None:
+                        self._json(200, server.models_body)
+                        return
                     self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 else:
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
@@ -172,6 +199,8 @@ class FakeOpenAIServer:
                     return
                 with server._lock:
                     server.history.append(body)
+                if self._refuse_key():
+                    return
                 if server._slots is not None:
                     server._slots.acquire()
                 try:
@@ -245,6 +274,9 @@ class FakeOpenAIServer:
         if behaviour.kind == "hang":
             self._stopping.wait(behaviour.seconds)
             behaviour = reply(behaviour.content)
+        if behaviour.kind == "raw":
+            h._json(behaviour.status, behaviour.body)
+            return
         if behaviour.kind == "error":
             h._json(behaviour.status, {"error": {"message": behaviour.message, "code": behaviour.status}},
                     behaviour.headers)

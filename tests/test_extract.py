@@ -188,8 +188,8 @@ def test_cli_directory_writes_per_input_reports_invalid_and_resumes(tmp_path, ca
         assert err["parse_error"] == "no_json" and err["raw"] == "no idea"
         assert json.loads((out / "empty.error.json").read_text())["error"] == "empty_input"
         manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["counts"] == {"inputs": 4, "skipped": 0, "empty": 1, "valid": 2, "invalid": 1,
-                                      "truncated": 0, "repaired": 0}
+        assert manifest["counts"] == {"inputs": 4, "skipped": 0, "empty": 1, "unreadable": 0, "valid": 2,
+                                      "invalid": 1, "truncated": 0, "repaired": 0}
 
         # Re-run: finished inputs are skipped, the invalid one is retried (and now succeeds).
         srv.handler = student_handler

@@ -21,7 +21,7 @@ def _script(name):
     return mod
 
 
-def test_teacher_stages_against_real_llama_server(tmp_path):
+def test_teacher_stages_against_real_llama_server(tmp_path, capsys):
     from distill.llamacpp import LlamaServer, smollm2_gguf
 
     src, syn, lab, ds = (tmp_path / d for d in ("01", "02", "03", "04"))
@@ -77,6 +77,18 @@ def test_teacher_stages_against_real_llama_server(tmp_path):
             assert lab_["reason"] == "ok" or lab_["verdict"] == "rejected"
         else:
             assert lab_["reason"] in ("length", "empty", "timeout"), lab_
+    # 04 runs on whatever the small teacher produced: with accepted labels it writes every one of
+    # them into a split; with none it must refuse with its one-line error, not write empty splits.
     accepted = [l for l in labels if l["verdict"] == "accepted"]
+    capsys.readouterr()
+    rc = S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds),
+                   "--dedupe-threshold", "100"])
     if accepted:
-        assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds)]) == 0
+        assert rc == 0
+        stats = json.loads((ds / "stats.json").read_text())
+        rows = [json.loads(l) for s in ("train", "val", "test") for l in (ds / f"{s}.jsonl").read_text().splitlines()]
+        assert len(rows) == len(accepted) - stats["near_duplicates_dropped"] and rows
+        assert {r["id"] for r in rows} <= {l["id"] for l in accepted}
+    else:
+        assert rc == 1 and not (ds / "manifest.json").exists()
+        assert "error: no accepted labels in" in capsys.readouterr().err

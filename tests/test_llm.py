@@ -11,6 +11,8 @@ import pytest
 from distill.io import StageError
 from distill.llm import (
     Completion,
+    LLMAuthError,
+    LLMBadModelList,
     LLMClient,
     LLMConfig,
     LLMError,
@@ -28,6 +30,7 @@ from fake_openai_server import (  # noqa: F401  (fake_server is a fixture)
     free_port,
     hang,
     json_reply,
+    raw,
     reply,
 )
 
@@ -198,10 +201,65 @@ def test_other_4xx_fail_at_once_without_retry(fake_server, status):
     assert len(fake_server.history) == 1
 
 
-def test_401_mentions_the_api_key(fake_server):
-    fake_server.push(error(401, "invalid api key"))
-    with pytest.raises(LLMError, match="OPENAI_API_KEY"):
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_or_403_stops_the_run_and_names_the_api_key(fake_server, status):
+    fake_server.push(error(status, "invalid api key"))
+    with pytest.raises(LLMAuthError, match=r"check --api-key \(or OPENAI_API_KEY\)") as ei:
         make_client(fake_server.url).complete(MSGS)
+    assert isinstance(ei.value, StageError) and f"http {status}" in str(ei.value)
+    assert len(fake_server.history) == 1  # not retried
+
+
+def test_a_wrong_api_key_is_one_error_not_a_failure_per_item():
+    # /models open, every chat request refused: the first refusal ends the run.
+    with FakeOpenAIServer(api_key="right", open_models=True) as srv:
+        client = make_client(srv.url, api_key="wrong", model="")
+        client.ping()
+        with pytest.raises(LLMAuthError, match="answered POST /chat/completions with http 401"):
+            for _ in run_concurrently(range(100), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
+                pass
+        time.sleep(0.2)
+        assert len(srv.history) <= 4  # the window in flight, not 100
+        assert make_client(srv.url, api_key="right").complete(MSGS).content  # the right key works
+
+
+@pytest.mark.parametrize("body, why", [
+    ({"choices": [{"index": 0, "message": {"role": "assistant", "content": 5}, "finish_reason": "stop"}]},
+     "message content is a int"),
+    ({"choices": []}, "no choices"),
+    ({"choices": None}, "no choices"),
+    ({"choices": [{"index": 0, "finish_reason": "stop"}]}, "choices[0] has no message"),
+    ({"choices": [{"index": 0, "message": "hi"}]}, "choices[0] has no message"),
+    ([{"content": "a list"}], "not a chat completion object"),
+])
+def test_malformed_replies_are_a_bad_response_naming_the_fault(fake_server, body, why):
+    fake_server.push(raw(body))
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url).complete(MSGS)
+    assert ei.value.reason == "bad_response" and why in ei.value.detail
+
+
+def test_odd_usage_and_reasoning_fields_do_not_lose_an_answer(fake_server):
+    fake_server.push(raw({"choices": [{"message": {"content": "ok", "reasoning": 7}, "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": "many", "completion_tokens": None}}))
+    c = make_client(fake_server.url).complete(MSGS)
+    assert (c.content, c.reasoning, c.usage) == ("ok", None, {"prompt_tokens": 0, "completion_tokens": 0})
+
+
+def test_malformed_replies_are_per_item_failures_in_a_run(fake_server):
+    fake_server.handler = lambda body: raw({"choices": []}) if "bad" in str(body["messages"]) else "fine"
+    client = make_client(fake_server.url)
+    msgs = lambda i: [{"role": "user", "content": f"{'bad' if i % 2 else 'good'} {i}"}]  # noqa: E731
+    out = dict(run_concurrently(range(6), lambda i: client.complete(msgs(i)), concurrency=2, desc="t"))
+    assert sorted(i for i, r in out.items() if isinstance(r, LLMError) and r.reason == "bad_response") == [1, 3, 5]
+    assert sorted(i for i, r in out.items() if isinstance(r, Completion)) == [0, 2, 4]
+
+
+def test_base_url_without_scheme_and_timeout_below_zero_are_refused():
+    with pytest.raises(StageError, match="needs http:// or https://"):
+        LLMConfig(base_url="localhost:1234/v1")
+    with pytest.raises(StageError, match="timeout must be above 0"):
+        LLMConfig(timeout=-5)
 
 
 def test_timeout_is_retried_then_reported(fake_server):
@@ -295,6 +353,15 @@ def test_ping_lists_models_and_resolves_an_empty_model():
         assert configured.model == "my-model"  # kept: servers may load it on demand
 
 
+def test_models_with_data_null_is_one_clear_error_unless_a_model_is_given():
+    with FakeOpenAIServer(models_body={"object": "list", "data": None}) as srv:
+        with pytest.raises(LLMBadModelList, match=r"did not return an OpenAI model list.*pass --model") as ei:
+            make_client(srv.url, model="").ping()
+        assert isinstance(ei.value, StageError)
+        configured = make_client(srv.url, model="teacher")
+        assert configured.ping() == [] and configured.complete(MSGS).content  # the list is not needed
+
+
 def test_ping_on_a_wrong_base_url_says_so(fake_server):
     base = fake_server.url[: -len("/v1")]  # forgot the /v1
     with pytest.raises(LLMUnavailable, match=r"http_404.*ending in /v1"):
@@ -315,7 +382,7 @@ def test_json_schema_is_tried_first_and_shaped_for_openai(fake_server):
     assert fake_server.formats() == ["json_schema", "json_schema"]
 
 
-@pytest.mark.parametrize("status", [400, 422, 500])
+@pytest.mark.parametrize("status", [400, 422])
 def test_fallback_to_json_object_is_remembered(status):
     with FakeOpenAIServer(refuse_formats={"json_schema": status}) as srv:
         client = make_client(srv.url)
@@ -326,16 +393,42 @@ def test_fallback_to_json_object_is_remembered(status):
         assert srv.history[1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
 
 
+def test_one_bare_500_on_the_first_request_keeps_json_schema(fake_server):
+    fake_server.push(error(500, "Internal Server Error"))
+    client = make_client(fake_server.url)
+    c1 = client.complete(MSGS, response_schema=SCHEMA)
+    c2 = client.complete(MSGS, response_schema=SCHEMA)
+    assert c1.response_format_used == c2.response_format_used == client.response_format_mode == "json_schema"
+    assert c1.attempts == 2 and fake_server.formats() == ["json_schema"] * 3
+
+
+def test_a_bare_500_without_retries_fails_the_request_and_pins_nothing(fake_server):
+    fake_server.push(error(500, "Internal Server Error"))
+    client = make_client(fake_server.url, retries=0)
+    with pytest.raises(LLMError, match="http_500"):
+        client.complete(MSGS, response_schema=SCHEMA)
+    assert client.response_format_mode is None
+    assert client.complete(MSGS, response_schema=SCHEMA).response_format_used == "json_schema"
+
+
+def test_a_500_that_names_the_format_falls_back_at_once(fake_server):
+    fake_server.push(error(500, "Unsupported response_format type: json_schema"))
+    client = make_client(fake_server.url)
+    assert client.complete(MSGS, response_schema=SCHEMA).response_format_used == "json_object"
+    assert fake_server.formats() == ["json_schema", "json_object"]
+
+
 def test_full_chain_down_to_prompting_with_llama_cpp_python_500():
-    # llama-cpp-python: bare 500 for json_schema; and a server that refuses json_object too
+    # llama-cpp-python: a bare 500 for json_schema on every attempt; and json_object refused by name
     with FakeOpenAIServer(refuse_formats={"json_schema": 500, "json_object": 400}) as srv:
         client = make_client(srv.url, retries=3)
         c1 = client.complete(MSGS, response_schema=SCHEMA)
         c2 = client.complete(MSGS, response_schema=SCHEMA)
         assert c1.response_format_used == c2.response_format_used == "prompt"
         assert client.response_format_mode == "prompt"
-        # no retries of the refused modes, and the probe is not paid again
-        assert srv.formats() == ["json_schema", "json_object", None, None]
+        # the bare 500 is retried (it could be a hiccup), the named refusal is not, and the
+        # probe is not paid again
+        assert srv.formats() == ["json_schema"] * 4 + ["json_object", None, None]
 
 
 def test_lm_studio_refusing_json_object_keeps_json_schema():
@@ -482,6 +575,37 @@ def _ctrl_c_run():
         assert len(srv.history) <= len(received) + 4
 
 
+def test_ctrl_c_against_a_hanging_server_returns_at_once_and_abandons_the_requests():
+    # The server sits on every request for 60 s (the client would wait up to its 60 s timeout).
+    # Ctrl-C (a real SIGINT to the main thread, blocked waiting for results) must return within a
+    # second or two, and the workers still waiting are daemon threads, so exiting the process
+    # does not wait for them either (the subprocess test in test_bad_inputs.py measures that).
+    import threading
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with FakeOpenAIServer(lambda body: hang(60)) as srv:
+            client = make_client(srv.url, timeout=60, retries=0)
+            sent = []
+
+            def ctrl_c_when_both_requests_hang():
+                while len(srv.history) < 2:
+                    time.sleep(0.01)
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+            threading.Thread(target=ctrl_c_when_both_requests_hang, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                for _ in run_concurrently(range(10), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
+                    pass
+            assert time.monotonic() - sent[0] < 3
+            workers = [t for t in threading.enumerate() if t.name.startswith("llm_")]
+            assert workers and all(t.daemon for t in workers)
+            assert len(srv.history) == 2  # nothing queued was started after Ctrl-C
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_run_stats_counts_and_summary():
     stats = RunStats()
     c = Completion("x", None, "stop", {"prompt_tokens": 10, "completion_tokens": 5}, "m", {}, "json_schema")
@@ -495,8 +619,15 @@ def test_run_stats_counts_and_summary():
     assert (stats.done, stats.skipped, stats.requests) == (2, 3, 6)
     assert stats.failed == {"timeout": 1, "length": 1, "schema_invalid": 1, "ValueError": 1}
     assert (stats.prompt_tokens, stats.completion_tokens) == (40, 20)
+    assert stats.all_failed() is None  # some succeeded
     s = stats.summary()
     assert "done 2, skipped 3, failed 4" in s and "timeout 1" in s and "6 requests" in s and "40 prompt" in s
     d = stats.as_dict()
     assert d["failed"]["length"] == 1 and d["requests"] == 6 and d["elapsed_s"] >= 0
     json.dumps(d)  # goes into manifests
+
+    nothing = RunStats()
+    assert nothing.all_failed() is None  # nothing asked: not a failure
+    nothing.fail(LLMError("timeout"))
+    nothing.fail(LLMError("timeout"))
+    assert nothing.all_failed() == "error: all 2 requests failed (timeout 2); nothing new was written"

@@ -167,8 +167,8 @@ def test_a_failed_feedback_round_keeps_the_rejected_label_and_is_retried(tmp_pat
         syn, lab = tmp_path / "02", tmp_path / "03"
         assert run_02(srv, syn, "--limit", "1") == 0
         assert run_03(srv, syn, lab, "--feedback-rounds", "0") == 0
-        srv.push(error(400, "context full"))   # the feedback request fails
-        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 0
+        srv.push(error(400, "context full"))   # the feedback request fails: the run's only request
+        assert run_03(srv, syn, lab, "--feedback-rounds", "1") == 1
         rec = json.loads(outputs(lab)[0].read_text())
         assert rec["verdict"] == "rejected" and rec["feedback_rounds"] == 0
         assert rec["feedback_error"].startswith("http_400")

@@ -87,7 +87,7 @@ def test_gguf_export_through_each_backend(trained, backend):
     assert len(ggufs) == 1 and "Q8_0" in ggufs[0].name.upper()
     assert (save / "merged" / "config.json").exists() and (save / "merged" / "distill_config.json").exists()
     if backend == "unsloth":
-        assert "falling back" not in log and "exporter failed" not in log  # Unsloth's own exporter, offline
+        assert "GGUF exporter not used" not in log  # Unsloth's own exporter, offline (no fallback note)
 
 
 @pytest.mark.slow

@@ -77,41 +77,22 @@ def save_merged(model, tok, out_dir) -> None:
 
 
 def export_gguf(model, tok, merged_dir, out_dir, quant: str):
-    """Unsloth's own exporter, offline; if it fails, llama.cpp's converter on the merged folder."""
-    from distill.export import export_gguf as _export
-    from distill.export import unsloth_env
+    """Unsloth's own exporter, offline; else (reported) llama.cpp's converter on the merged folder."""
+    from distill.export import export_gguf_preferring, unsloth_env
 
     from .models import sentencepiece_model
 
-    out_dir = Path(out_dir)
     env = unsloth_env()
-    if sentencepiece_model(tok) is not None:
+    why_not = None
+    if env is None:
+        why_not = "no offline llama.cpp folder to point it at (it would clone and build llama.cpp)"
+    elif sentencepiece_model(tok) is not None:
         # Unsloth's exporter saves the tokenizer again without tokenizer.model, and the
         # converter would then rebuild a SentencePiece vocabulary (Gemma's) wrongly.
-        env = None
-    if env is not None:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
-            found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
-            if found:
-                # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
-                for extra in out_dir.iterdir():
-                    if extra.is_dir():
-                        import shutil
+        why_not = "it drops tokenizer.model, which this model's SentencePiece vocabulary needs"
 
-                        shutil.rmtree(extra, ignore_errors=True)
-                return found[-1]
-            print("note: Unsloth's exporter wrote no .gguf; using llama.cpp's converter directly")
-        except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
-            print(f"note: Unsloth's GGUF exporter failed offline ({type(exc).__name__}: {str(exc)[:200]}); "
-                  f"using llama.cpp's converter directly")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return _export(merged_dir, out_dir, quant)
+    def native(out: Path) -> None:
+        model.save_pretrained_gguf(str(out), tok, quantization_method=quant.lower())
+
+    return export_gguf_preferring(None if why_not else native, merged_dir, out_dir, quant, why_not=why_not, env=env)
 
