@@ -40,6 +40,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedupe-threshold", type=float, default=95.0,
                    help="drop an input whose text is this similar (0-100, rapidfuzz ratio) to an earlier one; 100 = exact only")
     p.add_argument("--limit", type=int, default=0, help="use at most N accepted examples (0 = all)")
+    p.add_argument("--skip-stale", action="store_true",
+                   help="build without labels made from an older text of their input (02 re-run since 03); "
+                        "default: refuse and list them, since re-running 03 re-labels exactly those")
     p.add_argument("--tokenizer", default=None,
                    help="local HF tokenizer folder for real token-length percentiles (default: chars/4 estimate)")
     return p
@@ -65,7 +68,7 @@ def _main(args) -> int:
 
     verdicts: Counter = Counter()
     reasons: Counter = Counter()
-    accepted, orphans = [], 0
+    accepted, orphans, stale = [], 0, []
     for p in sorted(args.labeled_dir.glob("*.json")):
         if p.name == "manifest.json":
             continue
@@ -75,12 +78,20 @@ def _main(args) -> int:
         if lab["id"] not in synthetic:
             orphans += 1
             continue
+        if D.is_stale(lab, synthetic[lab["id"]]):
+            stale.append(lab)
+            continue
         verdicts[lab["verdict"]] += 1
         if lab["verdict"] == "accepted":
             accepted.append(lab)
         else:
             for r in str(lab.get("reason", "")).split(","):
                 reasons[r] += 1
+    if stale and not args.skip_stale:
+        raise StageError(D.stale_message(stale, args.labeled_dir))
+    if stale:
+        print(f"04: --skip-stale: left out {len(stale)} stale label(s) ({D.list_ids([lab['id'] for lab in stale])}); "
+              f"re-run 03 to label their inputs' current text")
     if not accepted:
         raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; rejected by reason: "
                          f"{dict(reasons)}): check the teacher with 03 --calibrate")
@@ -112,6 +123,7 @@ def _main(args) -> int:
             "not_accepted_by_reason": dict(reasons.most_common()),
             "near_duplicates_dropped": len(dropped),
             "labels_without_input": orphans,
+            "stale_labels_skipped": len(stale),
             "with_reasoning": sum(r["has_reasoning"] for r in rows),
             "length": {s: D.length_stats(v, tokenizer) for s, v in splits.items() if v},
         }
