@@ -135,8 +135,10 @@ def stale_message(stale: list[dict], labeled_dir) -> str:
                      f"now (02 rewrote it): {list_ids(changed)}")
     if unhashed:
         parts.append(f"{len(unhashed)} label(s) carry no text hash (written by an older 03): {list_ids(unhashed)}")
-    return ("; ".join(parts) + ". Re-run 03_label_with_reasoning.py on the same input dir (it re-labels changed "
-            "inputs and adds missing hashes without a request), or pass --skip-stale to build without them")
+    does = [w for w, xs in (("re-labels the changed inputs", changed),
+                            ("adds the hash to a label of an unchanged input without a request", unhashed)) if xs]
+    return ("; ".join(parts) + f". Re-run 03_label_with_reasoning.py on the same input dir (it {' and '.join(does)}), "
+            "or pass --skip-stale to build without them")
 
 
 def build_rows(task: Task, synthetic: dict[str, dict], labels: list[dict], keep_reasoning: bool) -> list[dict]:
