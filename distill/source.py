@@ -257,7 +257,7 @@ def decode_bytes(data: bytes) -> tuple[str, str, int]:
     bad = len(_ESCAPED_BYTE_RE.findall(text))  # one escape per byte that is not valid UTF-8
     if bad == 0:
         return text, "utf-8", 0
-    multibyte = sum(1 for ch in text if ord(ch) > 0x7F) - bad
+    multibyte = len(text) - len(text.encode("ascii", errors="ignore")) - bad
     if multibyte >= bad:
         return _ESCAPED_BYTE_RE.sub("\ufffd", text), "utf-8", bad
     text = data.decode("cp1252", errors="replace")
