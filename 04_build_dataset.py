@@ -7,6 +7,8 @@ or the JSON alone with --reasoning strip. Splits are grouped by source record
 (all inputs written from one record land in one split), stratified by style,
 seeded; near-duplicate inputs are dropped first. Stats (counts per split and
 style, rejected labels by reason, length percentiles) are printed and saved.
+A label is used only if it was made from the input's current text (same
+text_sha256): after 02 rewrote inputs, re-run 03, or build without them with --skip-stale.
 
 Usage:
     python 04_build_dataset.py                                   # 0.8,0.1,0.1 split
