@@ -77,6 +77,7 @@ def _main(args) -> int:
     from distill.source import (
         DEFAULT_KAGGLE_DATASET,
         copy_file_atomic,
+        describe_encoding,
         download_kaggle,
         get_parser,
         pick_source_file,
@@ -142,17 +143,24 @@ def _main(args) -> int:
             "rows_read": report.get("rows_read", len(records)),
             "duplicates_dropped": report.get("duplicates_dropped", 0),
             "duplicate_ids_dropped": report.get("duplicate_ids_dropped", 0),
+            "group_rows_merged": report.get("group_rows_merged", 0),
             "unparseable": unparseable,
             "records": len(records),
         }
         write_manifest(out, STAGE, vars(args), counts, task=task.name, parser=parser_name, source=source,
-                       encoding=report.get("encoding"))
+                       encoding=report.get("encoding"), undecodable_bytes=report.get("undecodable_bytes", 0))
 
     where = f"{source['handle']} v{source['version']}" if source["kind"] == "kaggle" else source["path"]
     reasons = ", ".join(f"{k} {v}" for k, v in report.get("unparseable", {}).items()) or "none"
-    print(f"01 source: {src_file.name} from {where} (parser {parser_name}, encoding {report.get('encoding')})")
+    print(f"01 source: {src_file.name} from {where} (parser {parser_name}, encoding {describe_encoding(report)})")
+    if report.get("undecodable_bytes"):
+        print(f"warning: {src_file.name}: {report['undecodable_bytes']} byte(s) are not valid {report['encoding']} "
+              f"and were replaced by U+FFFD (see {out / 'records.jsonl'})", file=sys.stderr)
     print(f"  rows read            {counts['rows_read']}")
     print(f"  duplicates dropped   {counts['duplicates_dropped']} exact rows, {counts['duplicate_ids_dropped']} repeated recipes")
+    if counts["group_rows_merged"]:
+        print(f"  merged               {counts['group_rows_merged']} rows listing a recipe already read under another "
+              f"group (one record, all its groups kept)")
     print(f"  unparseable          {unparseable} ({reasons})")
     if report.get("field_problems"):
         probs = ", ".join(f"{k} {v}" for k, v in report["field_problems"].items())

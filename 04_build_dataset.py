@@ -7,6 +7,8 @@ or the JSON alone with --reasoning strip. Splits are grouped by source record
 (all inputs written from one record land in one split), stratified by style,
 seeded; near-duplicate inputs are dropped first. Stats (counts per split and
 style, rejected labels by reason, length percentiles) are printed and saved.
+A label is used only if it was made from the input's current text (same
+text_sha256): after 02 rewrote inputs, re-run 03, or build without them with --skip-stale.
 
 Usage:
     python 04_build_dataset.py                                   # 0.8,0.1,0.1 split
@@ -40,6 +42,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedupe-threshold", type=float, default=95.0,
                    help="drop an input whose text is this similar (0-100, rapidfuzz ratio) to an earlier one; 100 = exact only")
     p.add_argument("--limit", type=non_negative_int, default=0, help="use at most N accepted examples (0 = all)")
+    p.add_argument("--skip-stale", action="store_true",
+                   help="build without labels made from an older text of their input (02 re-run since 03); "
+                        "default: refuse and list them, since re-running 03 re-labels exactly those")
     p.add_argument("--tokenizer", default=None,
                    help="local HF tokenizer folder for real token-length percentiles (default: chars/4 estimate)")
     return p
@@ -66,7 +71,7 @@ def _main(args) -> int:
 
     verdicts: Counter = Counter()
     reasons: Counter = Counter()
-    accepted, orphans = [], 0
+    accepted, orphans, stale = [], 0, []
     for p in sorted(args.labeled_dir.glob("*.json")):
         if p.name == "manifest.json":
             continue
@@ -79,12 +84,20 @@ def _main(args) -> int:
         if lab["id"] not in synthetic:
             orphans += 1
             continue
+        if D.is_stale(lab, synthetic[lab["id"]]):
+            stale.append(lab)
+            continue
         verdicts[lab["verdict"]] += 1
         if lab["verdict"] == "accepted":
             accepted.append(lab)
         else:
             for r in str(lab.get("reason", "")).split(","):
                 reasons[r] += 1
+    if stale and not args.skip_stale:
+        raise StageError(D.stale_message(stale, args.labeled_dir))
+    if stale:
+        print(f"04: --skip-stale: left out {len(stale)} stale label(s) ({D.list_ids([lab['id'] for lab in stale])}); "
+              f"re-run 03 to label their inputs' current text")
     if not accepted:
         raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; rejected by reason: "
                          f"{dict(reasons)}): check the teacher with 03 --calibrate")
@@ -116,6 +129,7 @@ def _main(args) -> int:
             "not_accepted_by_reason": dict(reasons.most_common()),
             "near_duplicates_dropped": len(dropped),
             "labels_without_input": orphans,
+            "stale_labels_skipped": len(stale),
             "with_reasoning": sum(r["has_reasoning"] for r in rows),
             "length": {s: D.length_stats(v, tokenizer) for s, v in splits.items() if v},
         }

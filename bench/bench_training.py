@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print("BENCH_RESULT " + json.dumps(one_case(json.loads(args.one))))
         return 0
 
+    from distill.io import write_manifest
     from distill.train.models import packaged_gguf, resolve_model
 
     gguf = packaged_gguf("smollm2")
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = Path(tmp) / "ds"
         ds.mkdir()
         (ds / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_rows(args.examples)))
+        # 05 trains only on a folder that carries 04's manifest.
+        write_manifest(ds, "04_build_dataset", {"bench": "bench_training.py"}, {"train": args.examples})
         for backend in args.backends.split(","):
             for packing in (False, True):
                 cfg = {"dataset_dir": str(ds), "model_name": str(gguf), "backend": backend, "packing": packing,

@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from .io import StageError
+from .synth import text_sha256
 from .tasks import Task
 
 SPLITS = ("train", "val", "test")
@@ -107,6 +108,37 @@ def assign_splits(rows: list[dict], fractions: dict[str, float], seed: int, key:
         assigned[split] += 1
         assignment[gid] = split
     return assignment
+
+
+def is_stale(label: dict, syn: dict) -> bool:
+    """Was ``label`` made from another text than ``syn`` holds now?
+
+    02 re-run with other settings rewrites an input under the same id; its old label
+    must not be paired with the new text. A label without ``text_sha256`` (written
+    before labels stored it) cannot be shown to match, so it counts as stale too.
+    """
+    return label.get("text_sha256") != text_sha256(syn["text"])
+
+
+def list_ids(ids: list[str], n_show: int = 5) -> str:
+    """'a, b, c, d, e and 7 more'."""
+    return ", ".join(ids[:n_show]) + (f" and {len(ids) - n_show} more" if len(ids) > n_show else "")
+
+
+def stale_message(stale: list[dict], labeled_dir) -> str:
+    """One line: which labels are stale, why, and the fix."""
+    changed = [lab["id"] for lab in stale if lab.get("text_sha256")]
+    unhashed = [lab["id"] for lab in stale if not lab.get("text_sha256")]
+    parts = []
+    if changed:
+        parts.append(f"{len(changed)} label(s) in {labeled_dir} were made from another text than their input has "
+                     f"now (02 rewrote it): {list_ids(changed)}")
+    if unhashed:
+        parts.append(f"{len(unhashed)} label(s) carry no text hash (written by an older 03): {list_ids(unhashed)}")
+    does = [w for w, xs in (("re-labels the changed inputs", changed),
+                            ("adds the hash to a label of an unchanged input without a request", unhashed)) if xs]
+    return ("; ".join(parts) + f". Re-run 03_label_with_reasoning.py on the same input dir (it {' and '.join(does)}), "
+            "or pass --skip-stale to build without them")
 
 
 def build_rows(task: Task, synthetic: dict[str, dict], labels: list[dict], keep_reasoning: bool) -> list[dict]:

@@ -92,20 +92,32 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a malformed line is an error naming file and line."""
+    """Read a JSONL file; a malformed line or a byte that is not UTF-8 is an error naming file and line."""
     path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise StageError(f"{path}:{lineno}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                         f"JSONL files must be UTF-8") from None
+    return parse_jsonl(text, path)
+
+
+def parse_jsonl(text: str, path: str | os.PathLike) -> list[dict]:
+    """JSON objects, one per line of ``text``; errors name ``path`` and the line."""
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StageError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    # Split on newlines only: JSON strings may hold U+2028 and other characters splitlines() breaks on.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise StageError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 

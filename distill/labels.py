@@ -177,6 +177,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .io import read_json, stable_hash, write_json  # noqa: E402
+from .synth import text_sha256  # noqa: E402
 
 
 @dataclass
@@ -197,7 +198,12 @@ class LabelItem:
 
 
 def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
-    """The label written earlier for this item with the same key, if any."""
+    """The label written earlier for this item with the same key, if any.
+
+    A label from before labels stored ``text_sha256`` gets it written in here, with no
+    request: its key covers the messages, which hold the text, so the same key proves
+    it was made from this very text.
+    """
     p = out_dir / f"{item.id}.json"
     if not p.exists():
         return None
@@ -205,7 +211,12 @@ def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
         rec = read_json(p)
     except Exception:
         return None
-    return rec if rec.get("key") == item.key else None
+    if rec.get("key") != item.key:
+        return None
+    if "text_sha256" not in rec:
+        rec["text_sha256"] = text_sha256(item.row["text"])
+        write_label(out_dir, rec)
+    return rec
 
 
 def is_done(rec: dict | None, feedback_rounds: int = 0) -> bool:
@@ -222,6 +233,7 @@ def is_done(rec: dict | None, feedback_rounds: int = 0) -> bool:
 def _base(item: LabelItem) -> dict:
     return {"id": item.id, "source_id": item.row.get("source_id"), "task": item.row.get("task"),
             "style": item.row.get("style"), "key": item.key, "model": item.model,
+            "text_sha256": text_sha256(item.row["text"]),  # the text labeled: 04 pairs by it
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -46,6 +46,7 @@ from distill.io import (
     MANIFEST,
     PROJECT_ROOT,
     StageError,
+    parse_jsonl,
     read_jsonl,
     require_manifest,
     stable_hash,
@@ -236,22 +237,40 @@ def pick_source_file(files: list[Path], parser: str) -> Path:
 _ESCAPE_RE = re.compile(r"<U\+([0-9A-Fa-f]{4,6})>")
 
 
-def decode_bytes(data: bytes) -> tuple[str, str, int]:
-    """Decode a raw file: UTF-8 if it is valid UTF-8, else cp1252.
+# errors="surrogateescape" turns each byte that is not valid UTF-8 into one of these.
+_ESCAPED_BYTE_RE = re.compile("[\udc80-\udcff]")
 
-    Returns ``(text, encoding, replaced)``. The public copies of the recipes CSV
-    are cp1252; five byte values are undefined in cp1252 and become U+FFFD
-    (counted in ``replaced``) rather than failing the whole file.
+
+def decode_bytes(data: bytes) -> tuple[str, str, int]:
+    """Decode a raw file: UTF-8 first, cp1252 only when the bytes are clearly not UTF-8.
+
+    Returns ``(text, encoding, bad_bytes)``. A UTF-8 file with a few bad bytes (a
+    truncated character, one stray cp1252 byte) stays UTF-8: each bad byte becomes
+    U+FFFD and is counted, because decoding the whole file as cp1252 instead would turn
+    every correct accent into mojibake. "Clearly not UTF-8" means more bytes are invalid
+    as UTF-8 than there are valid multi-byte characters: in a cp1252 file (the public
+    copies of the recipes CSV) nearly every byte above 0x7F is invalid UTF-8 and valid
+    sequences only occur by chance. Five byte values are undefined in cp1252 and become
+    U+FFFD (counted) rather than failing the whole file.
     """
-    try:
-        return data.decode("utf-8-sig"), "utf-8", 0
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("cp1252"), "cp1252", 0
-    except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")
-        return text, "cp1252", text.count("\ufffd")
+    text = data.decode("utf-8-sig", errors="surrogateescape")
+    bad = len(_ESCAPED_BYTE_RE.findall(text))  # one escape per byte that is not valid UTF-8
+    if bad == 0:
+        return text, "utf-8", 0
+    multibyte = len(text) - len(text.encode("ascii", errors="ignore")) - bad
+    if multibyte >= bad:
+        return _ESCAPED_BYTE_RE.sub("\ufffd", text), "utf-8", bad
+    text = data.decode("cp1252", errors="replace")
+    return text, "cp1252", text.count("\ufffd")
+
+
+def describe_encoding(report: dict) -> str:
+    """'utf-8', 'utf-8, 1 bad byte replaced by U+FFFD' or 'cp1252 (not UTF-8)' for summaries."""
+    enc, bad = report.get("encoding"), report.get("undecodable_bytes") or 0
+    out = f"{enc} (not UTF-8)" if enc == "cp1252" else str(enc)
+    if bad:
+        out += f", {bad} bad byte{'s' if bad != 1 else ''} replaced by U+FFFD"
+    return out
 
 
 def unescape_codepoints(text: str) -> str:
@@ -419,6 +438,18 @@ def _require_columns(path: Path, header: list[str], required: list[str]) -> None
         )
 
 
+def recipe_id(name: str, ingredients: list[str]) -> str:
+    """A recipe's id from its content: name and ingredients, compared without case or spacing.
+
+    The category path is left out on purpose: the site lists one recipe under several
+    categories, and an id per category would put copies of it into different splits.
+    """
+    def norm(s: str) -> str:
+        return re.sub(r"\s+", " ", s).strip().casefold()
+
+    return "r-" + stable_hash(norm(name), sorted(norm(i) for i in ingredients), length=12)
+
+
 ALLRECIPES_COLUMNS = ["group", "name", "rating", "n_rater", "n_reviewer", "summary", "process", "ingredient"]
 
 
@@ -426,8 +457,9 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
     """Clean the Kaggle 'all-recipes' CSV into records (see module docstring).
 
     Returns ``(records, report)``. Every input row ends up counted in the report:
-    written, an exact duplicate, a repeat of an already-seen recipe id, or
-    unparseable with a reason.
+    written, an exact duplicate, a repeat of an already-seen recipe id, merged into
+    the record of the same recipe listed under another group, or unparseable with a
+    reason.
     """
     path = Path(path)
     header, rows, info = _read_csv_rows(path)
@@ -435,12 +467,13 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
     idx = {name: header.index(name) for name in ALLRECIPES_COLUMNS}
 
     seen_rows: set[tuple] = set()
-    seen_ids: set[str] = set()
+    seen_ids: dict[str, dict] = {}
     unparseable: Counter = Counter()
     field_problems: Counter = Counter()
     escapes = 0
     duplicates = 0
     duplicate_ids = 0
+    merged_groups = 0
     records: list[dict] = []
 
     for line_no, row in enumerate(rows, 2):
@@ -464,12 +497,19 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
         if not ingredients:
             unparseable["missing_ingredients"] += 1
             continue
-        rid = "r-" + stable_hash(name, group, ingredient_text, length=12)
+        rid = recipe_id(name, ingredients)
         if rid in seen_ids:
-            # Same recipe scraped twice with e.g. a different rating count: keep the first.
-            duplicate_ids += 1
+            first = seen_ids[rid]
+            if group not in first["groups"]:
+                # The same recipe listed under another category: one record, every category kept,
+                # so it cannot land in two splits under two ids.
+                first["groups"].append(group)
+                first["categories"].append(readable_category(group))
+                merged_groups += 1
+            else:
+                # Same recipe scraped twice with e.g. a different rating count: keep the first.
+                duplicate_ids += 1
             continue
-        seen_ids.add(rid)
         times, problems = parse_process(get("process"))
         field_problems.update(problems)
         records.append({
@@ -477,6 +517,8 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
             "name": name,
             "group": group,
             "category": readable_category(group),
+            "groups": [group],
+            "categories": [readable_category(group)],
             "rating": parse_rating(get("rating")),
             "n_rater": parse_int(get("n_rater")),
             "n_reviewer": parse_int(get("n_reviewer")),
@@ -484,6 +526,7 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
             **times,
             "ingredients": ingredients,
         })
+        seen_ids[rid] = records[-1]
 
     report = {
         "parser": "allrecipes_csv",
@@ -492,6 +535,7 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
         "rows_read": len(rows),
         "duplicates_dropped": duplicates,
         "duplicate_ids_dropped": duplicate_ids,
+        "group_rows_merged": merged_groups,
         "unparseable": dict(sorted(unparseable.items())),
         "records": len(records),
         "unicode_escapes_converted": escapes,
@@ -560,10 +604,17 @@ def clean_generic_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
 
 
 def clean_jsonl(path: str | os.PathLike) -> tuple[list[dict], dict]:
-    """A JSONL file of objects, kept as they are (plus an ``id`` if missing)."""
+    """A JSONL file of objects, kept as they are (plus an ``id`` if missing).
+
+    JSON ought to be UTF-8, but exports from older tools are often Latin-1/cp1252: such a
+    file is decoded like a CSV (:func:`decode_bytes`) and the encoding used is reported,
+    rather than refused, since every character still has one right reading.
+    """
     path = Path(path)
-    rows = read_jsonl(path)
-    return _dedupe_generic(rows, "jsonl", path, {"encoding": "utf-8"})
+    data = path.read_bytes()
+    text, encoding, bad = decode_bytes(data)
+    rows = parse_jsonl(text, path)
+    return _dedupe_generic(rows, "jsonl", path, {"encoding": encoding, "undecodable_bytes": bad, "bytes": len(data)})
 
 
 PARSERS: dict[str, Callable[[str | os.PathLike], tuple[list[dict], dict]]] = {

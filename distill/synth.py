@@ -9,6 +9,7 @@ holds the same key and makes no request for them.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -103,13 +104,22 @@ def clean_text(text: str) -> str:
     return t
 
 
+def text_sha256(text: str) -> str:
+    """The hash that ties a label to the exact input text it was made from (02 -> 03 -> 04)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_item(out_dir: Path, item: SynthItem, task: Task, completion) -> Path:
+    text = clean_text(completion.content)
     return write_json(out_dir / item.path_name, {
         "id": item.id,
         "source_id": item.source_id,
         "task": task.name,
         "style": item.style.name,
-        "text": clean_text(completion.content),
+        "text": text,
+        # A re-run with other settings rewrites the text under the same id; 04 pairs a label
+        # with this input only if the label was made from a text with this hash.
+        "text_sha256": text_sha256(text),
         "model": completion.model,
         "prompt_hash": stable_hash(item.messages),
         "key": item.key,

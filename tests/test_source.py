@@ -31,6 +31,7 @@ from distill.source import (
     parse_handle,
     parse_process,
     readable_category,
+    recipe_id,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +157,19 @@ def test_decode_bytes_prefers_utf8_then_cp1252():
     assert (text, enc, replaced) == ("café \ufffd", "cp1252", 1)
 
 
+def test_decode_bytes_keeps_utf8_with_a_few_bad_bytes():
+    # One stray byte in a UTF-8 file: still UTF-8, the byte counted, no mojibake elsewhere.
+    assert decode_bytes("Crème ⅓ ".encode("utf-8") + b"\xe9") == ("Crème ⅓ \ufffd", "utf-8", 1)
+    # A character cut off after two of its three bytes: two bad bytes.
+    assert decode_bytes("½ cup – ".encode("utf-8") + "–".encode("utf-8")[:2] + b" end") == \
+        ("½ cup – \ufffd\ufffd end", "utf-8", 2)
+    # A BOM is dropped, an encoded U+FFFD in the file is not counted as bad.
+    assert decode_bytes(b"\xef\xbb\xbf" + "a\ufffdb".encode("utf-8")) == ("a\ufffdb", "utf-8", 0)
+    # Mostly single high bytes with one accidental valid pair ("Ã©"): not UTF-8.
+    text, enc, bad = decode_bytes("Ã© café crème brûlée".encode("cp1252"))
+    assert (text, enc, bad) == ("Ã© café crème brûlée", "cp1252", 0)
+
+
 # --------------------------------------------------------------------------- cleaning
 
 
@@ -184,15 +198,18 @@ MESSY[2] = list(MESSY[0])
 
 EXPECTED = [
     {"name": "Nana’s Crème Brownies", "group": "desserts.bar-cookies.brownies", "category": "Brownies",
+     "groups": ["desserts.bar-cookies.brownies"], "categories": ["Brownies"],
      "rating": 4.8, "n_rater": 1204, "n_reviewer": 893, "summary": "Fudgy squares. Keep them covered.",
      "prep_minutes": 15, "cook_minutes": 65, "additional_minutes": None, "total_minutes": 80,
      "servings": 16, "yield": "1 8x8-inch pan, 16 squares",
      "ingredients": ["⅓ cup cocoa powder", "½ cup butter, melted", "2 large eggs"]},
     {"name": "Pumpkin Pie", "group": "desserts.pies.pumpkin-pies", "category": "Pumpkin Pies",
+     "groups": ["desserts.pies.pumpkin-pies"], "categories": ["Pumpkin Pies"],
      "rating": None, "n_rater": 0, "n_reviewer": 0, "summary": None,
      "prep_minutes": None, "cook_minutes": 55, "additional_minutes": 1560, "total_minutes": 1615,
      "servings": 8, "yield": "1 pie", "ingredients": ["1 (15 ounce) can pumpkin puree", "2 large eggs"]},
     {"name": "Green Salad", "group": "salad.green-salads", "category": "Green Salads",
+     "groups": ["salad.green-salads"], "categories": ["Green Salads"],
      "rating": None, "n_rater": None, "n_reviewer": None, "summary": None,
      "prep_minutes": 10, "cook_minutes": None, "additional_minutes": None, "total_minutes": 10,
      "servings": 2, "yield": "2 bowls", "ingredients": ["4 cups lettuce", "1 tablespoon olive oil"]},
@@ -232,6 +249,81 @@ def test_same_recipe_with_other_counts_is_counted_not_duplicated(tmp_path):
     records, report = clean_allrecipes_csv(write_csv(tmp_path / "r.csv", [row, later]))
     assert len(records) == 1 and records[0]["n_rater"] is None
     assert report["duplicate_ids_dropped"] == 1 and report["duplicates_dropped"] == 0
+
+
+def test_same_recipe_under_two_groups_is_one_record_and_the_merge_is_counted(tmp_path, capsys):
+    pie = list(MESSY[1])
+    other_group = ["holidays.thanksgiving.pies"] + pie[1:]
+    again = list(other_group)
+    again[3] = "9"  # the second listing re-scraped with another rater count: a repeat, not a third group
+    records, report = clean_allrecipes_csv(write_csv(tmp_path / "g.csv", [pie, MESSY[3], other_group, again]))
+    assert [r["name"] for r in records] == ["Pumpkin Pie", "Green Salad"]
+    assert records[0]["groups"] == ["desserts.pies.pumpkin-pies", "holidays.thanksgiving.pies"]
+    assert records[0]["categories"] == ["Pumpkin Pies", "Pies"]
+    assert records[0]["group"] == "desserts.pies.pumpkin-pies"  # the first listing's fields are kept
+    assert report["group_rows_merged"] == 1 and report["duplicate_ids_dropped"] == 1
+    assert report["rows_read"] == 4 == report["records"] + report["group_rows_merged"] + report["duplicate_ids_dropped"]
+
+    out = tmp_path / "01"
+    assert stage01.main(["--from-file", str(tmp_path / "g.csv"), "--output-dir", str(out)]) == 0
+    assert "merged               1 rows listing a recipe already read under another group" in capsys.readouterr().out
+    assert read_json(out / "clean_report.json")["group_rows_merged"] == 1
+    assert read_json(out / "manifest.json")["counts"]["group_rows_merged"] == 1
+
+
+def test_recipe_id_comes_from_name_and_ingredients_not_the_group(tmp_path):
+    base = recipe_id("Pumpkin Pie", ["1 can pumpkin", "2 large eggs"])
+    assert base == recipe_id("  pumpkin  PIE", ["2 large  eggs", "1 can Pumpkin"])  # case, spacing, order
+    assert base != recipe_id("Pumpkin Pie", ["1 can pumpkin", "3 large eggs"])
+    assert base != recipe_id("Pecan Pie", ["1 can pumpkin", "2 large eggs"])
+    a, _ = clean_allrecipes_csv(write_csv(tmp_path / "a.csv", [MESSY[1]]))
+    b, _ = clean_allrecipes_csv(write_csv(tmp_path / "b.csv", [["holidays.pies"] + MESSY[1][1:]]))
+    assert a[0]["id"] == b[0]["id"] == recipe_id(a[0]["name"], a[0]["ingredients"])
+
+
+def test_utf8_csv_with_one_bad_byte_is_read_as_utf8_and_the_byte_reported(tmp_path, capsys):
+    path = write_csv(tmp_path / "u.csv", MESSY, "utf-8")
+    data = path.read_bytes().replace(b"Green Salad", b"Green Sal\xe4d", 1)  # one Latin-1 byte slipped in
+    path.write_bytes(data)
+    records, report = clean_allrecipes_csv(path)
+    assert report["encoding"] == "utf-8" and report["undecodable_bytes"] == 1
+    names = [r["name"] for r in records]
+    assert names == ["Nana’s Crème Brownies", "Pumpkin Pie", "Green Sal\ufffdd"]  # no mojibake ("NanaÃ¢â‚¬â„¢s")
+    assert records[0]["ingredients"][0] == "⅓ cup cocoa powder"
+
+    out = tmp_path / "01"
+    assert stage01.main(["--from-file", str(path), "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "encoding utf-8, 1 bad byte replaced by U+FFFD" in captured.out
+    assert "warning: u.csv: 1 byte(s) are not valid utf-8" in captured.err
+    assert read_json(out / "clean_report.json")["undecodable_bytes"] == 1
+    assert read_json(out / "manifest.json")["undecodable_bytes"] == 1
+
+
+def test_cp1252_csv_is_reported_as_cp1252(tmp_path, capsys):
+    out = tmp_path / "01"
+    assert stage01.main(["--from-file", str(write_csv(tmp_path / "w.csv", MESSY, "cp1252")), "--output-dir",
+                         str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "encoding cp1252 (not UTF-8)" in captured.out and "warning" not in captured.err
+    assert read_jsonl(out / "records.jsonl")[0]["name"] == "Nana’s Crème Brownies"
+    assert read_json(out / "clean_report.json")["encoding"] == "cp1252"
+
+
+def test_latin1_jsonl_is_decoded_as_cp1252_and_says_so(tmp_path, capsys):
+    path = tmp_path / "old.jsonl"
+    path.write_bytes('{"id": "a", "text": "Crème brûlée, ½ cup"}\n{"id": "b", "text": "plain"}\n'.encode("latin-1"))
+    recs, rep = PARSERS["jsonl"](path)
+    assert [r["text"] for r in recs] == ["Crème brûlée, ½ cup", "plain"]
+    assert rep["encoding"] == "cp1252" and rep["undecodable_bytes"] == 0
+    out = tmp_path / "01"
+    assert stage01.main(["--from-file", str(path), "--parser", "jsonl", "--task", "article_scores",
+                         "--output-dir", str(out)]) == 0
+    assert "encoding cp1252 (not UTF-8)" in capsys.readouterr().out
+    assert read_jsonl(out / "records.jsonl")[0]["text"] == "Crème brûlée, ½ cup"  # written back as UTF-8
+    # The stages' own JSONL files are UTF-8: a file that is not is one clear error naming the line.
+    with pytest.raises(StageError, match=r"old.jsonl:1: not UTF-8 \(byte 0xe8\)"):
+        read_jsonl(path)
 
 
 def test_missing_column_names_it_and_the_columns_found(tmp_path):

@@ -291,3 +291,84 @@ def test_negative_feedback_rounds_is_one_clear_error_before_any_request(tmp_path
         assert run_03(srv, syn, tmp_path / "03", "--feedback-rounds", "-1") != 0
         assert chat_requests(srv) == n
     assert "--feedback-rounds must be 0 or more" in capsys.readouterr().err
+
+
+def run_04(syn, lab, ds, *extra):
+    return S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds),
+                     "--split", "0.5,0.5", *extra])
+
+
+def test_02_rerun_with_other_settings_makes_04_refuse_stale_pairs_until_03_relabels(tmp_path, capsys):
+    from distill.synth import text_sha256
+
+    teacher = OracleTeacher()
+    with FakeOpenAIServer(teacher) as srv:
+        syn, lab, ds = tmp_path / "02", tmp_path / "03", tmp_path / "04"
+        assert run_02(srv, syn, "--limit", "4", "--styles", "instagram_short") == 0
+        for p in outputs(syn):
+            row = json.loads(p.read_text())
+            assert row["text_sha256"] == text_sha256(row["text"])
+        assert run_03(srv, syn, lab) == 0
+        for p in outputs(lab):
+            label = json.loads(p.read_text())
+            assert label["text_sha256"] == json.loads((syn / p.name).read_text())["text_sha256"]
+        assert run_04(syn, lab, ds) == 0
+        old_texts = {p.name: json.loads(p.read_text())["text"] for p in outputs(syn)}
+
+        # 02 again with other settings for the first two records: new texts under the same ids.
+        assert run_02(srv, syn, "--limit", "2", "--styles", "minimal_organized") == 0
+        changed = sorted(json.loads(p.read_text())["id"] for p in outputs(syn)
+                         if json.loads(p.read_text())["text"] != old_texts[p.name])
+        assert len(changed) == 2
+        capsys.readouterr()
+        assert run_04(syn, lab, tmp_path / "04-stale") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: 2 label(s) in ")
+        assert all(i in err[0] for i in changed) and "Re-run 03_label_with_reasoning.py" in err[0]
+        assert "--skip-stale" in err[0]
+        assert not (tmp_path / "04-stale" / "manifest.json").exists()
+
+        # --skip-stale builds from the two labels that still match, and says how many it left out.
+        assert run_04(syn, lab, tmp_path / "04-skip", "--skip-stale") == 0
+        assert "left out 2 stale label(s)" in capsys.readouterr().out
+        stats = json.loads((tmp_path / "04-skip" / "stats.json").read_text())
+        assert stats["stale_labels_skipped"] == 2 and sum(stats["counts"].values()) == 2
+        built = [json.loads(l) for s in ("train", "test") for l in (tmp_path / "04-skip" / f"{s}.jsonl").read_text().splitlines()]
+        assert not {r["id"] for r in built} & set(changed)
+        manifest = json.loads((tmp_path / "04-skip" / "manifest.json").read_text())
+        assert manifest["stats"]["stale_labels_skipped"] == 2 and manifest["args"]["skip_stale"] is True
+
+        # 03 re-labels exactly the two changed inputs; after that 04 builds all four.
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0
+        assert chat_requests(srv) == n + 2
+        assert sorted(b["messages"][-1]["content"].split("\n\n", 1)[-1] for b in srv.history[n:]) == \
+            sorted(json.loads((syn / f"{i}.json").read_text())["text"] for i in changed)
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0 and chat_requests(srv) == n, "unchanged inputs: zero requests"
+        assert run_04(syn, lab, ds) == 0
+        rows = [json.loads(l) for s in ("train", "test") for l in (ds / f"{s}.jsonl").read_text().splitlines()]
+        assert len(rows) == 4
+        for r in rows:  # every example pairs its text with the label made from that text
+            assert r["reference"]["recipeIngredient"] and r["text"] == json.loads((syn / f"{r['id']}.json").read_text())["text"]
+            assert r["messages"][1]["content"].endswith(r["text"])
+        assert json.loads((ds / "stats.json").read_text())["stale_labels_skipped"] == 0
+
+
+def test_labels_from_before_text_hashes_are_stale_and_03_adds_the_hash_without_a_request(tmp_path, capsys):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "2") == 0
+        assert run_03(srv, syn, lab) == 0
+        for p in outputs(lab):  # as an older 03 wrote them
+            rec = json.loads(p.read_text())
+            del rec["text_sha256"]
+            p.write_text(json.dumps(rec))
+        capsys.readouterr()
+        assert run_04(syn, lab, tmp_path / "04") == 1
+        err = capsys.readouterr().err
+        assert "2 label(s) carry no text hash (written by an older 03)" in err and "Re-run 03" in err
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0 and chat_requests(srv) == n
+        assert all("text_sha256" in json.loads(p.read_text()) for p in outputs(lab))
+        assert run_04(syn, lab, tmp_path / "04") == 0

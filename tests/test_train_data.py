@@ -1,5 +1,9 @@
 """Chat data: training templates render like the model's own, loss only on the assistant turn."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from train_helpers import make_toy_dataset, smollm2_folder, toy_rows
@@ -69,6 +73,13 @@ def test_bad_dataset_inputs(tmp_path):
         data.load_dataset_dir(tmp_path / "missing")
     d = tmp_path / "ds"
     d.mkdir()
+    (d / "train.jsonl").write_text(json.dumps(toy_rows(1, 1)[0]) + "\n")
+    with pytest.raises(StageError, match="has no manifest.json from 04_build_dataset.py"):
+        data.load_dataset_dir(d)  # 04 writes the manifest last: without it the splits may be half-written
+    (d / "manifest.json").write_text(json.dumps({"stage": "02_generate_synthetic"}))
+    with pytest.raises(StageError, match="has no manifest.json from 04_build_dataset.py"):
+        data.load_dataset_dir(d)
+    (d / "manifest.json").write_text(json.dumps({"stage": "04_build_dataset", "task": "recipe"}))
     (d / "train.jsonl").write_text("")
     with pytest.raises(StageError, match="empty"):
         data.load_dataset_dir(d)
@@ -79,3 +90,42 @@ def test_bad_dataset_inputs(tmp_path):
     (d / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     with pytest.raises(StageError, match="last message must be the assistant"):
         data.load_dataset_dir(d)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fresh_python(*args, cwd=None):
+    """A new interpreter, as a user runs 05: nothing imported before our code."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["auto", "hf", "unsloth"])
+def test_05_refuses_a_dataset_folder_without_04s_manifest_in_one_line(tmp_path, backend):
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in toy_rows(4, 1)))
+    res = _fresh_python(str(ROOT / "05_finetune.py"), "--dataset-dir", str(d), "--backend", backend,
+                        "--save-dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert err == [f"error: {d} has no manifest.json from 04_build_dataset.py: 04 did not finish there or did not "
+                   f"write it; build the dataset with 04_build_dataset.py (or pass its --output-dir)"], res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_training_core_loads_importlib_util_itself():
+    # `import importlib` does not load importlib.util; 05 crashed with AttributeError in
+    # select_backend when nothing imported it first (a fresh interpreter shows it).
+    res = _fresh_python("-c", "import distill.train.core as c; print(c.importlib.util.find_spec('json') is not None)")
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr
+
+
+@pytest.mark.slow
+def test_the_auto_backend_is_chosen_in_a_fresh_interpreter():
+    res = _fresh_python("-c", "from distill.train.core import select_backend\n"
+                              "from distill.train.config import TrainConfig\n"
+                              "print('backend', select_backend(TrainConfig(backend='auto')).NAME)")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] in ("backend unsloth", "backend hf")

@@ -240,6 +240,7 @@ def test_bad_input_one_clear_error_and_nothing_written(workdir, args, message, m
     bad = workdir / "bad"
     bad.mkdir(exist_ok=True)
     (bad / "train.jsonl").write_text((workdir / "ds" / "train.jsonl").read_text().splitlines()[0] + "\n{oops\n")
+    (bad / "manifest.json").write_text((workdir / "ds" / "manifest.json").read_text())
     spec = importlib.util.spec_from_file_location("finetune05", ROOT / "05_finetune.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

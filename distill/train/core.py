@@ -8,6 +8,7 @@ end, so an interrupted or failed run never leaves a folder that looks finished.
 from __future__ import annotations
 
 import importlib
+import importlib.util  # `import importlib` alone does not load .util
 import json
 import math
 import os
@@ -175,6 +176,9 @@ def summary_line(stage: str, out: dict) -> str:
 
 def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
     tracker = tracker or NullTracker()
+    from .data import check_dataset_dir
+
+    check_dataset_dir(cfg.dataset_dir)  # a folder 04 did not finish fails at once, not after the backend import
     backend = select_backend(cfg)  # first: Unsloth must be imported before transformers
     check_quantized_load(cfg)
     from .data import load_dataset_dir, tokenize_rows, training_chat_template

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.io import StageError, read_json, read_jsonl
+from distill.io import StageError, read_jsonl, read_manifest
 
 THINK_RE = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 
@@ -73,11 +73,28 @@ class Dataset:
     dir: Path = Path(".")
 
 
-def load_dataset_dir(dataset_dir: str | Path, reasoning: str = "keep", max_train: int = -1) -> Dataset:
+def check_dataset_dir(dataset_dir: str | Path) -> dict:
+    """04's manifest of a dataset folder; a folder without one is refused.
+
+    The manifest is written last, so without it the splits may be half-written, and it
+    carries the task's prompts that training saves for 07 and 08. Cheap: 05 calls it
+    before the slow backend import.
+    """
     d = Path(dataset_dir)
     train_p = d / "train.jsonl"
     if not train_p.exists():
         raise StageError(f"{train_p} not found: run 04_build_dataset.py first, or pass --dataset-dir")
+    m = read_manifest(d)
+    if m is None or m.get("stage", "04_build_dataset") != "04_build_dataset":
+        raise StageError(f"{d} has no manifest.json from 04_build_dataset.py: 04 did not finish there or did not "
+                         f"write it; build the dataset with 04_build_dataset.py (or pass its --output-dir)")
+    return m
+
+
+def load_dataset_dir(dataset_dir: str | Path, reasoning: str = "keep", max_train: int = -1) -> Dataset:
+    d = Path(dataset_dir)
+    manifest = check_dataset_dir(d)
+    train_p = d / "train.jsonl"
     train = load_split(train_p, reasoning)
     if not train:
         raise StageError(f"{train_p} is empty: nothing to train on")
@@ -85,7 +102,6 @@ def load_dataset_dir(dataset_dir: str | Path, reasoning: str = "keep", max_train
         train = train[:max_train]
     val = load_split(d / "val.jsonl", reasoning) if (d / "val.jsonl").exists() else []
     test = load_split(d / "test.jsonl", reasoning) if (d / "test.jsonl").exists() else []
-    manifest = read_json(d / "manifest.json") if (d / "manifest.json").exists() else {}
     return Dataset(train, val, test, manifest, d)
 
 
