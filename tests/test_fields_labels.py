@@ -15,7 +15,7 @@ GOOD = {"@context": "https://schema.org", "@type": "Recipe", "name": "Easy Banan
 RECORD = {"id": "r-1", "name": "Easy Banana Bread", "ingredients": ["3 ripe bananas", "1/3 cup melted butter",
           "1 1/2 cups all-purpose flour"], "prep_minutes": 10, "cook_minutes": 60, "total_minutes": 70, "servings": 8}
 TEXT = ("OMG you guys. ADVERTISEMENT. Easy banana bread!! grab 3 ripe bananas, ⅓ cup melted butter and "
-        "1 ½ cups all-purpose flour. prep 10 min, bake 1 hour. serves 8")
+        "1 ½ cups all-purpose flour. mash the bananas with a fork, stir in the rest. prep 10 min, bake 1 hour. serves 8")
 
 
 @pytest.mark.parametrize("value,minutes", [
@@ -92,11 +92,12 @@ def test_verify_rejects_wrong_times_and_invented_ingredients():
     assert checks["recipeIngredient"]["not_in_text"] == ["2 cups chocolate chips"]
 
 
-def test_verify_missing_fields_are_not_guesses():
+def test_verify_missing_fields_the_text_does_not_state_are_not_guesses():
     partial = GOOD | {"prepTime": None, "recipeYield": None}
-    checks, verdict, _ = verify(partial, TASK, RECORD, TEXT)
+    text = TEXT.replace("prep 10 min, ", "").replace(" serves 8", " feeds a crowd")
+    checks, verdict, _ = verify(partial, TASK, RECORD, text)
     assert verdict == "accepted"
-    assert checks["prepTime"]["status"] == "missing"
+    assert checks["prepTime"]["status"] == "missing" and checks["recipeYield"]["status"] == "missing"
 
 
 def test_verify_title_mismatch():
@@ -187,7 +188,7 @@ def test_verify_source_list_is_validated(tmp_path):
     shutil.copytree(TASK.dir, task_dir)
     y = task_dir / "task.yaml"
     y.write_text(y.read_text().replace("source: [servings, yield]", "source: []"))
-    with pytest.raises(StageError, match=r"verify.source must be a record field name or a list"):
+    with pytest.raises(StageError, match=r"verify\.source: must be a record field name or a list"):
         load_task(str(task_dir))
 
 
