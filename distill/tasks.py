@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -81,9 +81,17 @@ class VerifySpec(_Spec):
 class FieldSpec(_Spec):
     verify: Optional[VerifySpec] = None
     required: bool = False
-    grounded: Union[bool, Literal["paraphrase"]] = False
+    grounded: Union[bool, str] = False
     score: Optional[Literal[SCORE_METHODS]] = None  # type: ignore[valid-type]
     weight: float = 1.0
+
+    @field_validator("grounded", mode="before")
+    @classmethod
+    def _grounded(cls, v: Any) -> Any:
+        if v not in (True, False, "paraphrase") or isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"must be true (items as written in the text), false, or paraphrase "
+                             f"(reworded items such as steps); got {v!r}")
+        return v
 
 
 class StepSpec(_Spec):
@@ -131,33 +139,41 @@ def _loc(loc: tuple) -> str:
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The section model at a pydantic error location, to list the keys it allows."""
-    model: Any = TaskSpec
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
-            continue  # a list index or a dict key: the model is the item's
-        f = model.model_fields.get(part) or next((x for x in model.model_fields.values() if x.alias == part), None)
-        if f is None:
+    tp: Any = TaskSpec
+    parts = list(loc)
+    while parts or not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            part = parts.pop(0)
+            f = tp.model_fields.get(part) or next((x for x in tp.model_fields.values() if x.alias == part), None)
+            if f is None:
+                return None
+            tp = f.annotation
+            continue
+        origin, args = get_origin(tp), [a for a in get_args(tp) if a is not type(None)]
+        if origin in (list, dict) and parts:
+            parts.pop(0)  # a list index or a dict key: go on with the item type
+            tp = args[-1]
+        elif args:  # Optional[X] / Union[...]: the model among the alternatives
+            tp = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0])
+        else:
             return None
-        model = f.annotation
-        while not (isinstance(model, type) and issubclass(model, BaseModel)):
-            args = [a for a in get_args(model) if a is not type(None)]
-            if not args:
-                break
-            model = args[-1]
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return tp
 
 
 def _spec_error(where: str, exc: ValidationError) -> StageError:
     """The first problem of a task.yaml as one line, plus how many more there are."""
-    errors = exc.errors()
+    # An unknown key first: a misspelt key also shows up as the right key missing.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     e, loc = errors[0], tuple(errors[0]["loc"])
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     parent = _loc(loc[:-1])
     at = f"{parent}: " if parent else ""
     if e["type"] == "extra_forbidden":
         model = _model_at(loc[:-1])
-        allowed = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items())) if model else "?"
-        return StageError(f"{where}: {at}unknown key {loc[-1]!r} (allowed: {allowed}){more}")
+        keys = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return StageError(f"{where}: {at}unknown key {loc[-1]!r} ({hint}allowed: {', '.join(keys) or '?'}){more}")
     if e["type"] == "missing":
         return StageError(f"{where}: {at}missing key {loc[-1]!r}{more}")
     msg = e["msg"].removeprefix("Value error, ")
