@@ -6,8 +6,11 @@ reasoning is taken from wherever the server puts it (<think> tags, even half of
 them, reasoning_content, reasoning). The JSON is parsed (fences stripped, only
 safe repairs), validated against the task's JSON Schema, and verified against
 the source record and the input text field by field. Each label is written with
-its checks and a verdict: accepted, rejected (with reasons) or failed (no usable
-reply). Only accepted labels are trained on.
+its checks and a verdict: accepted, rejected (with reasons: a field that disagrees with
+the record, an item not in the text, a required field left empty, a value the text states
+left empty), unverified (nothing failed, but the input has no source record to check it
+against) or failed (no usable reply). Only accepted labels are trained on (04
+--include-unverified adds the unverified ones).
 
 With --feedback-rounds N a rejected label gets N chances to be fixed: the teacher sees its
 answer and which fields failed which check (never the source record's values), answers
