@@ -31,6 +31,7 @@ kagglehub facts this module relies on (checked against kagglehub 1.0.x source):
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -604,6 +605,13 @@ def record_fields(parser: str, path: str | os.PathLike | None = None) -> frozens
         return declared
     if path is None or not Path(path).is_file():
         return None
+    st = Path(path).stat()
+    return _file_fields(parser, str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_fields(parser: str, path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    # Cached by modification time: every stage loads its task, and the file is read whole.
     records, _ = PARSERS[parser](path)
     return frozenset({"id"}.union(*(r.keys() for r in records)))
 
