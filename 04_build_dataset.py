@@ -132,7 +132,8 @@ def _main(args) -> int:
         write_manifest(out, "04_build_dataset", vars(args), stats["counts"], task=task.name,
                        system_prompt=task.student_system_prompt, user_template=task.student_user_template,
                        reasoning=args.reasoning, stats=stats)
-    unverified = f" (of them {stats['trained_on']['unverified']} unverified)" if stats["trained_on"].get("unverified") else ""
+    n_unverified = stats["trained_on"].get("unverified", 0)
+    unverified = f" (of them {n_unverified} unverified)" if n_unverified else ""
     print(f"04: {len(rows)} examples{unverified} from {len(accepted)} labels "
           f"({len(dropped)} near-duplicates dropped; labels: {dict(verdicts)})")
     for s in D.SPLITS:

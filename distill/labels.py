@@ -186,7 +186,8 @@ def verify(label: dict, task: Task, record: dict | None, text: str, style: str |
             if res["not_in_text"]:
                 c["not_in_text"] = res["not_in_text"][:5]
             if res["too_many"]:
-                c["too_many"] = {"items": len(value) if isinstance(value, list) else 1, "text_sentences": res["segments"]}
+                c["too_many"] = {"items": len(value) if isinstance(value, list) else 1,
+                                 "text_sentences": res["segments"]}
         checks[name] = c
         if c["status"] == "missing" and c.get("required"):
             failures.append(f"{name}_missing")
@@ -240,8 +241,9 @@ class LabelItem:
         msgs = task.label_messages(row["text"])
         # The key covers everything that shapes the label, so a changed prompt,
         # schema, model or parameter re-labels, and nothing else does.
+        # The style's empty fields change the checks too.
         key = stable_hash(msgs, task.schema, model, params, [r.__dict__ for r in task.fields.values()],
-                          *([list(task.style_empty(row.get("style")))] if task.style_empty(row.get("style")) else []))
+                          list(task.style_empty(row.get("style"))))
         return cls(id=row["id"], row=row, messages=msgs, key=key, model=model)
 
 
@@ -442,7 +444,10 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
             "styles": {s: dict(c) for s, c in style_verdicts.items()}}
 
 
-def _rate(c: dict, good: str = "ok", bad: tuple = ("mismatch", "not_in_text", "omitted", "invented", "too_many", "missing_required")) -> str:
+_BAD = ("mismatch", "not_in_text", "omitted", "invented", "too_many", "missing_required")
+
+
+def _rate(c: dict, good: str = "ok", bad: tuple = _BAD) -> str:
     n = c.get(good, 0) + sum(c.get(b, 0) for b in bad)
     return f"{c.get(good, 0) / n:6.1%}" if n else "   n/a"
 

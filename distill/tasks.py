@@ -402,7 +402,8 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
     synthesis_prompt = record_fields = None
     if spec.synthesis:
         synthesis_prompt = template(_read_text(task_dir, spec.synthesis.prompt, f"{where}: synthesis.prompt"),
-                                    f"synthesis.prompt ({spec.synthesis.prompt})", ("{record_text}", "{style_instructions}"))
+                                    f"synthesis.prompt ({spec.synthesis.prompt})",
+                                    ("{record_text}", "{style_instructions}"))
         record_fields = spec.synthesis.record_fields
         styles = [Style(st.name, float(st.weight), st.instructions, tuple(st.empty)) for st in spec.synthesis.styles]
         if len({s.name for s in styles}) != len(styles):
@@ -418,8 +419,8 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
         rule = rule or FieldSpec()
         if fname not in properties:
             close = difflib.get_close_matches(fname, sorted(properties), n=1)
-            raise StageError(f"{where}: fields.{fname}: not a property of {spec.schema_file}"
-                             + (f" (did you mean {close[0]!r}?)" if close else f" (properties: {', '.join(sorted(properties))})"))
+            hint = f"did you mean {close[0]!r}?" if close else f"properties: {', '.join(sorted(properties))}"
+            raise StageError(f"{where}: fields.{fname}: not a property of {spec.schema_file} ({hint})")
         v = rule.verify
         if v is not None and v.keywords and v.method not in ("minutes", "count", "number"):
             raise StageError(f"{where}: fields.{fname}.verify.keywords: only minutes, count and number read them "
@@ -516,7 +517,8 @@ def _load_steps(task_dir: Path, where: str, raw_steps: list[StepSpec] | None) ->
                 raise StageError(f"{w}.target_template: Jinja2 syntax error line {exc.lineno}: {exc.message}") from exc
         user = st.user_template
         if "{text}" not in user:
-            raise StageError(f"{where}: steps[{i}].user_template has no {{text}}: without it the input never reaches the model")
+            raise StageError(f"{where}: steps[{i}].user_template has no {{text}}: "
+                             f"without it the input never reaches the model")
         steps.append(Step(st.name, _read_text(task_dir, st.system_prompt, f"{w}.system_prompt"), user, tmpl))
     if len({s.name for s in steps}) != len(steps):
         raise StageError(f"{where}: step names must be unique")
