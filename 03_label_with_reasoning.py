@@ -91,6 +91,11 @@ def _main(args) -> int:
         if not args.calibrate:
             clear_manifest(out)
         previous = {it.id: labeling.previous_label(out, it) for it in items}
+        for it in items:  # an unverified label whose input has a source record now is verified again
+            rec = labeling.reverify_unverified(previous[it.id], it, task)
+            if rec is not previous[it.id]:
+                previous[it.id] = rec
+                labeling.write_label(out, rec)
         todo = [it for it in items if not labeling.is_done(previous[it.id], args.feedback_rounds)]
         stats = RunStats()
         stats.skip(len(items) - len(todo))

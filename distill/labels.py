@@ -259,6 +259,15 @@ def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
     return rec if rec.get("key") == item.key else None
 
 
+def reverify_unverified(rec: dict | None, item: LabelItem, task: Task) -> dict | None:
+    """An earlier ``unverified`` label whose input has a source record now: verify its answer
+    against it again (no request). Other labels come back as they are."""
+    if rec is None or rec.get("verdict") != "unverified" or not item.row.get("source") or rec.get("output") is None:
+        return rec
+    checks, verdict, reason = verify(rec["output"], task, item.row["source"], item.row["text"], item.row.get("style"))
+    return rec | {"checks": checks, "verdict": verdict, "reason": reason}
+
+
 def is_done(rec: dict | None, feedback_rounds: int = 0) -> bool:
     """Is this earlier label (from ``previous_label``) finished? Yes when it was accepted or
     unverified (asking again cannot give it a source record: it stays unverified, counted

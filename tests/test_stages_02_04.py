@@ -375,3 +375,20 @@ def test_04_with_only_unverified_labels_says_how_to_use_them(tmp_path, capsys):
     assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(tmp_path / "04")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'unverified': 2" in err and "--include-unverified" in err
+
+
+def test_an_unverified_label_is_verified_once_its_input_has_a_source_record(tmp_path):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "2") == 0
+        p = outputs(syn)[0]
+        row = json.loads(p.read_text())
+        p.write_text(json.dumps(row | {"source": None}))
+        assert run_03(srv, syn, lab) == 0
+        assert json.loads((lab / p.name).read_text())["verdict"] == "unverified"
+        p.write_text(json.dumps(row))   # the record is back
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0
+        assert chat_requests(srv) == n, "verified from the stored answer, without asking again"
+    rec = json.loads((lab / p.name).read_text())
+    assert rec["verdict"] == "accepted" and rec["checks"]["name"]["status"] == "ok"
