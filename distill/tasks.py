@@ -2,7 +2,10 @@
 
 A task folder holds ``task.yaml`` (documented in README, "Write your own task"),
 Markdown prompts, the output JSON Schema, and optional sample data and
-adversarial cases. Unknown keys are an error so a typo never goes unnoticed.
+adversarial cases. ``task.yaml`` is read into pydantic models (:class:`TaskSpec`) that
+forbid unknown keys and wrong types, then cross-checked: every field is a property of the
+schema, every ``verify.source`` a field of the records, every user template has ``{text}``.
+A typo is one line naming the file and the key, never a check silently switched off.
 """
 from __future__ import annotations
 
