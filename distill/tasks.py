@@ -31,7 +31,8 @@ SCORE_METHODS = ("text", "exact", "minutes", "number", "list_f1", "set_f1", "mae
 # never switches a check off. Strict: the YAML string "3" is not the number 3.
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # defer_build: the validators are built at the first load_task, not on import.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 class SourceSpec(_Spec):
