@@ -6,8 +6,11 @@ reasoning is taken from wherever the server puts it (<think> tags, even half of
 them, reasoning_content, reasoning). The JSON is parsed (fences stripped, only
 safe repairs), validated against the task's JSON Schema, and verified against
 the source record and the input text field by field. Each label is written with
-its checks and a verdict: accepted, rejected (with reasons) or failed (no usable
-reply). Only accepted labels are trained on.
+its checks and a verdict: accepted, rejected (with reasons: a field that disagrees with
+the record, an item not in the text, a required field left empty, a value the text states
+left empty), unverified (nothing failed, but the input has no source record to check it
+against) or failed (no usable reply). Only accepted labels are trained on (04
+--include-unverified adds the unverified ones).
 
 With --feedback-rounds N a rejected label gets N chances to be fixed: the teacher sees its
 answer and which fields failed which check (never the source record's values), answers
@@ -93,6 +96,11 @@ def _main(args) -> int:
         if not args.calibrate:
             clear_manifest(out)
         previous = {it.id: labeling.previous_label(out, it) for it in items}
+        for it in items:  # an unverified label whose input has a source record now is verified again
+            rec = labeling.reverify_unverified(previous[it.id], it, task)
+            if rec is not previous[it.id]:
+                previous[it.id] = rec
+                labeling.write_label(out, rec)
         todo = [it for it in items if not labeling.is_done(previous[it.id], args.feedback_rounds)]
         stats = RunStats()
         stats.skip(len(items) - len(todo))

@@ -6,7 +6,9 @@ reference, ...}. The assistant turn is "<think>reasoning</think>" then the JSON,
 or the JSON alone with --reasoning strip. Splits are grouped by source record
 (all inputs written from one record land in one split), stratified by style,
 seeded; near-duplicate inputs are dropped first. Stats (counts per split and
-style, rejected labels by reason, length percentiles) are printed and saved.
+style, labels by verdict, the rest by reason, length percentiles) are printed and saved.
+Only accepted labels are used; --include-unverified adds the unverified ones (no
+source record to check them against), counted apart in stats.json and the manifest.
 A label is used only if it was made from the input's current text (same
 text_sha256): after 02 rewrote inputs, re-run 03, or build without them with --skip-stale.
 
@@ -14,6 +16,7 @@ Usage:
     python 04_build_dataset.py                                   # 0.8,0.1,0.1 split
     python 04_build_dataset.py --split 0.9,0.1 --reasoning strip
     python 04_build_dataset.py --tokenizer path/to/hf-model      # real token-length percentiles
+    python 04_build_dataset.py --include-unverified              # also labels with no source record
 """
 from __future__ import annotations
 
@@ -45,6 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-stale", action="store_true",
                    help="build without labels made from an older text of their input (02 re-run since 03); "
                         "default: refuse and list them, since re-running 03 re-labels exactly those")
+    p.add_argument("--include-unverified", action="store_true",
+                   help="also train on 'unverified' labels (schema-valid and not rejected, but with no source "
+                        "record to check them against); counted in stats.json and the manifest")
     p.add_argument("--tokenizer", default=None,
                    help="local HF tokenizer folder for real token-length percentiles (default: chars/4 estimate)")
     return p
@@ -69,8 +75,10 @@ def _main(args) -> int:
     task = load_task(args.task or lm.get("task", "recipe"))
     synthetic = {r["id"]: r for r in load_synthetic(args.synthetic_dir)}
 
-    verdicts: Counter = Counter()
+    verdicts: Counter = Counter({v: 0 for v in ("accepted", "rejected", "unverified", "failed")})
     reasons: Counter = Counter()
+    # Only labels checked against their source record are trained on, unless asked otherwise.
+    trained_verdicts = ("accepted", "unverified") if args.include_unverified else ("accepted",)
     accepted, orphans, stale = [], 0, []
     for p in sorted(args.labeled_dir.glob("*.json")):
         if p.name == "manifest.json":
@@ -88,7 +96,7 @@ def _main(args) -> int:
             stale.append(lab)
             continue
         verdicts[lab["verdict"]] += 1
-        if lab["verdict"] == "accepted":
+        if lab["verdict"] in trained_verdicts:
             accepted.append(lab)
         else:
             for r in str(lab.get("reason", "")).split(","):
@@ -99,8 +107,10 @@ def _main(args) -> int:
         print(f"04: --skip-stale: left out {len(stale)} stale label(s) ({D.list_ids([lab['id'] for lab in stale])}); "
               f"re-run 03 to label their inputs' current text")
     if not accepted:
-        raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; rejected by reason: "
-                         f"{dict(reasons)}): check the teacher with 03 --calibrate")
+        hint = (" (pass --include-unverified to train on the unverified ones)"
+                if verdicts["unverified"] and not args.include_unverified else "")
+        raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; not accepted by reason: "
+                         f"{dict(reasons)}): check the teacher with 03 --calibrate{hint}")
     if args.limit:
         accepted = accepted[:args.limit]
 
@@ -126,6 +136,7 @@ def _main(args) -> int:
             "by_style": {s: dict(Counter(r["style"] for r in v)) for s, v in splits.items()},
             "stratified_by": key,
             "labels": dict(verdicts),
+            "trained_on": dict(Counter(r["verdict"] for r in rows)),
             "not_accepted_by_reason": dict(reasons.most_common()),
             "near_duplicates_dropped": len(dropped),
             "labels_without_input": orphans,
@@ -139,7 +150,9 @@ def _main(args) -> int:
         write_manifest(out, "04_build_dataset", vars(args), stats["counts"], task=task.name,
                        system_prompt=task.student_system_prompt, user_template=task.student_user_template,
                        reasoning=args.reasoning, stats=stats)
-    print(f"04: {len(rows)} examples from {len(accepted)} accepted labels "
+    n_unverified = stats["trained_on"].get("unverified", 0)
+    unverified = f" (of them {n_unverified} unverified)" if n_unverified else ""
+    print(f"04: {len(rows)} examples{unverified} from {len(accepted)} labels "
           f"({len(dropped)} near-duplicates dropped; labels: {dict(verdicts)})")
     for s in D.SPLITS:
         print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records  "

@@ -149,7 +149,8 @@ def build_rows(task: Task, synthetic: dict[str, dict], labels: list[dict], keep_
             {"role": "assistant", "content": assistant_content(lab["output"], lab.get("reasoning"), keep_reasoning)}]
         rows.append({"messages": msgs, "id": lab["id"], "source_id": syn["source_id"], "style": syn.get("style"),
                      "task": task.name, "reference": lab["output"], "text": syn["text"],
-                     "source": syn.get("source"), "has_reasoning": bool(lab.get("reasoning"))})
+                     "source": syn.get("source"), "has_reasoning": bool(lab.get("reasoning")),
+                     "verdict": lab["verdict"]})
     return rows
 
 

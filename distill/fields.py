@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from typing import Any, Iterable
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 # A fuzzy score (0-100) at or above which two list items count as the same item.
 ITEM_MATCH = 80.0
@@ -347,3 +348,215 @@ def name_similarity(value: Any, source: Any) -> float:
 
 def is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
+
+
+def is_blank(value: Any) -> bool:
+    """Empty for verification: None, blank text, an empty container, or a list of blank items.
+
+    Stricter than :func:`is_empty` (which 07 uses for scoring): ``[""]`` or
+    ``[{"@type": "HowToStep", "text": " "}]`` says nothing, so it is no answer either.
+    """
+    if is_empty(value):
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, list):
+        return all(not item_text(i).strip() for i in value)
+    return False
+
+
+# --- "stated in the text": does the input say the source value? ------------------------
+# 03 rejects a label that leaves a field empty while the text plainly states the record's
+# value (the post was written from the record). Each detector is conservative: it only
+# answers yes when the value is written next to a word that says what it is, so a label
+# is never rejected for missing a value the text only hints at.
+
+_UNIT_MINUTES = {"day": 1440, "days": 1440, "d": 1440, "hour": 60, "hours": 60, "hr": 60, "hrs": 60, "h": 60,
+                 "minute": 1, "minutes": 1, "min": 1, "mins": 1, "m": 1}
+_NUM_TOKEN = re.compile(r"^(?:\d+(?:\.\d+)?|\d+/\d+)$")
+_GLUED = re.compile(r"^(\d+(?:\.\d+)?)([a-z]+)$")   # "30mins", "1hr", "2dozen"
+# At most this many words between a keyword and its value: "prep time: 15 mins",
+# "cook for about 1 hour", "serves about 4".
+KEYWORD_GAP = 3
+
+
+def _tokens(text_norm: str) -> list[str]:
+    out = []
+    for t in _DOZEN.sub(lambda m: f"{_num(m.group(1)) * 12:g}", text_norm).split():
+        g = _GLUED.match(t)
+        out.extend(g.groups() if g else (t,))
+    return out
+
+
+def _read_number(tokens: list[str], i: int) -> tuple[float, int] | None:
+    """The number starting at tokens[i] ("1 1/2" spans two tokens) and the index after it."""
+    if i >= len(tokens) or not _NUM_TOKEN.match(tokens[i]):
+        return None
+    if "/" not in tokens[i] and i + 1 < len(tokens) and re.fullmatch(r"\d+/\d+", tokens[i + 1]):
+        return _num(f"{tokens[i]} {tokens[i + 1]}"), i + 2
+    return _num(tokens[i]), i + 1
+
+
+def durations_in(tokens: list[str]) -> list[tuple[int, float]]:
+    """(start token, minutes) of every duration: "30 mins", "1 hr 20 min", "1 1/2 hours", "1 hour and 5 minutes"."""
+    out, i = [], 0
+    while i < len(tokens):
+        start, total, j, found = i, 0.0, i, False
+        while True:
+            n = _read_number(tokens, j)
+            if n is None or n[1] >= len(tokens) or tokens[n[1]] not in _UNIT_MINUTES:
+                break
+            total += n[0] * _UNIT_MINUTES[tokens[n[1]]]
+            j, found = n[1] + 1, True
+            if j + 1 < len(tokens) and tokens[j] == "and" and _read_number(tokens, j + 1):
+                j += 1
+        if found:
+            out.append((start, total))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _keyword_before(tokens: list[str], start: int, keywords: Iterable[str]) -> bool:
+    """Does a keyword phrase end at most KEYWORD_GAP words before ``start``, with no number in between?"""
+    for kw in keywords:
+        k = normalize_text(kw).split()
+        if not k:
+            continue
+        for end in range(start - 1, max(-1, start - 2 - KEYWORD_GAP), -1):
+            if any(_NUM_TOKEN.match(t) for t in tokens[end + 1:start]):
+                break
+            if tokens[max(0, end - len(k) + 1):end + 1] == k:
+                return True
+    return False
+
+
+def stated_in_text(method: str | None, source: Any, text_norm: str, keywords: Iterable[str] = (),
+                   tolerance: float = 0.0) -> bool:
+    """Is the source value clearly written in the (normalised) input text?
+
+    ``name``/``text``: the whole source text appears, word for word after normalising.
+    ``minutes``: a duration equal to the source ("30 mins", "1 hr 20 min", "1 1/2 hours")
+    comes right after one of the field's keywords ("prep: 30 mins", "cook for 1 hour").
+    Without a keyword a duration says nothing about which time it is: with prep 15 and
+    total 15, "ready in 15 minutes" states the total only if "ready in" is a total
+    keyword, and never the prep time.
+    ``count``/``number``: a number of the source follows a keyword ("serves 8",
+    "makes 2 dozen", "yield: 1 loaf").
+    ``set_f1``: at least half of the source's items appear in the text.
+    ``exact``: never; a category is the teacher's judgement, not a quotation.
+    """
+    if is_empty(source) or not text_norm:
+        return False
+    if method in ("name", "text"):
+        s = normalize_text(source)
+        return len(s) >= 3 and re.search(rf"(?<!\w){re.escape(s)}(?!\w)", text_norm) is not None
+    if method == "set_f1":
+        items = source if isinstance(source, list) else [source]
+        hits = sum(1 for it in items if grounded_in(it, text_norm))
+        return hits >= max(1, (len(items) + 1) // 2)
+    if method in ("minutes", "count", "number") and keywords:
+        tokens = _tokens(text_norm)
+        if method == "minutes":
+            want = to_minutes(source)
+            return want is not None and any(abs(m - want) <= tolerance and _keyword_before(tokens, s, keywords)
+                                            for s, m in durations_in(tokens))
+        want = numbers_in(source)
+        want = want[:1] if method == "number" or _is_plain_number(source) else want
+        for i in range(len(tokens)):
+            n = _read_number(tokens, i)
+            if n and any(abs(n[0] - w) <= tolerance for w in want) and _keyword_before(tokens, i, keywords):
+                return True
+    return False
+
+
+# --- paraphrased items (steps): grounded when their content words are in the text ---------
+
+_STOPWORDS = frozenset(
+    "a an and or but nor the of to in on at for with without into onto from by as is are be been it its this that "
+    "these those then than so if when while until till about over under up down out off all each every some any "
+    "you your yours we our us i my me they them their there here also just very well more most much few again "
+    "will can may should would could do does did not no yes let lets let's get got".split())
+# A content word of a step also counts as in the text when a text word is this similar
+# (rapidfuzz ratio): "mash"/"mashed", "whisk"/"whisking", a typo.
+WORD_MATCH = 80.0
+# An item is grounded when this share of its content words occurs together in one
+# stretch of the text, or STEP_COVER_ANYWHERE of them anywhere (a terse "mash, mix, bake
+# 1hr" method whose step "Mash the bananas" takes its noun from the ingredient list).
+# On 300 real recipe pages (text by trafilatura) 97.4% of the pages' own steps pass and
+# 3.4% of steps taken from another page do; the steps that fail are mostly pages whose
+# extracted text lost the method.
+STEP_COVER = 0.6
+STEP_COVER_ANYWHERE = 0.9
+
+
+def content_words(s: Any) -> list[str]:
+    """The words that carry a step's meaning: no stop words, numbers kept."""
+    return [t for t in _tokens(normalize_text(item_text(s)))
+            if t not in _STOPWORDS and (len(t) >= 3 or any(c.isdigit() for c in t))]
+
+
+def step_coverage(item: Any, text_tokens: list[str], vocab: dict[str, list[int]] | None = None) -> tuple[float, float]:
+    """Shares (0-1) of an item's content words found (a) within one window of the text, (b) anywhere.
+
+    The window is twice the item's length plus ten words: a reworded step keeps its
+    words close together ("in a big bowl whisk the flour and sugar" covers "Combine
+    flour and sugar in a large bowl" but for "combine" and "large"), while a step made
+    up from words scattered over a long post does not.
+    """
+    words = list(dict.fromkeys(content_words(item)))
+    if not words:
+        return 1.0, 1.0
+    if vocab is None:
+        vocab = {}
+        for pos, t in enumerate(text_tokens):
+            vocab.setdefault(t, []).append(pos)
+    keys = list(vocab)
+    hits: list[tuple[int, int]] = []   # (text position, index of the content word)
+    for wi, w in enumerate(words):
+        if w in vocab:
+            matches = [w]
+        elif w.isalpha() and len(w) >= 4:
+            matches = [m for m, _, _ in process.extract(w, keys, scorer=fuzz.ratio, score_cutoff=WORD_MATCH,
+                                                         limit=None) if m.isalpha()]
+        else:
+            matches = []  # numbers and short words only count when written the same
+        hits.extend((pos, wi) for m in matches for pos in vocab[m])
+    hits.sort()
+    size = 2 * len(normalize_text(item_text(item)).split()) + 10
+    best, lo, counts = 0, 0, Counter()
+    for hi in range(len(hits)):
+        counts[hits[hi][1]] += 1
+        while hits[hi][0] - hits[lo][0] >= size:
+            counts[hits[lo][1]] -= 1
+            if not counts[hits[lo][1]]:
+                del counts[hits[lo][1]]
+            lo += 1
+        best = max(best, len(counts))
+    return best / len(words), len({wi for _, wi in hits}) / len(words)
+
+
+def text_segments(text: str) -> int:
+    """Sentences and lines of a text with at least one word: the most steps it can state."""
+    parts = re.split(r"[\n\r]+|(?<=[.!?;])\s+", text)
+    return sum(1 for p in parts if re.search(r"[^\W\d_]{2,}", p))
+
+
+def check_paraphrased(items: list, text: str) -> dict:
+    """Steps-like items against the text: coverage of each, and their count against the text's sentences.
+
+    Returns {"not_in_text": [the items not grounded], "too_many": bool, "segments": n}.
+    """
+    tokens = _tokens(normalize_text(text))
+    vocab: dict[str, list[int]] = {}
+    for pos, t in enumerate(tokens):
+        vocab.setdefault(t, []).append(pos)
+    texts = [item_text(i) for i in items if item_text(i).strip()]
+    low = []
+    for t in texts:
+        near, anywhere = step_coverage(t, tokens, vocab)
+        if near < STEP_COVER and anywhere < STEP_COVER_ANYWHERE:
+            low.append(t)
+    segments = text_segments(text)
+    return {"not_in_text": low, "too_many": len(texts) > segments, "segments": segments}

@@ -98,7 +98,7 @@ def _check_field(rule, value: Any, record: dict | None) -> dict:
 
 
 def _compare(rule, value: Any, src: Any) -> dict:
-    if F.is_empty(value):
+    if F.is_blank(value):
         return {"status": "missing", "source": src}
     m = rule.verify_method
     if m == "text":
@@ -139,33 +139,79 @@ def _compare(rule, value: Any, src: Any) -> dict:
     raise ValueError(f"unknown verify method {m}")
 
 
-def verify(label: dict, task: Task, record: dict | None, text: str) -> tuple[dict, str, str]:
+def verify(label: dict, task: Task, record: dict | None, text: str, style: str | None = None) -> tuple[dict, str, str]:
     """Check a schema-valid label. Returns (checks, verdict, reason).
 
-    A field fails when it disagrees with the source record or, for grounded
-    fields, when an extracted item does not appear in the input text. Missing
-    values are recorded but do not reject: the post may not state them.
+    verdict ``rejected`` (reasons ``<field>_<problem>``, comma-separated) when a field
+    disagrees with the source record (``mismatch``), an item is not in the input text
+    (``not_in_text``), a paraphrased list has more items than the text has sentences
+    (``too_many``), a ``required`` field is empty (``missing``), a field is empty while
+    the text states its source value (``omitted``: the post was written from the record,
+    so what it states must be extracted), or a field the input's style must leave empty
+    has a value (``invented``). Otherwise ``unverified`` when nothing could be checked
+    against a source (no source record, or none of its values): such a label is only
+    trained on with 04 --include-unverified. Else ``accepted``. An empty field that the
+    text does not state is recorded as ``missing`` and is not a failure.
     """
     checks: dict[str, dict] = {}
     text_norm = F.normalize_text(text)
+    must_be_empty = set(task.style_empty(style))
     failures = []
     for name, rule in task.fields.items():
         value = label.get(name)
+        blank = F.is_blank(value)
+        if name in must_be_empty:
+            # The input has nothing to extract for this field: any value is made up, and the
+            # source record (the seed the input was written from) does not apply.
+            checks[name] = {"status": "ok" if blank else "invented", "expected": "empty"}
+            if not blank:
+                failures.append(f"{name}_invented")
+            continue
         c = _check_field(rule, value, record)
-        if rule.grounded and not F.is_empty(value):
+        if blank and rule.required:
+            c = c | {"status": "missing", "required": True}
+        elif blank and c["status"] == "missing" and any(
+                F.stated_in_text(rule.verify_method, src, text_norm, rule.verify_keywords, rule.verify_tolerance)
+                for src in _source_values(rule, record)):
+            c["status"] = "omitted"
+        if not blank and rule.grounded:
             items = value if isinstance(value, list) else [value]
             missing = [F.item_text(i) for i in items if not F.grounded_in(i, text_norm)]
             c["grounded"] = not missing
             if missing:
                 c["not_in_text"] = missing[:5]
+        if not blank and rule.grounded_paraphrase:
+            res = F.check_paraphrased(value if isinstance(value, list) else [value], text)
+            c["grounded"] = not res["not_in_text"]
+            if res["not_in_text"]:
+                c["not_in_text"] = res["not_in_text"][:5]
+            if res["too_many"]:
+                c["too_many"] = {"items": len(value) if isinstance(value, list) else 1,
+                                 "text_sentences": res["segments"]}
         checks[name] = c
-        if c["status"] == "mismatch":
-            failures.append(f"{name}_mismatch")
-        elif c.get("grounded") is False:
+        if c["status"] == "missing" and c.get("required"):
+            failures.append(f"{name}_missing")
+        elif c["status"] in ("mismatch", "omitted"):
+            failures.append(f"{name}_{c['status']}")
+        if c.get("grounded") is False:
             failures.append(f"{name}_not_in_text")
+        if c.get("too_many"):
+            failures.append(f"{name}_too_many")
     if failures:
         return checks, "rejected", ",".join(failures)
+    if record is None:
+        return checks, "unverified", "no_source_record"
+    if not any(c["status"] == "ok" for c in checks.values()):
+        return checks, "unverified", "no_source_values"
     return checks, "accepted", "ok"
+
+
+def _source_values(rule, record: dict | None) -> list:
+    """The record's non-empty values for a rule's source field(s)."""
+    if rule.verify_method is None or record is None:
+        return []
+    names = [rule.verify_source] if isinstance(rule.verify_source, str) else list(rule.verify_source)
+    return [record[n] for n in names if not F.is_empty(record.get(n))]
 
 
 # --- stage orchestration -------------------------------------------------------------
@@ -178,6 +224,9 @@ from pathlib import Path  # noqa: E402
 
 from .io import read_json, stable_hash, write_json  # noqa: E402
 from .synth import text_sha256  # noqa: E402
+
+
+VERDICTS = ("accepted", "rejected", "unverified", "failed")
 
 
 @dataclass
@@ -193,7 +242,9 @@ class LabelItem:
         msgs = task.label_messages(row["text"])
         # The key covers everything that shapes the label, so a changed prompt,
         # schema, model or parameter re-labels, and nothing else does.
-        key = stable_hash(msgs, task.schema, model, params, [r.__dict__ for r in task.fields.values()])
+        # The style's empty fields change the checks too.
+        key = stable_hash(msgs, task.schema, model, params, [r.__dict__ for r in task.fields.values()],
+                          list(task.style_empty(row.get("style"))))
         return cls(id=row["id"], row=row, messages=msgs, key=key, model=model)
 
 
@@ -219,15 +270,26 @@ def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
     return rec
 
 
+def reverify_unverified(rec: dict | None, item: LabelItem, task: Task) -> dict | None:
+    """An earlier ``unverified`` label whose input has a source record now: verify its answer
+    against it again (no request). Other labels come back as they are."""
+    if rec is None or rec.get("verdict") != "unverified" or not item.row.get("source") or rec.get("output") is None:
+        return rec
+    checks, verdict, reason = verify(rec["output"], task, item.row["source"], item.row["text"], item.row.get("style"))
+    return rec | {"checks": checks, "verdict": verdict, "reason": reason}
+
+
 def is_done(rec: dict | None, feedback_rounds: int = 0) -> bool:
-    """Is this earlier label (from ``previous_label``) finished? Yes when it was accepted,
-    or rejected after the feedback rounds asked for. Failures are retried; a label rejected
-    with fewer rounds than asked for now gets its remaining rounds (from its last answer)."""
+    """Is this earlier label (from ``previous_label``) finished? Yes when it was accepted or
+    unverified (asking again cannot give it a source record: it stays unverified, counted
+    apart, and is not trained on by default), or rejected after the feedback rounds asked
+    for. Failures are retried; a label rejected with fewer rounds than asked for now gets
+    its remaining rounds (from its last answer)."""
     if rec is None:
         return False
     if rec.get("verdict") == "rejected":
         return rec.get("feedback_rounds", 0) >= feedback_rounds or feedback_message(rec) is None
-    return rec.get("verdict") == "accepted"
+    return rec.get("verdict") in ("accepted", "unverified")
 
 
 def _base(item: LabelItem) -> dict:
@@ -257,7 +319,7 @@ def make_label(item: LabelItem, task: Task, completion) -> dict:
     errors = validate(obj, task.schema)
     if errors:
         return rec | {"output": obj, "verdict": "rejected", "reason": "schema", "schema_errors": errors[:10]}
-    checks, verdict, reason = verify(obj, task, item.row.get("source"), item.row["text"])
+    checks, verdict, reason = verify(obj, task, item.row.get("source"), item.row["text"], item.row.get("style"))
     return rec | {"output": obj, "checks": checks, "verdict": verdict, "reason": reason}
 
 
@@ -267,6 +329,11 @@ _FIELD_FEEDBACK = {
                 "states; use null only if the text does not state one.",
     "not_in_text": "{field}: these items are not written in the text: {items}. List only what the text "
                    "says, as it is written there.",
+    "missing": "{field} is empty, but every answer needs it. Read the text again and give what it says.",
+    "omitted": "{field} is empty, but the text states it. Read the text again and give the value it states.",
+    "invented": "{field} = {value}, but this text has nothing for {field}: leave it empty.",
+    "too_many": "{field} has more items than the text has sentences. List only what the text says, "
+                "one item per step it describes.",
 }
 
 
@@ -286,9 +353,13 @@ def feedback_message(rec: dict) -> str | None:
     for field, c in (rec.get("checks") or {}).items():
         if c.get("status") == "mismatch":
             lines.append(_FIELD_FEEDBACK["mismatch"].format(field=field, value=json.dumps(out.get(field))))
+        if (c.get("status") == "missing" and c.get("required")) or c.get("status") in ("omitted", "invented"):
+            lines.append(_FIELD_FEEDBACK[c["status"]].format(field=field, value=json.dumps(out.get(field))))
         if c.get("grounded") is False:
             items = ", ".join(json.dumps(i) for i in c.get("not_in_text", []))
             lines.append(_FIELD_FEEDBACK["not_in_text"].format(field=field, items=items))
+        if c.get("too_many"):
+            lines.append(_FIELD_FEEDBACK["too_many"].format(field=field))
     if not lines:
         return None
     return ("Some fields of your answer failed the checks:\n- " + "\n- ".join(lines)
@@ -359,8 +430,10 @@ def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 
 def report(out_dir: Path, ids: list[str], task: Task) -> dict:
-    """Verdicts, rejection reasons and per-field / per-style pass rates over the given ids."""
-    verdicts: Counter = Counter()
+    """Verdicts (accepted / rejected / unverified / failed, always all four), the reasons per
+    verdict, and per-field / per-style pass rates over the given ids."""
+    verdicts: Counter = Counter({v: 0 for v in VERDICTS})
+    by_verdict: dict[str, Counter] = defaultdict(Counter)
     fixed = 0  # accepted only after a feedback round
     reasons: Counter = Counter()
     field_status: dict[str, Counter] = defaultdict(Counter)
@@ -378,16 +451,24 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
         if rec["verdict"] != "accepted":
             for r in str(rec.get("reason", "")).split(","):
                 reasons[r] += 1
+                by_verdict[rec["verdict"]][r] += 1
         for f, c in (rec.get("checks") or {}).items():
-            field_status[f][c.get("status", "?")] += 1
+            status = c.get("status", "?")
+            field_status[f]["missing_required" if status == "missing" and c.get("required") else status] += 1
             if c.get("grounded") is False:
                 field_status[f]["not_in_text"] += 1
+            if c.get("too_many"):
+                field_status[f]["too_many"] += 1
     return {"verdicts": dict(verdicts), "accepted_after_feedback": fixed, "rejected_by_reason": dict(reasons.most_common()),
+            "reasons": {v: dict(by_verdict[v].most_common()) for v in VERDICTS if by_verdict[v]},
             "fields": {f: dict(c) for f, c in field_status.items()},
             "styles": {s: dict(c) for s, c in style_verdicts.items()}}
 
 
-def _rate(c: dict, good: str = "ok", bad: tuple = ("mismatch", "not_in_text")) -> str:
+_BAD = ("mismatch", "not_in_text", "omitted", "invented", "too_many", "missing_required")
+
+
+def _rate(c: dict, good: str = "ok", bad: tuple = _BAD) -> str:
     n = c.get(good, 0) + sum(c.get(b, 0) for b in bad)
     return f"{c.get(good, 0) / n:6.1%}" if n else "   n/a"
 
@@ -397,11 +478,12 @@ def format_report(rep: dict) -> str:
     total = sum(v.values()) or 1
     fixed = f", {rep['accepted_after_feedback']} of them after feedback" if rep.get("accepted_after_feedback") else ""
     lines = [f"labels: {v.get('accepted', 0)} accepted ({v.get('accepted', 0) / total:.0%}){fixed}, "
-             f"{v.get('rejected', 0)} rejected, {v.get('failed', 0)} failed"]
-    if rep["rejected_by_reason"]:
-        lines.append("not accepted, by reason: " + ", ".join(f"{k} {n}" for k, n in rep["rejected_by_reason"].items()))
+             f"{v.get('rejected', 0)} rejected, {v.get('unverified', 0)} unverified (no source to check against: "
+             f"not trained on unless 04 --include-unverified), {v.get('failed', 0)} failed"]
+    for verdict, reasons in (rep.get("reasons") or {}).items():
+        lines.append(f"{verdict}, by reason: " + ", ".join(f"{k} {n}" for k, n in reasons.items()))
     if rep["fields"]:
-        lines.append("pass rate per field (ok / checked; missing and unverifiable not counted):")
+        lines.append("pass rate per field (ok / checked; unverifiable and unstated missing values not counted):")
         for f, c in rep["fields"].items():
             lines.append(f"  {f:<22} {_rate(c)}   {c}")
     if rep["styles"]:

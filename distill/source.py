@@ -31,6 +31,7 @@ kagglehub facts this module relies on (checked against kagglehub 1.0.x source):
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -634,6 +635,37 @@ def _menu_orders(path: str | os.PathLike) -> tuple[list[dict], dict]:
 
 PARSERS["menu_orders"] = _menu_orders
 
+# The fields of each parser's records, so the task loader can refuse a ``verify.source``
+# or ``record_fields`` entry the records do not have (a typo would switch a check off).
+# None: the generic parsers keep a file's own columns/keys, read by record_fields().
+RECORD_FIELDS: dict[str, frozenset[str] | None] = {
+    "allrecipes_csv": frozenset({"id", "name", "group", "category", "rating", "n_rater", "n_reviewer", "summary",
+                                 "prep_minutes", "cook_minutes", "additional_minutes", "total_minutes",
+                                 "servings", "yield", "ingredients"}),
+    "csv": None,
+    "jsonl": None,
+    "menu_orders": frozenset({"id", "order_lines", "items", "total_price", "currency", "n_items", "reference"}),
+}
+
+
+def record_fields(parser: str, path: str | os.PathLike | None = None) -> frozenset[str] | None:
+    """The fields a parser's records have; for csv/jsonl those of the file at ``path``
+    (None when there is no file to read: the records come from elsewhere)."""
+    declared = RECORD_FIELDS.get(parser)
+    if declared is not None:
+        return declared
+    if path is None or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return _file_fields(parser, str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_fields(parser: str, path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    # Cached by modification time: every stage loads its task, and the file is read whole.
+    records, _ = PARSERS[parser](path)
+    return frozenset({"id"}.union(*(r.keys() for r in records)))
+
 
 def get_parser(name: str) -> Callable[[str | os.PathLike], tuple[list[dict], dict]]:
     try:
@@ -675,4 +707,5 @@ __all__ = [
     "parse_handle",
     "parse_process",
     "pick_source_file",
+    "record_fields",
 ]

@@ -2,50 +2,187 @@
 
 A task folder holds ``task.yaml`` (documented in README, "Write your own task"),
 Markdown prompts, the output JSON Schema, and optional sample data and
-adversarial cases. Unknown keys are an error so a typo never goes unnoticed.
+adversarial cases. ``task.yaml`` is read into pydantic models (:class:`TaskSpec`) that
+forbid unknown keys and wrong types, then cross-checked: every field is a property of the
+schema, every ``verify.source`` a field of the records, every user template has ``{text}``.
+A typo is one line naming the file and the key, never a check silently switched off.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .io import TASKS_DIR, StageError, stable_hash
 
-VERIFY_METHODS = {"text", "name", "minutes", "number", "count", "set_f1", "exact"}
-SCORE_METHODS = {"text", "exact", "minutes", "number", "list_f1", "set_f1", "mae"}
-
-# Allowed keys per section: (required, optional).
-_KEYS: dict[str, tuple[set[str], set[str]]] = {
-    "": ({"name", "description", "schema", "student", "fields"},
-         {"source", "synthesis", "label", "adversarial", "steps", "tiers", "stratify", "price_check"}),
-    "source": (set(), {"kaggle", "parser", "sample", "generator", "file"}),
-    "synthesis": ({"prompt", "styles"}, {"record_fields"}),
-    "style": ({"name", "weight", "instructions"}, set()),
-    "label": ({"prompt", "user_template"}, set()),
-    "student": ({"system_prompt", "user_template"}, set()),
-    "field": (set(), {"verify", "grounded", "score", "weight"}),
-    "verify": ({"source", "method"}, {"min", "tolerance"}),
-    "step": ({"name", "system_prompt", "user_template"}, {"target_template"}),
-    "tiers": ({"field", "score_fields", "bounds"}, set()),
-    "price_check": ({"menu", "items", "total"}, {"tolerance"}),
-}
+VERIFY_METHODS = ("text", "name", "minutes", "number", "count", "set_f1", "exact")
+SCORE_METHODS = ("text", "exact", "minutes", "number", "list_f1", "set_f1", "mae")
 
 
-def _check_keys(section: str, where: str, obj: Any) -> None:
-    if not isinstance(obj, dict):
-        raise StageError(f"{where}: expected a mapping, got {type(obj).__name__}")
-    required, optional = _KEYS[section]
-    unknown = set(obj) - required - optional
-    if unknown:
-        raise StageError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(required | optional)}")
-    missing = required - set(obj)
-    if missing:
-        raise StageError(f"{where}: missing key(s) {sorted(missing)}")
+# --- the task.yaml schema ------------------------------------------------------------------
+# One pydantic model per section. An unknown key (a typo such as ``nmae:`` or ``verfy:``),
+# a missing key or a wrong type is a one-line error naming the file and the key, so a typo
+# never switches a check off. Strict: the YAML string "3" is not the number 3.
+
+class _Spec(BaseModel):
+    # defer_build: the validators are built at the first load_task, not on import.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+
+class SourceSpec(_Spec):
+    kaggle: Optional[str] = None
+    parser: Optional[str] = None
+    sample: Optional[str] = None
+    generator: Optional[str] = None
+    file: Optional[str] = None
+
+
+class StyleSpec(_Spec):
+    name: str
+    weight: float = Field(gt=0)
+    instructions: str
+    empty: list[str] = []   # fields an input of this style must leave empty: it has nothing to extract
+
+
+class SynthesisSpec(_Spec):
+    prompt: str
+    styles: list[StyleSpec] = Field(min_length=1)
+    record_fields: Optional[list[str]] = None
+
+
+class PromptSpec(_Spec):
+    prompt: str
+    user_template: str
+
+
+class StudentSpec(_Spec):
+    system_prompt: str
+    user_template: str
+
+
+class VerifySpec(_Spec):
+    source: Union[str, list[str]]
+    method: Literal[VERIFY_METHODS]  # type: ignore[valid-type]
+    min: Optional[float] = None
+    tolerance: float = 0.0
+    keywords: list[str] = []   # words that name this value in a text ("prep", "serves"): fields.stated_in_text
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        if not (isinstance(v, str) and v or isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)):
+            raise ValueError(f"must be a record field name or a list of them (any may match), e.g. "
+                             f"[servings, yield]; got {v!r}")
+        return v
+
+
+class FieldSpec(_Spec):
+    verify: Optional[VerifySpec] = None
+    required: bool = False
+    grounded: Union[bool, str] = False
+    score: Optional[Literal[SCORE_METHODS]] = None  # type: ignore[valid-type]
+    weight: float = 1.0
+
+    @field_validator("grounded", mode="before")
+    @classmethod
+    def _grounded(cls, v: Any) -> Any:
+        if v not in (True, False, "paraphrase") or isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"must be true (items as written in the text), false, or paraphrase "
+                             f"(reworded items such as steps); got {v!r}")
+        return v
+
+
+class StepSpec(_Spec):
+    name: str
+    system_prompt: str
+    user_template: str
+    target_template: Optional[str] = None
+
+
+class TiersSpec(_Spec):
+    field: str
+    score_fields: list[str] = Field(min_length=1)
+    bounds: dict[str, float] = Field(min_length=1)
+
+
+class PriceCheckSpec(_Spec):
+    menu: str
+    items: str
+    total: str
+    tolerance: float = 0.01
+
+
+class TaskSpec(_Spec):
+    name: str
+    description: str
+    schema_file: str = Field(alias="schema")
+    student: StudentSpec
+    fields: dict[str, Optional[FieldSpec]] = Field(min_length=1)
+    source: Optional[SourceSpec] = None
+    synthesis: Optional[SynthesisSpec] = None
+    label: Optional[PromptSpec] = None
+    adversarial: Optional[str] = None
+    steps: Optional[list[StepSpec]] = None
+    tiers: Optional[TiersSpec] = None
+    stratify: Optional[str] = None
+    price_check: Optional[PriceCheckSpec] = None
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model at a pydantic error location, to list the keys it allows."""
+    tp: Any = TaskSpec
+    parts = list(loc)
+    while parts or not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            part = parts.pop(0)
+            f = tp.model_fields.get(part) or next((x for x in tp.model_fields.values() if x.alias == part), None)
+            if f is None:
+                return None
+            tp = f.annotation
+            continue
+        origin, args = get_origin(tp), [a for a in get_args(tp) if a is not type(None)]
+        if origin in (list, dict) and parts:
+            parts.pop(0)  # a list index or a dict key: go on with the item type
+            tp = args[-1]
+        elif args:  # Optional[X] / Union[...]: the model among the alternatives
+            tp = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0])
+        else:
+            return None
+    return tp
+
+
+def _spec_error(where: str, exc: ValidationError) -> StageError:
+    """The first problem of a task.yaml as one line, plus how many more there are."""
+    # An unknown key first: a misspelt key also shows up as the right key missing.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    e, loc = errors[0], tuple(errors[0]["loc"])
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    parent = _loc(loc[:-1])
+    at = f"{parent}: " if parent else ""
+    if e["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        keys = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return StageError(f"{where}: {at}unknown key {loc[-1]!r} ({hint}allowed: {', '.join(keys) or '?'}){more}")
+    if e["type"] == "missing":
+        return StageError(f"{where}: {at}missing key {loc[-1]!r}{more}")
+    msg = e["msg"].removeprefix("Value error, ")
+    got = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
+    return StageError(f"{where}: {_loc(loc)}: {msg}{got}{more}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +190,9 @@ class Style:
     name: str
     weight: float
     instructions: str
+    # Fields an input of this style must leave empty (an "adversarial" style with nothing
+    # to extract): a value there is invented, and ``required`` does not apply to them.
+    empty: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,7 +228,12 @@ class FieldRule:
     verify_method: str | None = None      # one of VERIFY_METHODS
     verify_min: float | None = None       # threshold for text/set_f1 similarity (0-1)
     verify_tolerance: float = 0.0         # allowed absolute difference for minutes/number
-    grounded: bool = False                # every extracted item must appear in the input text
+    verify_keywords: tuple[str, ...] = ()  # words naming the value in a text: an empty label then is "omitted"
+    required: bool = False                # an empty value rejects the label (<field>_missing)
+    grounded: bool = False                # every extracted item must appear in the input text (07 counts them too)
+    # Reworded items (steps): most content words of each item occur together in the text,
+    # and there are no more items than the text has sentences and lines.
+    grounded_paraphrase: bool = False
     score: str | None = None              # one of SCORE_METHODS (07_evaluate.py)
     weight: float = 1.0
 
@@ -118,6 +263,10 @@ class Task:
 
         st = self.steps[index]
         return dataclasses.replace(self, student_system_prompt=st.system_prompt, student_user_template=st.user_template)
+
+    def style_empty(self, style: str | None) -> tuple[str, ...]:
+        """The fields an input of this style must leave empty (its ``empty:`` list)."""
+        return next((s.empty for s in self.styles if s.name == style), ())
 
     def tier_for(self, label: dict) -> str | None:
         """The tier the ``tiers:`` bounds give for the mean of the label's score fields."""
@@ -224,10 +373,15 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
     try:
         raw = yaml.safe_load((task_dir / "task.yaml").read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise StageError(f"{where}: invalid YAML ({exc})") from exc
-    _check_keys("", where, raw)
+        raise StageError(f"{where}: invalid YAML ({' '.join(str(exc).split())})") from exc
+    if not isinstance(raw, dict):
+        raise StageError(f"{where}: expected a mapping of keys (name:, schema:, fields: ...), got {type(raw).__name__}")
+    try:
+        spec = TaskSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _spec_error(where, exc) from None
 
-    schema_path = task_dir / raw["schema"]
+    schema_path = task_dir / spec.schema_file
     try:
         schema = json.loads(schema_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -237,106 +391,127 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise StageError(f"{schema_path}: not a valid JSON Schema ({exc.message})") from exc
+    properties = set(schema.get("properties") or {})
 
-    student = raw["student"]
-    _check_keys("student", f"{where}: student", student)
+    def template(value: str, key: str, placeholders: tuple[str, ...] = ("{text}",)) -> str:
+        for ph in placeholders:
+            if ph not in value:
+                raise StageError(f"{where}: {key} has no {ph}: without it the input never reaches the model")
+        return value
 
-    source = raw.get("source") or {}
-    _check_keys("source", f"{where}: source", source)
+    template(spec.student.user_template, "student.user_template")
+    source = spec.source.model_dump(exclude_none=True) if spec.source else {}
 
     styles: list[Style] = []
     synthesis_prompt = record_fields = None
-    if "synthesis" in raw:
-        syn = raw["synthesis"]
-        _check_keys("synthesis", f"{where}: synthesis", syn)
-        synthesis_prompt = _read_text(task_dir, syn["prompt"], f"{where}: synthesis.prompt")
-        record_fields = syn.get("record_fields")
-        for i, st in enumerate(syn["styles"]):
-            _check_keys("style", f"{where}: synthesis.styles[{i}]", st)
-            if not (isinstance(st["weight"], (int, float)) and st["weight"] > 0):
-                raise StageError(f"{where}: style {st['name']!r} needs a positive weight")
-            styles.append(Style(st["name"], float(st["weight"]), st["instructions"]))
+    if spec.synthesis:
+        synthesis_prompt = template(_read_text(task_dir, spec.synthesis.prompt, f"{where}: synthesis.prompt"),
+                                    f"synthesis.prompt ({spec.synthesis.prompt})",
+                                    ("{record_text}", "{style_instructions}"))
+        record_fields = spec.synthesis.record_fields
+        styles = [Style(st.name, float(st.weight), st.instructions, tuple(st.empty)) for st in spec.synthesis.styles]
         if len({s.name for s in styles}) != len(styles):
             raise StageError(f"{where}: style names must be unique")
 
     label_prompt = label_user = None
-    if "label" in raw:
-        _check_keys("label", f"{where}: label", raw["label"])
-        label_prompt = _read_text(task_dir, raw["label"]["prompt"], f"{where}: label.prompt")
-        label_user = raw["label"]["user_template"]
+    if spec.label:
+        label_prompt = _read_text(task_dir, spec.label.prompt, f"{where}: label.prompt")
+        label_user = template(spec.label.user_template, "label.user_template")
 
     fields: dict[str, FieldRule] = {}
-    for fname, rule in (raw["fields"] or {}).items():
-        rule = rule or {}
-        _check_keys("field", f"{where}: fields.{fname}", rule)
-        v = rule.get("verify")
-        if v is not None:
-            _check_keys("verify", f"{where}: fields.{fname}.verify", v)
-            if v["method"] not in VERIFY_METHODS:
-                raise StageError(f"{where}: fields.{fname}.verify.method {v['method']!r} not in {sorted(VERIFY_METHODS)}")
-            src = v["source"]
-            if not (isinstance(src, str) and src or isinstance(src, list) and src
-                    and all(isinstance(x, str) and x for x in src)):
-                raise StageError(f"{where}: fields.{fname}.verify.source must be a record field name or a "
-                                 f"list of them (any may match), e.g. [servings, yield]; got {src!r}")
-        score = rule.get("score")
-        if score is not None and score not in SCORE_METHODS:
-            raise StageError(f"{where}: fields.{fname}.score {score!r} not in {sorted(SCORE_METHODS)}")
+    for fname, rule in spec.fields.items():
+        rule = rule or FieldSpec()
+        if fname not in properties:
+            close = difflib.get_close_matches(fname, sorted(properties), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"properties: {', '.join(sorted(properties))}"
+            raise StageError(f"{where}: fields.{fname}: not a property of {spec.schema_file} ({hint})")
+        v = rule.verify
+        if v is not None and v.keywords and v.method not in ("minutes", "count", "number"):
+            raise StageError(f"{where}: fields.{fname}.verify.keywords: only minutes, count and number read them "
+                             f"(method here: {v.method})")
         fields[fname] = FieldRule(
             name=fname,
-            verify_source=(v["source"] if isinstance(v["source"], str) else tuple(v["source"])) if v else None,
-            verify_method=v["method"] if v else None,
-            verify_min=v.get("min") if v else None,
-            verify_tolerance=float(v.get("tolerance", 0)) if v else 0.0,
-            grounded=bool(rule.get("grounded", False)),
-            score=score,
-            weight=float(rule.get("weight", 1.0)),
+            verify_source=(v.source if isinstance(v.source, str) else tuple(v.source)) if v else None,
+            verify_method=v.method if v else None,
+            verify_min=v.min if v else None,
+            verify_tolerance=float(v.tolerance) if v else 0.0,
+            verify_keywords=tuple(v.keywords) if v else (),
+            required=rule.required,
+            grounded=rule.grounded is True,
+            grounded_paraphrase=rule.grounded == "paraphrase",
+            score=rule.score,
+            weight=float(rule.weight),
         )
+    for st in styles:
+        unknown = [f for f in st.empty if f not in fields]
+        if unknown:
+            raise StageError(f"{where}: style {st.name!r}: empty: {unknown} are not fields of this task "
+                             f"(fields: {', '.join(fields)})")
+    _check_record_fields(task_dir, where, source, fields, record_fields)
 
-    steps = _load_steps(task_dir, where, raw.get("steps"))
-    if "tiers" in raw:
-        t = raw["tiers"]
-        _check_keys("tiers", f"{where}: tiers", t)
-        if not (isinstance(t["bounds"], dict) and t["bounds"]
-                and all(isinstance(v, (int, float)) for v in t["bounds"].values())):
-            raise StageError(f"{where}: tiers.bounds must map tier names to lower bounds, e.g. {{high: 7, low: 0}}")
-        if not (isinstance(t["score_fields"], list) and t["score_fields"]):
-            raise StageError(f"{where}: tiers.score_fields must be a non-empty list of field names")
-    if "stratify" in raw and not isinstance(raw["stratify"], str):
-        raise StageError(f"{where}: stratify must be one field name (e.g. tier)")
-    if "price_check" in raw:
-        _check_keys("price_check", f"{where}: price_check", raw["price_check"])
-        if not (task_dir / raw["price_check"]["menu"]).is_file():
-            raise StageError(f"{where}: price_check.menu {raw['price_check']['menu']} not found in {task_dir}")
+    steps = _load_steps(task_dir, where, spec.steps)
+    if spec.tiers:
+        unknown = [f for f in [spec.tiers.field, *spec.tiers.score_fields] if f not in properties]
+        if unknown:
+            raise StageError(f"{where}: tiers: {unknown} are not properties of {spec.schema_file}")
+    if spec.price_check and not (task_dir / spec.price_check.menu).is_file():
+        raise StageError(f"{where}: price_check.menu {spec.price_check.menu} not found in {task_dir}")
 
-    adv = raw.get("adversarial")
     return Task(
-        name=raw["name"], dir=task_dir, description=raw["description"], schema=schema,
-        student_system_prompt=_read_text(task_dir, student["system_prompt"], f"{where}: student.system_prompt"),
-        student_user_template=student["user_template"],
+        name=spec.name, dir=task_dir, description=spec.description, schema=schema,
+        student_system_prompt=_read_text(task_dir, spec.student.system_prompt, f"{where}: student.system_prompt"),
+        student_user_template=spec.student.user_template,
         fields=fields, source=source, synthesis_prompt=synthesis_prompt, record_fields=record_fields,
         styles=styles, label_prompt=label_prompt, label_user_template=label_user,
-        adversarial_path=(task_dir / adv) if adv else None,
+        adversarial_path=(task_dir / spec.adversarial) if spec.adversarial else None,
         extra={k: raw[k] for k in ("steps", "tiers", "stratify", "price_check") if k in raw},
         steps=steps,
     )
 
 
-def _load_steps(task_dir: Path, where: str, raw_steps: Any) -> list[Step]:
+def _check_record_fields(task_dir: Path, where: str, source: dict, fields: dict[str, FieldRule],
+                         record_fields: list[str] | None) -> None:
+    """Every ``verify.source`` and ``synthesis.record_fields`` entry must be a field of the records.
+
+    The fields come from the source parser (distill.source.RECORD_FIELDS) or, for the
+    generic csv/jsonl parsers, from the task's own file. Without a parser (records come
+    from whatever file 02 is given) or a file to read there is nothing to check against.
+    """
+    from . import source as S
+
+    parser = source.get("parser")
+    if parser is None:
+        return
+    if parser not in S.PARSERS:
+        raise StageError(f"{where}: source.parser {parser!r} is not a parser; choose one of: {', '.join(S.PARSERS)}")
+    rel = source.get("file") or source.get("sample")
+    have = S.record_fields(parser, task_dir / rel if rel else None)
+    if have is None:
+        return
+    wanted = [(f"fields.{r.name}.verify.source", s) for r in fields.values()
+              for s in ([r.verify_source] if isinstance(r.verify_source, str) else r.verify_source or ())]
+    wanted += [("synthesis.record_fields", s) for s in record_fields or ()]
+    for key, name in wanted:
+        if name not in have:
+            close = difflib.get_close_matches(name, sorted(have), n=1)
+            raise StageError(f"{where}: {key}: {name!r} is not a field of the {parser} records"
+                             + (f" (did you mean {close[0]!r}?)" if close else f" (fields: {', '.join(sorted(have))})"))
+
+
+def _load_steps(task_dir: Path, where: str, raw_steps: list[StepSpec] | None) -> list[Step]:
     if raw_steps is None:
         return []
-    if not isinstance(raw_steps, list) or len(raw_steps) < 2:
+    if len(raw_steps) < 2:
         raise StageError(f"{where}: steps must be a list of at least two steps (one model per step)")
     steps = []
     for i, st in enumerate(raw_steps):
         w = f"{where}: steps[{i}]"
-        _check_keys("step", w, st)
         last = i == len(raw_steps) - 1
-        if last and "target_template" in st:
+        if last and st.target_template is not None:
             raise StageError(f"{w}: the last step answers with the label JSON; drop its target_template")
-        if not last and "target_template" not in st:
+        if not last and st.target_template is None:
             raise StageError(f"{w}: a step before the last needs target_template (how its answer is made from the label)")
-        tmpl = _read_text(task_dir, st["target_template"], f"{w}.target_template") if not last else None
+        tmpl = _read_text(task_dir, st.target_template, f"{w}.target_template") if not last else None
         if tmpl is not None:
             import jinja2
 
@@ -344,8 +519,11 @@ def _load_steps(task_dir: Path, where: str, raw_steps: Any) -> list[Step]:
                 jinja2.Environment().parse(tmpl)
             except jinja2.TemplateSyntaxError as exc:
                 raise StageError(f"{w}.target_template: Jinja2 syntax error line {exc.lineno}: {exc.message}") from exc
-        steps.append(Step(st["name"], _read_text(task_dir, st["system_prompt"], f"{w}.system_prompt"),
-                          st["user_template"], tmpl))
+        user = st.user_template
+        if "{text}" not in user:
+            raise StageError(f"{where}: steps[{i}].user_template has no {{text}}: "
+                             f"without it the input never reaches the model")
+        steps.append(Step(st.name, _read_text(task_dir, st.system_prompt, f"{w}.system_prompt"), user, tmpl))
     if len({s.name for s in steps}) != len(steps):
         raise StageError(f"{where}: step names must be unique")
     return steps

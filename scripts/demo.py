@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = json.loads((d["lab"] / "manifest.json").read_text())["counts"]
     accepted = labels.get("accepted", 0)
     print(f"\nteacher labels: {accepted} accepted, {labels.get('rejected', 0)} rejected, "
-          f"{labels.get('failed', 0)} failed (reasons: {labels.get('rejected_by_reason')})")
+          f"{labels.get('unverified', 0)} unverified, {labels.get('failed', 0)} failed "
+          f"(reasons: {labels.get('rejected_by_reason')})")
     if accepted < args.min_train:
         print(f"""
 === stopped after 03: only {accepted} verified label(s); training needs at least {args.min_train}.

@@ -15,7 +15,7 @@ GOOD = {"@context": "https://schema.org", "@type": "Recipe", "name": "Easy Banan
 RECORD = {"id": "r-1", "name": "Easy Banana Bread", "ingredients": ["3 ripe bananas", "1/3 cup melted butter",
           "1 1/2 cups all-purpose flour"], "prep_minutes": 10, "cook_minutes": 60, "total_minutes": 70, "servings": 8}
 TEXT = ("OMG you guys. ADVERTISEMENT. Easy banana bread!! grab 3 ripe bananas, ⅓ cup melted butter and "
-        "1 ½ cups all-purpose flour. prep 10 min, bake 1 hour. serves 8")
+        "1 ½ cups all-purpose flour. mash the bananas with a fork, stir in the rest. prep 10 min, bake 1 hour. serves 8")
 
 
 @pytest.mark.parametrize("value,minutes", [
@@ -92,11 +92,12 @@ def test_verify_rejects_wrong_times_and_invented_ingredients():
     assert checks["recipeIngredient"]["not_in_text"] == ["2 cups chocolate chips"]
 
 
-def test_verify_missing_fields_are_not_guesses():
+def test_verify_missing_fields_the_text_does_not_state_are_not_guesses():
     partial = GOOD | {"prepTime": None, "recipeYield": None}
-    checks, verdict, _ = verify(partial, TASK, RECORD, TEXT)
+    text = TEXT.replace("prep 10 min, ", "").replace(" serves 8", " feeds a crowd")
+    checks, verdict, _ = verify(partial, TASK, RECORD, text)
     assert verdict == "accepted"
-    assert checks["prepTime"]["status"] == "missing"
+    assert checks["prepTime"]["status"] == "missing" and checks["recipeYield"]["status"] == "missing"
 
 
 def test_verify_title_mismatch():
@@ -187,7 +188,7 @@ def test_verify_source_list_is_validated(tmp_path):
     shutil.copytree(TASK.dir, task_dir)
     y = task_dir / "task.yaml"
     y.write_text(y.read_text().replace("source: [servings, yield]", "source: []"))
-    with pytest.raises(StageError, match=r"verify.source must be a record field name or a list"):
+    with pytest.raises(StageError, match=r"verify\.source: must be a record field name or a list"):
         load_task(str(task_dir))
 
 
@@ -203,3 +204,231 @@ def test_feedback_message_names_what_failed_and_nothing_else():
     assert 'prepTime = "PT45M"' in msg and "PT10M" not in msg and "10" not in msg
     assert "recipeIngredient" not in msg and "name" not in msg
     assert feedback_message({"verdict": "rejected", "checks": {"name": {"status": "ok"}}}) is None
+
+
+# ---- verification that means something: required, omitted, steps, unverified, per-style empty ----
+
+EMPTY = {"@context": "https://schema.org", "@type": "Recipe", "name": None, "recipeIngredient": [],
+         "recipeInstructions": []}
+
+
+def test_a_label_that_says_nothing_is_rejected():
+    assert validate(EMPTY, TASK.schema) == []   # the schema alone lets it through
+    checks, verdict, reason = verify(EMPTY, TASK, RECORD, TEXT)
+    assert verdict == "rejected"
+    assert reason == ("name_missing,recipeIngredient_missing,recipeInstructions_missing,"
+                      "prepTime_omitted,cookTime_omitted,recipeYield_omitted")
+    assert checks["name"] == {"status": "missing", "source": "Easy Banana Bread", "required": True}
+    # Without a source record it is still rejected: required fields need no record.
+    _, verdict, reason = verify(EMPTY, TASK, None, TEXT)
+    assert (verdict, reason) == ("rejected", "name_missing,recipeIngredient_missing,recipeInstructions_missing")
+
+
+def test_blank_values_are_empty_too():
+    blank = GOOD | {"name": "  ", "recipeIngredient": [""], "recipeInstructions": [{"@type": "HowToStep", "text": " "}]}
+    _, verdict, reason = verify(blank, TASK, RECORD, TEXT)
+    assert (verdict, reason) == ("rejected", "name_missing,recipeIngredient_missing,recipeInstructions_missing")
+
+
+def test_no_source_record_is_unverified_never_accepted():
+    checks, verdict, reason = verify(GOOD, TASK, None, TEXT)
+    assert (verdict, reason) == ("unverified", "no_source_record")
+    assert checks["name"]["status"] == "unverifiable"
+    # A record without any of the checked values verifies nothing either.
+    assert verify(GOOD, TASK, {"id": "r-2"}, TEXT)[1:] == ("unverified", "no_source_values")
+    # A wrong label without a record is still rejected by the checks against the text.
+    bad = GOOD | {"recipeIngredient": GOOD["recipeIngredient"] + ["2 cups chocolate chips"]}
+    assert verify(bad, TASK, None, TEXT)[1:] == ("rejected", "recipeIngredient_not_in_text")
+
+
+# A recipe-blog post as the teacher writes them (fluffy_organized): story, ad lines, a card.
+BLOG_POST = """Grandma's Sunday Pot Roast
+Home > Recipes > Beef
+There is nothing like the smell of a pot roast on a rainy Sunday. My grandma made this every week, and
+honestly I still can't make it quite like she did (she swore by a splash of coffee in the braising liquid).
+ADVERTISEMENT - Continue reading below
+Tips: chuck roast is best here. You can swap the red wine for more beef broth.
+Prep Time: 30 mins | Cook Time: 3 hrs 30 mins | Total Time: 4 hrs | Servings: 6
+Ingredients
+- 1 (3 pound) beef chuck roast
+- 2 tablespoons vegetable oil
+- 1 large onion, cut into wedges
+- 4 carrots, cut into 2-inch pieces
+- 1 cup red wine
+- 2 cups beef broth
+- 2 sprigs fresh thyme
+Instructions
+1. Preheat the oven to 300 degrees F. Pat the roast dry and season it well with salt and pepper.
+2. Heat the oil in a large Dutch oven over medium-high heat and brown the roast on all sides, about 4 minutes per side.
+3. Take the roast out, add the onion and carrots, and cook for 5 minutes.
+4. Pour in the red wine and scrape up the browned bits, then add the broth and thyme.
+5. Put the roast back in, cover, and braise in the oven until fork-tender.
+Sponsored: 20% off kitchen knives
+Print | Pin | Rate"""
+BLOG_RECORD = {"id": "r-roast", "name": "Grandma's Sunday Pot Roast",
+               "ingredients": ["1 (3 pound) beef chuck roast", "2 tablespoons vegetable oil",
+                               "1 large onion, cut into wedges", "4 carrots, cut into 2-inch pieces", "1 cup red wine",
+                               "2 cups beef broth", "2 sprigs fresh thyme"],
+               "prep_minutes": 30, "cook_minutes": 210, "total_minutes": 240, "servings": 6, "yield": "6 servings"}
+# The teacher's label: steps reworded a little, as real teachers do.
+BLOG_LABEL = {"@context": "https://schema.org", "@type": "Recipe", "name": "Grandma's Sunday Pot Roast",
+              "recipeIngredient": BLOG_RECORD["ingredients"],
+              "recipeInstructions": [
+                  {"@type": "HowToStep", "text": "Preheat oven to 300°F. Pat the roast dry and season with salt and pepper."},
+                  {"@type": "HowToStep", "text": "Brown the roast on all sides in hot oil in a Dutch oven, about 4 minutes per side."},
+                  {"@type": "HowToStep", "text": "Remove the roast; cook the onion and carrots for 5 minutes."},
+                  {"@type": "HowToStep", "text": "Deglaze with the red wine, then add the beef broth and thyme."},
+                  {"@type": "HowToStep", "text": "Return the roast, cover and braise in the oven until fork-tender."}],
+              "prepTime": "PT30M", "cookTime": "PT3H30M", "totalTime": "PT4H", "recipeYield": "6 servings"}
+
+
+def test_a_real_looking_post_and_its_paraphrased_label_are_accepted():
+    checks, verdict, reason = verify(BLOG_LABEL, TASK, BLOG_RECORD, BLOG_POST)
+    assert (verdict, reason) == ("accepted", "ok"), checks
+    assert checks["recipeInstructions"]["grounded"] is True
+
+
+@pytest.mark.parametrize("field,reason", [
+    ("prepTime", "prepTime_omitted"), ("cookTime", "cookTime_omitted"), ("totalTime", "totalTime_omitted"),
+    ("recipeYield", "recipeYield_omitted")])
+def test_a_value_the_post_states_but_the_label_leaves_empty_is_omitted(field, reason):
+    checks, verdict, got = verify(BLOG_LABEL | {field: None}, TASK, BLOG_RECORD, BLOG_POST)
+    assert (verdict, got) == ("rejected", reason)
+    assert checks[field]["status"] == "omitted"
+
+
+def test_omitted_needs_the_value_clearly_stated():
+    label = BLOG_LABEL | {"prepTime": None, "cookTime": None, "totalTime": None, "recipeYield": None}
+    # Times in a column layout, the yield without a keyword: nothing is clearly stated.
+    post = BLOG_POST.replace("Prep Time: 30 mins | Cook Time: 3 hrs 30 mins | Total Time: 4 hrs | Servings: 6",
+                             "Prep Time Cook Time Total Time\n30 mins 3 hrs 30 mins 4 hrs\nenough for 6")
+    checks, verdict, reason = verify(label, TASK, BLOG_RECORD, post)
+    assert (verdict, reason) == ("accepted", "ok"), checks
+    assert {checks[f]["status"] for f in ("prepTime", "cookTime", "totalTime", "recipeYield")} == {"missing"}
+
+
+def test_prep_and_total_of_the_same_length_are_told_apart_by_their_keyword():
+    record = RECORD | {"prep_minutes": 15, "cook_minutes": None, "total_minutes": 15}
+    label = GOOD | {"cookTime": None}
+    # "ready in" names the total, never the prep time: an empty prepTime is not omitted.
+    text = TEXT.replace("prep 10 min, bake 1 hour.", "ready in 15 minutes!")
+    checks, verdict, _ = verify(label | {"prepTime": None, "totalTime": "PT15M"}, TASK, record, text)
+    assert verdict == "accepted" and checks["prepTime"]["status"] == "missing"
+    assert verify(label | {"prepTime": "PT15M", "totalTime": None}, TASK, record, text)[1:] == ("rejected", "totalTime_omitted")
+    # Both named: both stated.
+    text = TEXT.replace("prep 10 min, bake 1 hour.", "prep: 15 mins, total: 15 mins.")
+    assert verify(label | {"prepTime": None, "totalTime": "PT15M"}, TASK, record, text)[1:] == ("rejected", "prepTime_omitted")
+
+
+@pytest.mark.parametrize("text,method,source,keywords,stated", [
+    ("Prep: 30 mins", "minutes", 30, ["prep"], True),
+    ("Prep time: 30 minutes", "minutes", 30, ["prep"], True),
+    ("cook time 1 hr 20 min", "minutes", 80, ["cook"], True),
+    ("bake for 1 ½ hours", "minutes", 90, ["bake"], True),
+    ("cook: 1 hour and 5 minutes", "minutes", 65, ["cook"], True),
+    ("ready in 45mins", "minutes", 45, ["ready in"], True),
+    ("bake at 350 for 1 hour", "minutes", 60, ["bake"], False),     # a number in between: not clearly its time
+    ("30 mins prep", "minutes", 30, ["prep"], False),               # keyword after the value
+    ("Prep: 30 mins", "minutes", 20, ["prep"], False),              # a different value
+    ("about an hour", "minutes", 60, ["cook"], False),              # words, not a duration: not detected
+    ("Prep: 30 mins", "minutes", 30, [], False),                    # no keywords declared: never stated
+    ("Serves 8", "count", 8, ["serves"], True),
+    ("Servings: 10, Yield: 10 burritos", "count", "10 burritos", ["yield"], True),
+    ("makes 2 dozen cookies", "count", 24, ["makes"], True),
+    ("makes 2 dozen cookies", "count", "2 dozen cookies", ["makes"], True),
+    ("serves 4 to 6", "count", 6, ["serves"], False),
+    ("serves 4 to 6", "count", 4, ["serves"], True),
+    ("Grandma's Mustard Potato Salad!! so good", "name", "Grandma’s Mustard Potato Salad", [], True),
+    ("a mustard potato salad like grandma's", "name", "Grandma's Mustard Potato Salad", [], False),
+    ("you need 3 ripe bananas and 2 cups flour", "set_f1", ["3 ripe bananas", "2 cups flour", "1 egg"], [], True),
+    ("a banana bread story", "set_f1", ["3 ripe bananas", "2 cups flour", "1 egg"], [], False),
+    ("intent: account_discovery", "exact", "account_discovery", [], False),   # categories are never "stated"
+])
+def test_stated_in_text(text, method, source, keywords, stated):
+    assert F.stated_in_text(method, source, F.normalize_text(text), keywords) is stated
+
+
+def test_invented_steps_are_rejected():
+    invented = BLOG_LABEL | {"recipeInstructions": BLOG_LABEL["recipeInstructions"] + [
+        {"@type": "HowToStep", "text": "Garnish with chopped parsley and a drizzle of truffle oil."}]}
+    checks, verdict, reason = verify(invented, TASK, BLOG_RECORD, BLOG_POST)
+    assert (verdict, reason) == ("rejected", "recipeInstructions_not_in_text")
+    assert checks["recipeInstructions"]["not_in_text"] == ["Garnish with chopped parsley and a drizzle of truffle oil."]
+    # Steps of another recipe, as plain strings: every one fails.
+    other = ["Cream the butter and sugar until fluffy.", "Beat in the eggs one at a time, then the vanilla.",
+             "Fold in the chocolate chips and chill the dough for an hour."]
+    checks, verdict, reason = verify(BLOG_LABEL | {"recipeInstructions": other}, TASK, BLOG_RECORD, BLOG_POST)
+    assert (verdict, reason) == ("rejected", "recipeInstructions_not_in_text")
+    assert checks["recipeInstructions"]["not_in_text"] == other
+
+
+def test_terse_methods_ground_steps_that_borrow_words_from_the_ingredients():
+    post = (TASK.dir / "examples" / "instagram-caption.txt").read_text()
+    label = GOOD | {"name": "Grandma's Banana Bread", "recipeIngredient": [
+        "3 very ripe bananas", "1/3 cup melted butter", "3/4 cup sugar", "1 egg", "1 tsp vanilla", "1 tsp baking soda",
+        "pinch of salt", "1 1/2 cups flour"], "recipeInstructions": [
+        "Mash the bananas.", "Mix in the melted butter, sugar, egg, vanilla, baking soda and salt.",
+        "Fold in the flour.", "Bake for 1 hour at 350°F."]}
+    record = RECORD | {"name": "Grandma's Banana Bread", "ingredients": [
+        "3 very ripe bananas", "1/3 cup melted butter", "3/4 cup white sugar", "1 egg, beaten",
+        "1 teaspoon vanilla extract", "1 teaspoon baking soda", "1 pinch salt", "1 1/2 cups all-purpose flour"]}
+    checks, verdict, reason = verify(label, TASK, record, post)
+    assert (verdict, reason) == ("accepted", "ok"), checks
+    # "Mash the bananas": "mash" is in the method, "bananas" only in the ingredient list.
+    assert checks["recipeInstructions"]["grounded"] is True and "too_many" not in checks["recipeInstructions"]
+
+
+def test_more_steps_than_the_text_has_sentences_are_rejected():
+    text = "Banana bread! 3 ripe bananas, 1/3 cup melted butter, 1 1/2 cups all-purpose flour. Mash, mix, bake 1 hour."
+    steps = ["Mash the bananas.", "Mix the butter.", "Mix the flour.", "Mix the bananas.", "Bake 1 hour."]
+    checks, verdict, reason = verify(GOOD | {"recipeInstructions": steps}, TASK, RECORD, text)
+    assert verdict == "rejected" and reason.split(",")[-1] == "recipeInstructions_too_many"
+    assert checks["recipeInstructions"]["too_many"] == {"items": 5, "text_sentences": 3}
+
+
+def test_a_style_with_nothing_to_extract_rejects_invented_values():
+    import dataclasses
+
+    from distill.tasks import Style
+
+    nothing = ("name", "recipeIngredient", "recipeInstructions", "prepTime", "cookTime", "totalTime", "recipeYield")
+    task = dataclasses.replace(TASK, styles=TASK.styles + [Style("no_recipe", 1.0, "A post with no recipe.", nothing)])
+    text = "We finally finished the kitchen renovation!! Recipes are coming back next week, I promise."
+    empty = EMPTY | {"prepTime": None, "cookTime": None, "totalTime": None, "recipeYield": None}
+    checks, verdict, reason = verify(empty, task, RECORD, text, style="no_recipe")
+    assert (verdict, reason) == ("accepted", "ok")   # required does not apply to the style's empty fields
+    assert checks["name"] == {"status": "ok", "expected": "empty"}
+    _, verdict, reason = verify(empty | {"name": "Easy Banana Bread", "recipeIngredient": ["3 ripe bananas"]},
+                                task, RECORD, text, style="no_recipe")
+    assert (verdict, reason) == ("rejected", "name_invented,recipeIngredient_invented")
+    # Other styles are checked as usual.
+    assert verify(empty, task, RECORD, text, style="minimal_organized")[1] == "rejected"
+
+
+def test_feedback_for_missing_and_omitted_fields_never_shows_the_source():
+    from distill.labels import feedback_message
+
+    label = BLOG_LABEL | {"name": None, "prepTime": None}
+    checks, verdict, _ = verify(label, TASK, BLOG_RECORD, BLOG_POST)
+    msg = feedback_message({"verdict": verdict, "output": label, "checks": checks})
+    assert "name is empty, but every answer needs it" in msg and "prepTime is empty, but the text states it" in msg
+    assert "Pot Roast" not in msg and "30" not in msg and "PT30M" not in msg
+
+
+def test_unverified_labels_are_done_but_counted_apart(tmp_path):
+    from distill.labels import format_report, is_done, report
+    from distill.io import write_json
+
+    assert is_done({"verdict": "unverified"}) and is_done({"verdict": "accepted"})
+    assert not is_done({"verdict": "failed"})
+    verdicts = {"a": ("accepted", "ok"), "b": ("unverified", "no_source_record"),
+                "c": ("rejected", "name_missing,recipeInstructions_missing"), "d": ("failed", "length")}
+    for i, (v, r) in verdicts.items():
+        write_json(tmp_path / f"{i}.json", {"id": i, "verdict": v, "reason": r, "style": "s", "checks": {}})
+    rep = report(tmp_path, list(verdicts), TASK)
+    assert rep["verdicts"] == {"accepted": 1, "rejected": 1, "unverified": 1, "failed": 1}
+    assert rep["reasons"] == {"rejected": {"name_missing": 1, "recipeInstructions_missing": 1},
+                              "unverified": {"no_source_record": 1}, "failed": {"length": 1}}
+    text = format_report(rep)
+    assert "1 accepted (25%), 1 rejected, 1 unverified" in text and "1 failed" in text
+    assert "unverified, by reason: no_source_record 1" in text

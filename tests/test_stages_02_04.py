@@ -372,3 +372,104 @@ def test_labels_from_before_text_hashes_are_stale_and_03_adds_the_hash_without_a
         assert run_03(srv, syn, lab) == 0 and chat_requests(srv) == n
         assert all("text_sha256" in json.loads(p.read_text()) for p in outputs(lab))
         assert run_04(syn, lab, tmp_path / "04") == 0
+
+
+def test_labels_that_say_nothing_are_rejected_and_04_trains_on_the_rest(tmp_path, capsys):
+    """A teacher that answers some inputs with a schema-valid empty recipe: none of those is accepted."""
+    calls = {"n": 0}
+
+    def corrupt(lab):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            return lab
+        return lab | {"name": None, "recipeIngredient": [], "recipeInstructions": [],
+                      "prepTime": None, "cookTime": None, "totalTime": None, "recipeYield": None}
+
+    with FakeOpenAIServer(OracleTeacher(corrupt=corrupt)) as srv:
+        syn, lab, ds = tmp_path / "02", tmp_path / "03", tmp_path / "04"
+        assert run_02(srv, syn, "--limit", "8") == 0
+        assert run_03(srv, syn, lab, "--concurrency", "1") == 0
+    labels = [json.loads(p.read_text()) for p in outputs(lab)]
+    empty = [l for l in labels if l["output"]["name"] is None]
+    assert len(empty) == 4 and len(labels) == 8
+    for l in empty:
+        assert l["verdict"] == "rejected"
+        assert l["reason"].startswith("name_missing,recipeIngredient_missing,recipeInstructions_missing,prepTime_omitted")
+    assert all(l["verdict"] == "accepted" for l in labels if l not in empty)
+    out = capsys.readouterr().out
+    assert "4 accepted (50%), 4 rejected, 0 unverified" in out and "rejected, by reason: name_missing 4" in out
+    manifest = json.loads((lab / "manifest.json").read_text())
+    assert {k: manifest["counts"][k] for k in ("accepted", "rejected", "unverified", "failed")} == \
+        {"accepted": 4, "rejected": 4, "unverified": 0, "failed": 0}
+    assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds),
+                     "--split", "0.5,0.5", "--dedupe-threshold", "100"]) == 0
+    stats = json.loads((ds / "stats.json").read_text())
+    assert stats["labels"] == {"accepted": 4, "rejected": 4, "unverified": 0, "failed": 0}
+    assert stats["trained_on"] == {"accepted": 4}
+
+
+def test_inputs_without_a_source_record_are_unverified_and_left_out_unless_asked(tmp_path, capsys):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "6") == 0
+        # Three inputs lose their source record, as posts collected by hand would have none.
+        for p in outputs(syn)[:3]:
+            row = json.loads(p.read_text())
+            p.write_text(json.dumps(row | {"source": None}))
+        assert run_03(srv, syn, lab) == 0
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0
+        assert chat_requests(srv) == n, "unverified labels are finished: asking again cannot verify them"
+    labels = {json.loads(p.read_text())["id"]: json.loads(p.read_text()) for p in outputs(lab)}
+    no_source = {json.loads(p.read_text())["id"] for p in outputs(syn)[:3]}
+    assert {i for i, l in labels.items() if l["verdict"] == "unverified"} == no_source
+    assert all(labels[i]["reason"] == "no_source_record" for i in no_source)
+    assert "3 accepted (50%), 0 rejected, 3 unverified" in capsys.readouterr().out
+
+    ds = tmp_path / "04"
+    assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds),
+                     "--split", "0.5,0.5", "--dedupe-threshold", "100"]) == 0
+    stats = json.loads((ds / "stats.json").read_text())
+    assert stats["labels"] == {"accepted": 3, "rejected": 0, "unverified": 3, "failed": 0}
+    assert stats["trained_on"] == {"accepted": 3}
+    rows = [json.loads(ln) for s in ("train", "test") for ln in (ds / f"{s}.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and not {r["id"] for r in rows} & no_source
+
+    ds2 = tmp_path / "04b"
+    assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(ds2),
+                     "--split", "0.5,0.5", "--dedupe-threshold", "100", "--include-unverified"]) == 0
+    manifest = json.loads((ds2 / "manifest.json").read_text())
+    assert manifest["args"]["include_unverified"] is True
+    assert manifest["stats"]["trained_on"] == {"accepted": 3, "unverified": 3}
+    rows = [json.loads(ln) for s in ("train", "test") for ln in (ds2 / f"{s}.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["id"] for r in rows if r["verdict"] == "unverified"} == no_source
+
+
+def test_04_with_only_unverified_labels_says_how_to_use_them(tmp_path, capsys):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "2") == 0
+        for p in outputs(syn):
+            p.write_text(json.dumps(json.loads(p.read_text()) | {"source": None}))
+        assert run_03(srv, syn, lab) == 0
+    capsys.readouterr()
+    assert S04.main(["--synthetic-dir", str(syn), "--labeled-dir", str(lab), "--output-dir", str(tmp_path / "04")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'unverified': 2" in err and "--include-unverified" in err
+
+
+def test_an_unverified_label_is_verified_once_its_input_has_a_source_record(tmp_path):
+    with FakeOpenAIServer(OracleTeacher()) as srv:
+        syn, lab = tmp_path / "02", tmp_path / "03"
+        assert run_02(srv, syn, "--limit", "2") == 0
+        p = outputs(syn)[0]
+        row = json.loads(p.read_text())
+        p.write_text(json.dumps(row | {"source": None}))
+        assert run_03(srv, syn, lab) == 0
+        assert json.loads((lab / p.name).read_text())["verdict"] == "unverified"
+        p.write_text(json.dumps(row))   # the record is back
+        n = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0
+        assert chat_requests(srv) == n, "verified from the stored answer, without asking again"
+    rec = json.loads((lab / p.name).read_text())
+    assert rec["verdict"] == "accepted" and rec["checks"]["name"]["status"] == "ok"
