@@ -639,7 +639,7 @@ PARSERS["menu_orders"] = _menu_orders
 # or ``record_fields`` entry the records do not have (a typo would switch a check off).
 # None: the generic parsers keep a file's own columns/keys, read by record_fields().
 RECORD_FIELDS: dict[str, frozenset[str] | None] = {
-    "allrecipes_csv": frozenset({"id", "name", "group", "category", "rating", "n_rater", "n_reviewer", "summary",
+    "allrecipes_csv": frozenset({"id", "name", "group", "category", "groups", "categories", "rating", "n_rater", "n_reviewer", "summary",
                                  "prep_minutes", "cook_minutes", "additional_minutes", "total_minutes",
                                  "servings", "yield", "ingredients"}),
     "csv": None,
