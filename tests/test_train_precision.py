@@ -125,3 +125,19 @@ def test_without_bf16_the_run_falls_back_to_float32_and_says_why(workdir, backen
     assert res["matmul_out_dtypes"]["frozen"] == ["torch.float32"] and res["matmul_out_dtypes"]["lora"] == ["torch.float32"]
     assert res["lora_dtypes"] == ["torch.float32"] and res["base_dtypes"] == ["torch.float32"]
     assert res["optimizer_state_dtypes"] == ["torch.float32"]
+
+
+def test_05_refuses_bf16_on_a_cpu_without_it_with_one_line_and_writes_nothing(workdir, monkeypatch, capsys):
+    import importlib.util
+
+    monkeypatch.setattr(precision, "_device", lambda: "cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: (False, "the CPU has neither amx_bf16 nor avx512_bf16"))
+    spec = importlib.util.spec_from_file_location("finetune05_precision", ROOT / "05_finetune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.chdir(workdir)
+    assert mod.main(["--dataset-dir", "ds", "--model-name", "tiny-llama", "--backend", "hf", "--max-steps", "1",
+                     "--precision", "bf16", "--save-dir", "out-bad-precision", "--output-dir", "ckpt-bad-precision"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --precision bf16: the CPU has neither") and "use --precision fp32" in err[-1]
+    assert not (workdir / "out-bad-precision").exists() and not list(workdir.glob(".out-bad-precision.tmp-*"))
