@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=6, help="training rows = updates (batch 1, one epoch)")
     p.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3 (PyPI GGUFs)")
     p.add_argument("--backends", default="hf,unsloth", help="comma-separated: hf, unsloth")
+    p.add_argument("--backends-for", action="append", default=[], metavar="MODEL=B1,B2",
+                   help="other backends for one model, e.g. gemma3=unsloth (repeatable)")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated --precision values to compare")
     p.add_argument("--unsloth-own-dtype", action="store_true",
                    help="also run Unsloth with its own CPU dtype choice (bf16 weights where AVX512-BF16 is listed)")
@@ -220,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             flops[model] = n_flops
             peaks[model] = {"shape": shape, "before": peak(shape, mean_tokens)}
             print(model, "peak before its cases", peaks[model]["before"], flush=True)
-            cases = [(b, pr, False) for b in args.backends.split(",") for pr in args.precisions.split(",")]
-            if args.unsloth_own_dtype and "unsloth" in args.backends:
+            backends = dict(x.split("=", 1) for x in args.backends_for).get(model, args.backends).split(",")
+            cases = [(b, pr, False) for b in backends for pr in args.precisions.split(",")]
+            if args.unsloth_own_dtype and "unsloth" in backends:
                 cases.append(("unsloth", "fp32", True))
             for backend, prec, own in cases:
                 cfg = {"dataset_dir": str(ds), "model_name": str(gguf), "backend": backend, "precision": prec,
