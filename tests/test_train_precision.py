@@ -66,7 +66,10 @@ def test_matmul_probe_measures_both_dtypes():
 
 
 def test_precision_flag_is_validated():
+    from distill.train.config import config_from_mapping
+
     assert TrainConfig().precision == "auto"
+    assert config_from_mapping({"precision": "fp32"}, TrainConfig()).precision == "fp32"  # sweep / wandb names
     with pytest.raises(StageError, match="--precision must be one of auto, bf16, fp32"):
         TrainConfig(precision="half")
 
