@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 NOTEBOOK = ROOT / "finetune.ipynb"
 REQUIREMENTS = ROOT / "requirements-finetune.txt"
 MODULES = [
-    "distill/__init__.py", "distill/io.py", "distill/train/__init__.py", "distill/train/config.py",
-    "distill/train/data.py", "distill/train/models.py", "distill/train/tracking.py", "distill/train/core.py",
-    "distill/train/hf_backend.py", "distill/train/unsloth_backend.py", "distill/export.py",
+    "distill/__init__.py", "distill/io.py", "distill/train/__init__.py", "distill/train/precision.py",
+    "distill/train/config.py", "distill/train/data.py", "distill/train/models.py", "distill/train/tracking.py",
+    "distill/train/core.py", "distill/train/hf_backend.py", "distill/train/unsloth_backend.py", "distill/export.py",
 ]
 # distill/llamacpp.py (our PyPI llama.cpp) is left out: on Colab Unsloth's exporter fetches llama.cpp itself.
 # Colab defaults that differ from 05's: a GGUF is the point of the notebook.

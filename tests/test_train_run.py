@@ -101,8 +101,8 @@ def test_adapter_reloads_to_the_same_outputs(trained, backend):
     save, _ = trained[backend]
     model, tok, dcfg = load_for_inference(save)
     test_row = json.loads((save.parent / "ds" / "test.jsonl").read_text().splitlines()[0])
-    if backend == "unsloth":
-        model = model.to(torch.bfloat16)  # Unsloth's CPU mode trained and generated in bf16
+    # the dtype the base weights had when the inference test generated (float32 on CPU, in either precision)
+    model = model.to(getattr(torch, dcfg["precision"]["weights_dtype"]))
     out = generate(model, tok, render_prompt(tok, test_row["messages"], dcfg["chat_template"]),
                    json.loads((save / "inference_test.json").read_text())[0]["output"].count("") + 64)
     saved = json.loads((save / "inference_test.json").read_text())[0]["output"]

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from distill.io import DATASET_DIR, StageError
 
+from .precision import PRECISIONS
+
 BACKENDS = ("auto", "unsloth", "hf")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw_8bit", "adamw_torch", "sgd", "adafactor")
@@ -56,6 +58,10 @@ class TrainConfig:
     warmup_steps: int = _f(5, "linear warm-up updates", "train")
     lr_scheduler_type: str = _f("linear", "learning-rate schedule", "train", SCHEDULERS)
     optimizer: str = _f("adamw_8bit", "optimiser; adamw_8bit needs CUDA + bitsandbytes (mapped to adamw_torch elsewhere, with a notice)", "train", OPTIMIZERS)
+    precision: str = _f("auto", "number format of the matmuls: auto = bfloat16 on a CPU with native bfloat16 "
+                        "(AVX512-BF16, AMX, Arm BF16; weights and optimizer state stay float32), float32 on "
+                        "other CPUs; on a GPU what Unsloth/TRL pick (bf16, else fp16); fp32 = float32 everywhere",
+                        "train", PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory (slower; ~15%% slower on CPU)", "train")
     packing: bool = _f(False, "padding-free batching: concatenate examples instead of padding (fewer wasted tokens)", "train")
     eval_steps: int = _f(0, "evaluate on val.jsonl every N updates (0 = about 5 times per run; -1 = never)", "train")

@@ -169,7 +169,8 @@ def inference_test(model, tok, rows: list[dict], n: int, template: str) -> list[
 def summary_line(stage: str, out: dict) -> str:
     """The one-line end-of-run summary printed by 05 and 06."""
     m = out["metrics"]
-    return (f"{stage}: backend {out['backend']}, {m['updates']} updates, train loss {m['train_loss']:.4f}"
+    return (f"{stage}: backend {out['backend']}, {m.get('precision', 'fp32')}, {m['updates']} updates, "
+            f"train loss {m['train_loss']:.4f}"
             + (f", val loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
             + f" -> {out['save_dir']}")
 
@@ -187,12 +188,16 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
     ds = load_dataset_dir(cfg.dataset_dir, cfg.reasoning, cfg.max_train_samples)
     model_path = resolve_model(cfg.model_name)
     optim = resolve_optimizer(cfg)
+    from .precision import resolve as resolve_precision
+
+    prec = resolve_precision(cfg.precision)
+    print(f"precision: {prec.compute} ({prec.reason})")
 
     import transformers
 
     transformers.set_seed(cfg.seed)
     t0 = time.time()
-    model, tok = backend.load(cfg, model_path)
+    model, tok = backend.load(cfg, model_path, prec)
     template = training_chat_template(tok)
     tok.chat_template = template  # saved with the adapter: inference renders the training prompt
     print(f"backend: {backend.NAME}; model {cfg.model_name} loaded in {time.time() - t0:.1f}s")
@@ -214,7 +219,7 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
     do_eval = eval_ds is not None and cfg.eval_steps != -1
 
     trainer = build_trainer(cfg, backend, model, tok, train_ds, eval_ds if do_eval else None, optim, eval_steps,
-                            tracker)
+                            tracker, prec)
     t0 = time.time()
     try:
         result = trainer.train()
@@ -230,7 +235,8 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
         raise StageError(f"training loss is not finite ({losses[-3:]}): lower --learning-rate")
     metrics = {"train_loss": result.training_loss, "train_runtime_s": round(train_time, 1),
                "updates": trainer.state.global_step, "s_per_update": round(train_time / max(1, trainer.state.global_step), 3),
-               "supervised_tokens": train_tok.supervised_tokens, "train_examples": train_tok.n_kept}
+               "supervised_tokens": train_tok.supervised_tokens, "train_tokens": train_tok.total_tokens,
+               "train_examples": train_tok.n_kept, "precision": prec.compute}
     if final_eval:
         metrics["eval_loss"] = final_eval.get("eval_loss")
         tracker.log({"eval/loss": final_eval.get("eval_loss")}, step=trainer.state.global_step)
@@ -254,6 +260,8 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
             "system_prompt": ds.manifest.get("system_prompt"), "user_template": ds.manifest.get("user_template"),
             "reasoning": cfg.reasoning, "chat_template": template, "eos_token": tok.eos_token,
             "metrics": metrics, "dataset_dir": str(ds.dir),
+            # inference reloads the base weights in this dtype to reproduce the inference test
+            "precision": dict(prec.to_dict(), weights_dtype=str(_base_dtype(model)).removeprefix("torch.")),
         }
         write_json(tmp / DISTILL_CONFIG, dcfg)
 
@@ -308,6 +316,11 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
     return out
 
 
+def _base_dtype(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.dtype
+
+
 def _replace_dir(tmp: Path, dest: Path) -> None:
     old = None
     if dest.exists():
@@ -318,8 +331,7 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps, tracker):
-    import torch
+def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps, tracker, precision=None):
     from transformers import TrainerCallback
     from trl import SFTConfig
 
@@ -329,8 +341,9 @@ def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps
                 tracker.log({(k.replace("eval_", "eval/") if k.startswith("eval_") else f"train/{k}"): v
                              for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    fp16 = torch.cuda.is_available() and not bf16
+    from .precision import resolve as resolve_precision
+
+    precision = precision or resolve_precision(cfg.precision)
     args = SFTConfig(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -355,15 +368,22 @@ def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps
         # padding-free batches with a max_length it cannot enforce itself.
         max_length=None if cfg.packing else cfg.max_seq_length,
         padding_free=cfg.packing,
-        bf16=bf16,
-        fp16=fp16,
+        # on CPU, bf16=True is accelerate's CPU autocast over float32 weights (transformers wants use_cpu for it)
+        use_cpu=precision.device == "cpu",
+        bf16=precision.autocast_bf16,
+        fp16=precision.autocast_fp16,
         dataloader_num_workers=0,
         dataset_num_proc=None,
         disable_tqdm=False,
     )
     trainer_cls = backend.trainer_class()
-    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tok, callbacks=[_Forward()])
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tok, callbacks=[_Forward()])
+    if bool(trainer.args.bf16) != precision.autocast_bf16:
+        # Unsloth's CPU mode turns bf16 off where its own CPU check says no bf16
+        raise StageError(f"the {backend.NAME} trainer changed bf16 to {trainer.args.bf16} against "
+                         f"--precision's choice ({precision.compute}): pass --precision fp32")
+    return trainer
 
 
 # ------------------------------------------------------------------ inference

@@ -15,7 +15,7 @@ def device() -> str:
     return "cpu"
 
 
-def load_base(cfg, model_path: str):
+def load_base(cfg, model_path: str, precision=None):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -27,7 +27,9 @@ def load_base(cfg, model_path: str):
 
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=cfg.load_4bit, load_in_8bit=cfg.load_8bit)
     dev = device()
-    dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    # Only a GPU holds bf16 weights; a CPU in bf16 mode keeps float32 weights and autocasts the matmuls.
+    bf16 = precision.compute == "bf16" if precision is not None else torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if dev == "cuda" and bf16 else torch.float32
     try:
         tok = load_tokenizer(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kw)
@@ -54,8 +56,8 @@ def add_lora(cfg, model):
     return get_peft_model(model, lcfg)
 
 
-def load(cfg, model_path: str):
-    model, tok = load_base(cfg, model_path)
+def load(cfg, model_path: str, precision=None):
+    model, tok = load_base(cfg, model_path, precision)
     return add_lora(cfg, model), tok
 
 

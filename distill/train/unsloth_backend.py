@@ -33,14 +33,28 @@ NAME = "unsloth"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def load(cfg, model_path: str):
+def _dtype(precision):
+    """None lets Unsloth pick (bf16 where the GPU has it); float32 for --precision fp32 and on CPU.
+
+    On CPU Unsloth would load bf16 weights wherever the CPU lists AVX512-BF16, even where
+    bf16 matmuls run slower than float32 (no AMX); distill.train.precision decides instead, and
+    bf16 there means float32 weights with bf16 autocast (trainer bf16=True), as in the hf backend.
+    """
+    import torch
+
+    if precision is None or (precision.device == "cuda" and precision.compute != "fp32"):
+        return None
+    return torch.float32
+
+
+def load(cfg, model_path: str, precision=None):
     from .models import _fix_special_tokens, model_not_found
 
     try:
         model, tok = FastLanguageModel.from_pretrained(
             model_name=model_path,
             max_seq_length=cfg.max_seq_length,
-            dtype=None,  # Unsloth picks bf16 where supported
+            dtype=_dtype(precision),
             load_in_4bit=cfg.load_4bit,
             load_in_8bit=cfg.load_8bit,
             full_finetuning=False,
