@@ -77,7 +77,12 @@ def save_merged(model, tok, out_dir) -> None:
 
 
 def export_gguf(model, tok, merged_dir, out_dir, quant: str):
-    """Unsloth's own exporter, offline; if it fails, llama.cpp's converter on the merged folder."""
+    """Unsloth's own exporter: offline on our llama.cpp folder where it exists, else the one it fetches.
+
+    With our llama.cpp tools (scripts/setup.sh) a failure falls back to llama.cpp's converter on
+    the merged folder. Without them (Colab) Unsloth's exporter is the only way: it clones and
+    builds llama.cpp itself the first time, and its failure is the export's failure.
+    """
     from distill.export import export_gguf as _export
     from distill.export import unsloth_env
 
@@ -85,33 +90,47 @@ def export_gguf(model, tok, merged_dir, out_dir, quant: str):
 
     out_dir = Path(out_dir)
     env = unsloth_env()
-    if sentencepiece_model(tok) is not None:
+    if sentencepiece_model(tok) is not None and env is not None:
         # Unsloth's exporter saves the tokenizer again without tokenizer.model, and the
         # converter would then rebuild a SentencePiece vocabulary (Gemma's) wrongly.
-        env = None
-    if env is not None:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
-            found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
-            if found:
-                # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
-                for extra in out_dir.iterdir():
-                    if extra.is_dir():
-                        import shutil
-
-                        shutil.rmtree(extra, ignore_errors=True)
-                return found[-1]
-            print("note: Unsloth's exporter wrote no .gguf; using llama.cpp's converter directly")
-        except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
-            print(f"note: Unsloth's GGUF exporter failed offline ({type(exc).__name__}: {str(exc)[:200]}); "
-                  f"using llama.cpp's converter directly")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        return _export(merged_dir, out_dir, quant)
+    if env is None:
+        print("GGUF: no local llama.cpp tools here, so Unsloth's exporter fetches and builds llama.cpp "
+              "(the first time this takes minutes; later exports reuse it)", flush=True)
+        found = _unsloth_export(model, tok, out_dir, quant, {})
+        if found is None:
+            raise RuntimeError(f"Unsloth's GGUF exporter wrote no .gguf into {out_dir}")
+        return found
+    try:
+        found = _unsloth_export(model, tok, out_dir, quant, env)
+        if found is not None:
+            return found
+        print("note: Unsloth's exporter wrote no .gguf; using llama.cpp's converter directly")
+    except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
+        print(f"note: Unsloth's GGUF exporter failed offline ({type(exc).__name__}: {str(exc)[:200]}); "
+              f"using llama.cpp's converter directly")
     return _export(merged_dir, out_dir, quant)
 
+
+def _unsloth_export(model, tok, out_dir: Path, quant: str, env: dict[str, str]) -> Path | None:
+    """``save_pretrained_gguf`` under ``env``; the newest .gguf it wrote, or None."""
+    import shutil
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
+    for extra in out_dir.iterdir():
+        if extra.is_dir() and extra not in found[-1].parents:
+            shutil.rmtree(extra, ignore_errors=True)
+    return found[-1]
