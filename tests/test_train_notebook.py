@@ -213,7 +213,7 @@ def test_notebook_runs_under_colab_conditions(tmp_path, monkeypatch):
     for name in ("adapter_model.safetensors", "history.json", "loss.png", "distill_config.json", "manifest.json",
                  "gguf/Modelfile"):
         assert (save / name).is_file(), name
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     ggufs = list((save / "gguf").glob("*.gguf"))
     assert len(ggufs) == 1 and ggufs[0].name.upper().endswith("Q8_0.GGUF")
     assert f"FROM ./{ggufs[0].name}" in (save / "gguf" / "Modelfile").read_text()
@@ -252,3 +252,25 @@ def test_failed_export_keeps_the_trained_adapter(tmp_path, monkeypatch):
     dcfg = json.loads((save / "distill_config.json").read_text())
     assert "GGUF converter is missing" in dcfg["metrics"]["export_error"]
     assert err.value.result["save_dir"] == str(save) and err.value.result["gguf"] is None
+
+
+@pytest.mark.slow
+def test_checkpoints_let_a_cut_off_run_resume(tmp_path, capsys):
+    """What a Colab disconnect needs: checkpoints every --save-steps, and --resume continuing from the newest."""
+    from distill.train.config import TrainConfig
+    from distill.train.core import run
+
+    ds = make_toy_dataset(tmp_path / "ds", n_train=4, n_val=0, n_test=1)
+    (ds / "val.jsonl").unlink()
+    model = tiny_model_folder(tmp_path)
+    base = dict(dataset_dir=str(ds), model_name=str(model), backend="hf", batch_size=2,
+                gradient_accumulation_steps=1, lora_rank=4, max_seq_length=256, optimizer="adamw_torch",
+                output_dir=str(tmp_path / "ckpt"), save_dir=str(tmp_path / "student"), skip_inference_test=True,
+                save_steps=1, warmup_steps=0)
+    run(TrainConfig(**base, max_steps=1, resume=True))
+    assert "no checkpoint in" in capsys.readouterr().out
+    assert (tmp_path / "ckpt" / "checkpoint-1").is_dir()
+    out = run(TrainConfig(**base, max_steps=2, resume=True))
+    assert f"continuing from {tmp_path / 'ckpt' / 'checkpoint-1'}" in capsys.readouterr().out
+    assert out["metrics"]["updates"] == 2
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
