@@ -202,11 +202,13 @@ def test_notebook_runs_under_colab_conditions(tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     out = "\n".join(o.get("text", "") for c in nbnode.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    print(out[-20000:])  # shown by pytest when an assertion below fails
 
     assert f"from {site / 'distill'}" in out  # the installed wheel, not the repository
     assert "backend: unsloth" in out
     assert "trained on (labels != -100):" in out
     assert "Unsloth's exporter fetches and builds llama.cpp" in out  # no local tools: Unsloth's path
+    assert f"llama.cpp found at `{unsloth_llama}`" in out  # Unsloth's exporter used the offline variables
     assert "GGUF not checked: no llama-server here" in out
     assert "EXPORT FAILED" not in out and "JSON parses:" in out
     save = tmp_path / "gemma-3"
@@ -215,7 +217,7 @@ def test_notebook_runs_under_colab_conditions(tmp_path, monkeypatch):
         assert (save / name).is_file(), name
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     ggufs = list((save / "gguf").glob("*.gguf"))
-    assert len(ggufs) == 1 and ggufs[0].name.upper().endswith("Q8_0.GGUF")
+    assert [g.name for g in ggufs] == ["model-Q8_0.gguf"]
     assert f"FROM ./{ggufs[0].name}" in (save / "gguf" / "Modelfile").read_text()
 
     monkeypatch.undo()  # back to this machine's llama.cpp to load the GGUF

@@ -129,8 +129,11 @@ def _unsloth_export(model, tok, out_dir: Path, quant: str, env: dict[str, str]) 
     found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
     if not found:
         return None
+    # Unsloth names the file after the folder; the same name as llama.cpp's converter path gives.
+    dest = out_dir / f"model-{quant.upper()}.gguf"
+    os.replace(found[-1], dest)
     # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
     for extra in out_dir.iterdir():
-        if extra.is_dir() and extra not in found[-1].parents:
+        if extra.is_dir():
             shutil.rmtree(extra, ignore_errors=True)
-    return found[-1]
+    return dest
