@@ -179,10 +179,8 @@ def build(overrides: dict | None = None) -> dict:
               "                fh.write(data)\n"
               "assert os.path.exists(os.path.join(DATASET_DIR, 'train.jsonl')), f'no train.jsonl in {DATASET_DIR}'\n"
               "print(sorted(os.listdir(DATASET_DIR)))", "upload"),
-        _md("## Install\n\nOutput is hidden (`%%capture`); the GPU check below prints the versions in use."),
+        _md("## Install\n\nOutput is hidden (`%%capture`); the GPU check next prints the versions in use."),
         _code(install_source(), "install"),
-        _md("## Settings"),
-        _code(settings_source(overrides), "settings"),
         _md("## GPU check\n\nOn Colab training needs the GPU: without one this cell stops the notebook "
             "instead of training for hours on the CPU."),
         _code("import torch\n"
@@ -190,7 +188,8 @@ def build(overrides: dict | None = None) -> dict:
               "    raise RuntimeError('No CUDA GPU in this runtime. Runtime -> Change runtime type -> T4 GPU (or any GPU), '\n"
               "                     'then Runtime -> Run all. (Free GPU time is limited per day; if none is offered, '\n"
               "                     'try later.)')\n"
-              "if cfg.backend == 'unsloth':\n"
+              "import importlib.util\n"
+              "if importlib.util.find_spec('unsloth') is not None:\n"
               "    import unsloth  # before transformers, as Unsloth requires\n"
               "import distill, transformers\n"
               "print('torch', torch.__version__, '| transformers', transformers.__version__, '| distill', distill.__version__,\n"
@@ -200,6 +199,8 @@ def build(overrides: dict | None = None) -> dict:
               "    print(f'GPU: {gpu.name}, {gpu.total_memory / 2**30:.1f} GB')\n"
               "else:\n"
               "    print('no CUDA GPU: training on the CPU (a test run, not Colab)')", "gpu"),
+        _md("## Settings"),
+        _code(settings_source(overrides), "settings"),
         _md("## What is trained on\n\nOne training example as the model sees it, and the part the loss is on: "
             "the assistant's answer only (every other token is masked with -100)."),
         _code("from pathlib import Path\n"
