@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .io import StageError
@@ -62,11 +63,25 @@ def _quote(text: str, what: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile_text(gguf: Path, out_dir: Path, tok, dcfg: dict, task, context: int, max_new_tokens: int) -> str:
+@dataclass
+class SavedPrompt:
+    """The student prompt a run saved in distill_config.json: all of a task the Modelfile needs.
+
+    05 writes the Modelfile where the task folders may not exist (the installed package on Colab).
+    """
+    student_system_prompt: str
+    student_user_template: str
+
+    def render_user(self, text: str) -> str:
+        return self.student_user_template.replace("{text}", text)
+
+
+def modelfile_text(gguf: Path, out_dir: Path, tok, dcfg: dict, task, context: int, max_new_tokens: int,
+                   writer: str = "08_extract.py --export-ollama") -> str:
     rel = os.path.relpath(gguf.resolve(), out_dir.resolve())
     template = go_template(tok, dcfg["chat_template"], task, gguf_adds_bos(gguf))
     lines = [
-        "# Written by 08_extract.py --export-ollama: the prompt format and system prompt the model was trained with.",
+        f"# Written by {writer}: the prompt format and system prompt the model was trained with.",
         "# Create and run:  ollama create student -f Modelfile  &&  ollama run student \"$(cat post.txt)\"",
         f"FROM {rel if rel.startswith('.') or os.path.isabs(rel) else './' + rel}",
         f"TEMPLATE {_quote(template, 'chat template')}",

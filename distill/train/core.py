@@ -222,7 +222,7 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
                             tracker, prec)
     t0 = time.time()
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
         final_eval = trainer.evaluate() if do_eval else {}
     except Exception as exc:
         if is_oom(exc):
@@ -277,48 +277,107 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
                       f"exact match {metrics['inference_exact']}/{len(tests)}")
             else:
                 print("inference test: no test.jsonl or val.jsonl rows, skipped")
-
-        gguf_path = None
-        if cfg.save_merged or cfg.save_gguf:
-            merged_dir = tmp / ("merged" if cfg.save_merged else "_merged_for_gguf")
-            backend.save_merged(model, tok, merged_dir)
-            if cfg.save_merged:
-                write_json(merged_dir / DISTILL_CONFIG, dcfg)
-            if cfg.save_gguf:
-                gguf_path = backend.export_gguf(model, tok, merged_dir, tmp / "gguf", cfg.gguf_quantization)
-                from distill.export import check_gguf, llama_server_available
-
-                sample = (ds.test or ds.val or ds.train)[0]["messages"]
-                if llama_server_available():
-                    metrics["gguf_check_answer"] = check_gguf(gguf_path, sample, template_tok=tok)[:200]
-                else:
-                    # e.g. Colab, where Unsloth's exporter brought its own llama.cpp build
-                    print("WARNING: GGUF not checked: no llama-server here (scripts/install_llama_cpp.sh installs it)")
-                    metrics["gguf_check_answer"] = None
-            if not cfg.save_merged:
-                shutil.rmtree(merged_dir, ignore_errors=True)
         dcfg["metrics"] = metrics
         write_json(tmp / DISTILL_CONFIG, dcfg)
-        write_manifest(tmp, "05_finetune", cfg.to_dict(), {"train_examples": train_tok.n_kept,
-                       "val_examples": val_tok.n_kept if val_tok else 0, "updates": metrics["updates"]},
-                       backend=backend.NAME, metrics=metrics)
+        _write_run_manifest(tmp, cfg, backend, train_tok, val_tok, metrics)
         _replace_dir(tmp, save_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    print(f"saved adapter, tokenizer, {DISTILL_CONFIG}, history.json, loss.png to {save_dir}")
+
+    # The trained adapter is in place from here on: an export can only add to the folder, and a
+    # failed one (e.g. no llama.cpp tools on this machine) is reported without touching it.
+    gguf_path, export_error = None, None
+    if cfg.save_merged or cfg.save_gguf:
+        try:
+            gguf_path = _export(cfg, backend, model, tok, save_dir, dcfg, ds, template, metrics)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure is reported with its cause
+            export_error = f"{type(exc).__name__}: {exc}"
+            metrics["export_error"] = export_error[:2000]
+        dcfg["metrics"] = metrics
+        write_json(save_dir / DISTILL_CONFIG, dcfg)
+        _write_run_manifest(save_dir, cfg, backend, train_tok, val_tok, metrics)
     out = {"save_dir": str(save_dir), "metrics": metrics, "history": history, "backend": backend.NAME,
-           "gguf": str(save_dir / Path(gguf_path).relative_to(tmp)) if gguf_path else None, "inference": tests}
+           "gguf": str(gguf_path) if gguf_path else None, "inference": tests,
+           # the trained model in memory, for a notebook's inference cell (never reloaded from disk)
+           "model": model, "tokenizer": tok}
     tracker.summary(metrics)
     tracker.log_image("loss_curve", save_dir / "loss.png")
     tracker.log_artifact(save_dir, name="adapter", type="model")
-    print(f"saved adapter, tokenizer, {DISTILL_CONFIG}, history.json, loss.png to {save_dir}"
-          + (f"; GGUF {out['gguf']}" if gguf_path else ""))
+    if gguf_path:
+        print(f"GGUF {gguf_path}")
+    if export_error:
+        raise ExportError(f"export failed: {export_error}\nthe trained adapter, {DISTILL_CONFIG}, history.json and "
+                          f"loss.png are kept in {save_dir}", out)
     return out
 
 
 def _base_dtype(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.dtype
+
+
+class ExportError(StageError):
+    """Training finished and was saved; the merged/GGUF export after it failed. ``.result`` is run()'s result."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+def _write_run_manifest(folder: Path, cfg: TrainConfig, backend, train_tok, val_tok, metrics: dict) -> None:
+    write_manifest(folder, "05_finetune", cfg.to_dict(), {"train_examples": train_tok.n_kept,
+                   "val_examples": val_tok.n_kept if val_tok else 0, "updates": metrics["updates"]},
+                   backend=backend.NAME, metrics=metrics)
+
+
+def _export(cfg: TrainConfig, backend, model, tok, save_dir: Path, dcfg: dict, ds, template: str,
+            metrics: dict) -> Path | None:
+    """Merged weights and/or GGUF into ``save_dir``, each built in a temp folder and renamed into place."""
+    pid = os.getpid()
+    merged_tmp = save_dir / f".merged.tmp-{pid}"
+    gguf_tmp = save_dir / f".gguf.tmp-{pid}"
+    gguf_path = None
+    try:
+        shutil.rmtree(merged_tmp, ignore_errors=True)
+        backend.save_merged(model, tok, merged_tmp)
+        if cfg.save_gguf:
+            shutil.rmtree(gguf_tmp, ignore_errors=True)
+            found = backend.export_gguf(model, tok, merged_tmp, gguf_tmp, cfg.gguf_quantization)
+            from distill.export import check_gguf, llama_server_available
+
+            sample = (ds.test or ds.val or ds.train)[0]["messages"]
+            if llama_server_available():
+                metrics["gguf_check_answer"] = check_gguf(found, sample, template_tok=tok)[:200]
+            else:
+                # e.g. Colab, where Unsloth's exporter brought its own llama.cpp build
+                print("WARNING: GGUF not checked: no llama-server here (scripts/install_llama_cpp.sh installs it)")
+                metrics["gguf_check_answer"] = None
+            _write_modelfile(found, gguf_tmp, tok, dcfg, cfg)
+            _replace_dir(gguf_tmp, save_dir / "gguf")
+            gguf_path = save_dir / "gguf" / Path(found).relative_to(gguf_tmp)
+        if cfg.save_merged:
+            write_json(merged_tmp / DISTILL_CONFIG, dcfg)
+            _replace_dir(merged_tmp, save_dir / "merged")
+    finally:
+        shutil.rmtree(merged_tmp, ignore_errors=True)
+        shutil.rmtree(gguf_tmp, ignore_errors=True)
+    return gguf_path
+
+
+def _write_modelfile(gguf: Path, folder: Path, tok, dcfg: dict, cfg: TrainConfig) -> None:
+    """An Ollama Modelfile next to the GGUF, with the training prompt (when the dataset recorded it)."""
+    from distill.io import atomic_write_text
+    from distill.ollama import SavedPrompt, modelfile_text
+
+    if dcfg.get("system_prompt") is None or dcfg.get("user_template") is None:
+        print("note: no Modelfile: the dataset's manifest.json records no system prompt / user template")
+        return
+    prompt = SavedPrompt(dcfg["system_prompt"], dcfg["user_template"])
+    text = modelfile_text(Path(gguf), folder, tok, dcfg, prompt, context=min(cfg.max_seq_length, 8192),
+                          max_new_tokens=1024, writer="05_finetune.py --save-gguf")
+    atomic_write_text(folder / "Modelfile", text)
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
@@ -329,6 +388,17 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
     os.replace(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(cfg: TrainConfig) -> str | None:
+    """The newest ``checkpoint-N`` in --output-dir when --resume is on, else None (a fresh start)."""
+    if not cfg.resume:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(cfg.output_dir) if os.path.isdir(cfg.output_dir) else None
+    print(f"resume: continuing from {found}" if found else f"resume: no checkpoint in {cfg.output_dir}, starting fresh")
+    return found
 
 
 def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps, tracker, precision=None):
@@ -361,7 +431,10 @@ def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if eval_ds is not None else "no",
         eval_steps=eval_steps,
-        save_strategy="no",  # the final adapter is saved by run(); checkpoints would only cost time
+        # The final adapter is saved by run(); checkpoints only where a run may be cut off (Colab).
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_total_limit=2,
         report_to="none",  # metrics go through the tracker callback
         gradient_checkpointing=cfg.gradient_checkpointing,
         # Rows are truncated to max_seq_length when tokenized (tokenize_rows); TRL refuses

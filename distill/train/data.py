@@ -125,6 +125,13 @@ def training_chat_template(tok) -> str:
         candidate = get_training_chat_template(tok)
     except ValueError:
         candidate = None
+    if candidate is None and "<start_of_turn>" in original:
+        # TRL picks its Gemma training template only for a byte-identical copy of the template;
+        # a hub copy that differs in bytes (e.g. unsloth/gemma-3-270m-it's) gets it when it
+        # renders the same, which the probes below check.
+        import trl
+
+        candidate = (Path(trl.__file__).parent / "chat_templates" / "gemma3_training.jinja").read_text()
     if candidate is None and "<|im_start|>" in original:
         default_system = SMOLLM_DEFAULT_SYSTEM
         m = re.search(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", original, re.DOTALL)
@@ -136,6 +143,7 @@ def training_chat_template(tok) -> str:
             "the model's chat template has no {% generation %} markers and no known training variant; "
             "assistant-only loss needs one (supported: Gemma, Qwen, Llama, ChatML/SmolLM)"
         )
+    compared = 0
     for msgs in _PROBES:
         for kw in ({}, {"add_generation_prompt": True}):
             probe = msgs if not kw else msgs[:-1]
@@ -144,7 +152,13 @@ def training_chat_template(tok) -> str:
             except Exception:  # noqa: BLE001 - e.g. templates that require a system turn
                 continue
             if a != b:
-                raise StageError("internal: the training chat template does not render like the model's own template")
+                raise StageError("the model's chat template renders differently from the training variant made "
+                                 "for its family, so the prompt at inference would not be the trained one; "
+                                 f"first difference on a probe conversation:\n{a[:300]!r}\nvs\n{b[:300]!r}")
+            compared += 1
+    if not compared:
+        raise StageError("the model's chat template could not be rendered on a plain system/user/assistant "
+                         "conversation: cannot check its training variant")
     return candidate
 
 

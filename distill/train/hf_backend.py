@@ -68,11 +68,13 @@ def trainer_class():
     wheels ship no Triton, so the kernel is absent there; the model's own cross-entropy on the
     same -100-masked labels gives the same loss, only without the fused memory savings.
     """
+    import torch
     import trl.trainer.utils as trl_utils
     from transformers import Trainer
     from trl import SFTTrainer
 
-    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
+    # Triton installed without a GPU (another package pulled it in) has no driver to run the kernel on.
+    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and torch.cuda.is_available():
         return SFTTrainer
 
     class PlainLossSFTTrainer(SFTTrainer):

@@ -23,8 +23,9 @@ _CACHE_VERSION = 2
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "distill" / "models"
+    from distill.llamacpp import cache_dir
+
+    return cache_dir() / "models"
 
 
 def packaged_gguf(name: str) -> Path | None:

@@ -91,22 +91,59 @@ def save_merged(model, tok, out_dir) -> None:
 
 
 def export_gguf(model, tok, merged_dir, out_dir, quant: str):
-    """Unsloth's own exporter, offline; else (reported) llama.cpp's converter on the merged folder."""
+    """Unsloth's own exporter: offline on our llama.cpp folder where it exists, else the one it fetches.
+
+    With our llama.cpp tools (scripts/setup.sh) a failure falls back, with a note saying why, to
+    llama.cpp's converter on the merged folder. Without them (Colab) Unsloth's exporter is the only
+    way: it clones and builds llama.cpp itself the first time, and its failure is the export's failure.
+    """
     from distill.export import export_gguf_preferring, unsloth_env
 
     from .models import sentencepiece_model
 
+    out_dir = Path(out_dir)
     env = unsloth_env()
-    why_not = None
     if env is None:
-        why_not = "no offline llama.cpp folder to point it at (it would clone and build llama.cpp)"
-    elif sentencepiece_model(tok) is not None:
+        print("GGUF: no local llama.cpp tools here, so Unsloth's exporter fetches and builds llama.cpp "
+              "(the first time this takes minutes; later exports reuse it)", flush=True)
+        found = _unsloth_export(model, tok, out_dir, quant, {})
+        if found is None:
+            raise RuntimeError(f"Unsloth's GGUF exporter wrote no .gguf into {out_dir}")
+        return found
+    why_not = None
+    if sentencepiece_model(tok) is not None:
         # Unsloth's exporter saves the tokenizer again without tokenizer.model, and the
         # converter would then rebuild a SentencePiece vocabulary (Gemma's) wrongly.
         why_not = "it drops tokenizer.model, which this model's SentencePiece vocabulary needs"
 
     def native(out: Path) -> None:
-        model.save_pretrained_gguf(str(out), tok, quantization_method=quant.lower())
+        _unsloth_export(model, tok, out, quant, env)
 
-    return export_gguf_preferring(None if why_not else native, merged_dir, out_dir, quant, why_not=why_not, env=env)
+    return export_gguf_preferring(None if why_not else native, merged_dir, out_dir, quant, why_not=why_not)
 
+
+def _unsloth_export(model, tok, out_dir: Path, quant: str, env: dict[str, str]) -> Path | None:
+    """``save_pretrained_gguf`` under ``env``; the newest .gguf it wrote, or None."""
+    import shutil
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    # Unsloth names the file after the folder; the same name as llama.cpp's converter path gives.
+    dest = out_dir / f"model-{quant.upper()}.gguf"
+    os.replace(found[-1], dest)
+    # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
+    for extra in out_dir.iterdir():
+        if extra.is_dir():
+            shutil.rmtree(extra, ignore_errors=True)
+    return dest
