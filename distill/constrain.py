@@ -145,22 +145,19 @@ class HFConstraint:
 
         return llguidance.LLMatcher(self.ll_tok, self.grammar)
 
-    def token_sets(self) -> tuple[list[int], list[int], dict[int, str]]:
-        """Tokens that can start ``<think>``, whitespace-only tokens, and their texts (reasoning-first only)."""
+    def token_sets(self) -> tuple[list[int], list[int], list[str]]:
+        """Tokens that can start ``<think>``, whitespace-only tokens, and every token's text (reasoning-first only)."""
         if self._think_ids is None:
-            texts: dict[int, str] = {}
-            think, space = [], []
-            for i in range(min(self.vocab_size, len(self.tok))):
-                s = self.tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-                if not s:
-                    continue
-                if THINK_OPEN.startswith(s) or s.startswith(THINK_OPEN):
-                    think.append(i)
-                    texts[i] = s
-                elif not s.strip():
-                    space.append(i)
-            self._think_ids, self._space_ids, self._texts = think, space, texts
+            texts = [self.tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                     for i in range(min(self.vocab_size, len(self.tok)))]
+            self._think_ids = [i for i, s in enumerate(texts) if s and is_think_prefix(s)]
+            self._space_ids = [i for i, s in enumerate(texts) if s and not s.strip()]
+            self._texts = texts
         return self._think_ids, self._space_ids, self._texts
+
+    def think_continuations(self, opened: str) -> list[int]:
+        """Tokens that keep ``opened`` (a prefix of ``<think>``) on the way to the full tag."""
+        return [i for i, s in enumerate(self.token_sets()[2]) if s and is_think_prefix(opened + s)]
 
     def processor(self, prompt_width: int, batch: int, eos_ids: list[int]) -> "SchemaLogitsProcessor":
         return SchemaLogitsProcessor(self, prompt_width, batch, eos_ids)
@@ -205,9 +202,9 @@ class SchemaLogitsProcessor(_logits_processor_base()):
             if not self.matchers[i].consume_token(last):
                 self.done[i] = True  # cannot happen with the mask applied; never raise inside generate
             return
-        texts = self.c.token_sets()[2]
+        think_ids, _, texts = self.c.token_sets()
         if ph == "open":
-            if last in texts:
+            if last in think_ids:
                 self.phase[i], self.opened[i] = "opening", texts[last]
             else:
                 self.phase[i] = "json"
@@ -215,7 +212,7 @@ class SchemaLogitsProcessor(_logits_processor_base()):
                 self.matchers[i].consume_token(last)
                 return
         elif ph == "opening":
-            self.opened[i] += texts.get(last, "")
+            self.opened[i] += texts[last] if last < len(texts) else ""
         if self.phase[i] == "opening" and self.opened[i].startswith(THINK_OPEN):
             self.phase[i] = "think"
         if self.phase[i] == "think":
@@ -239,8 +236,7 @@ class SchemaLogitsProcessor(_logits_processor_base()):
                 self.bitmask[i].fill_(-1)
                 continue
             if ph == "opening":
-                ids = [t for t, s in self.c.token_sets()[2].items()
-                       if THINK_OPEN.startswith(self.opened[i] + s) or (self.opened[i] + s).startswith(THINK_OPEN)]
+                ids = self.c.think_continuations(self.opened[i])
                 self.bitmask[i].fill_(0)
                 keep[i] = (ids, scores[i, ids].clone())
                 continue

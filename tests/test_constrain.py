@@ -164,3 +164,44 @@ def test_openai_backend_marks_a_repeating_reply_as_stopped():
         with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
             (p,) = pred.predict(TEXTS[:1], progress=False)
     assert p.stopped == "repetition" and p.parse_error == "repetition" and not p.valid and p.output is None
+
+
+@pytest.mark.slow
+def test_reasoning_runs_free_and_only_the_json_after_think_is_constrained(tiny):
+    """The logits processor driven by a scripted "model" that prefers one token sequence: the
+    <think> part passes as written, the JSON part is masked (the key "@name" is refused)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from distill.constrain import HFConstraint
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    schema = load_task("recipe").schema
+    c = HFConstraint(tok, len(tok), schema, allow_think=True)
+    think = "<think>\nA recipe with <b>two</b> eggs: {not JSON}.\n</think>\n\n"
+    good = '{"@context": "https://schema.org", "@type": "Recipe", "name": "Eggs", "recipeIngredient": ["2 eggs"], ' \
+           '"recipeInstructions": ["Boil."]}'
+    bad = '{"@context": "https://schema.org", "@type": "Recipe", "@name": "Eggs"}'
+
+    def drive(script: str) -> tuple[str, list[int], list[int]]:
+        want = tok(script, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        proc = c.processor(1, 1, [tok.eos_token_id])
+        ids = torch.tensor([[0]])
+        for k in range(len(want)):
+            scores = torch.zeros(1, len(tok))
+            scores[0, want[k]] = 10.0
+            nxt = int(proc(ids, scores).argmax())
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+            if nxt != want[k] or nxt == tok.eos_token_id:
+                break
+        got = ids[0, 1:].tolist()
+        return tok.decode(got, skip_special_tokens=True), got, want
+
+    text, got, want = drive(think + good)
+    assert got == want  # nothing masked: the reasoning is free, the JSON fits the schema
+    assert text.startswith(think) and json.loads(text[len(think):])["name"] == "Eggs"
+    text, got, want = drive(think + bad)
+    assert got != want[: len(got)] and text.startswith(think + '{"@context": "https://schema.org", "@type": "Recipe", "')
+    assert "@name" not in text  # the key outside the schema was refused
+    text, got, want = drive(good)  # no reasoning at all: constrained from the first token
+    assert got == want
