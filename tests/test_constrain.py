@@ -152,7 +152,7 @@ def test_openai_backend_sends_the_schema_as_response_format():
             (free,) = pred.predict(TEXTS[:1], progress=False)
         with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
             (constrained,) = pred.predict(TEXTS[:1], progress=False)
-        assert srv.formats == [None, "json_schema"]
+        assert srv.formats() == [None, "json_schema"], srv.formats()
     assert not free.valid and free.parse_error == "no_json"
     assert constrained.valid and constrained.output == answer
 
@@ -205,3 +205,37 @@ def test_reasoning_runs_free_and_only_the_json_after_think_is_constrained(tiny):
     assert "@name" not in text  # the key outside the schema was refused
     text, got, want = drive(good)  # no reasoning at all: constrained from the first token
     assert got == want
+
+
+def test_07_reports_the_stop_rate_and_keeps_constrained_and_free_predictions_apart(tmp_path):
+    import importlib.util
+
+    from test_evaluate_run import make_dataset
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("evaluate07_constrain", root / "07_evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = make_dataset(tmp_path / "ds", n=4)
+    loop = '{"@context": "https://schema.org", "@type": "Recipe", "recipeIngredient": [' + '"salt", ' * 30
+
+    def student(body: dict) -> str:
+        text = body["messages"][-1]["content"].split("\n\n", 1)[1]
+        row = next((r for r in rows if r["text"] == text), None)
+        return loop if row is None or row["id"] in ("ex0", "ex1") else json.dumps(row["reference"])
+
+    out = tmp_path / "o"
+    with FakeOpenAIServer(student) as srv:
+        args = ["--model", f"openai:{srv.url}", "--model-id", "m", "--task", "recipe", "--dataset-dir",
+                str(tmp_path / "ds"), "--output-dir", str(out), "--no-adversarial", "--no-progress"]
+        assert mod.main(args) == 0
+        ev = json.loads((out / "eval.json").read_text())
+        assert ev["constrain"] == "schema" and set(srv.formats()) == {"json_schema"}
+        a = ev["aggregate"]
+        assert a["stopped_rate"] == pytest.approx(0.5) and a["stopped"] == {"repetition": 2}
+        assert a["parse_errors"] == {"repetition": 2} and a["schema_valid"] == pytest.approx(0.5)
+        assert "stopped (loop guard / limit)" in (out / "report.md").read_text()
+        # The same folder with --constrain none: new predictions (another decoding), sent without a schema.
+        sent = len(srv.history)
+        assert mod.main(args + ["--constrain", "none"]) == 0
+        assert len(srv.history) == sent + 4 and srv.formats()[sent:] == [None] * 4
