@@ -323,7 +323,8 @@ class _ServerBackend(_Backend):
                 if exc.completion is not None:  # length / empty: the server did answer
                     c = exc.completion
                     raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
-                    return raw, c.finish_reason or exc.reason, c.usage
+                    # a reply that ran to the limit because it loops is counted as the loop it is
+                    return raw, self.guard.check(raw) or c.finish_reason or exc.reason, c.usage
                 raise
             raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
             return raw, self.guard.check(raw) or c.finish_reason, c.usage

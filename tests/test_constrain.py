@@ -19,7 +19,7 @@ from distill.infer import load_predictor
 from distill.io import StageError
 from distill.labels import validate
 from distill.tasks import load_task
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, reply
 from train_helpers import tiny_model_folder
 
 TEXTS = ["Pancakes: 2 cups flour, 2 eggs, 1 cup milk. Whisk and fry 2 minutes a side.",
@@ -161,9 +161,12 @@ def test_openai_backend_marks_a_repeating_reply_as_stopped():
     task = load_task("recipe")
     loop = '{"@context": "https://schema.org", "@type": "Recipe", "recipeIngredient": [' + '"salt", ' * 30
     with FakeOpenAIServer(lambda body: loop) as srv:
+        srv.push(reply(loop, finish_reason="length"), reply('{"name": "cut', finish_reason="length"))
         with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
-            (p,) = pred.predict(TEXTS[:1], progress=False)
+            looped_to_limit, cut, p = pred.predict(TEXTS[:1] * 3, progress=False)
     assert p.stopped == "repetition" and p.parse_error == "repetition" and not p.valid and p.output is None
+    assert looped_to_limit.stopped == "repetition"  # ran to the limit because it looped: counted as the loop
+    assert cut.stopped == "length" and cut.parse_error == "length"
 
 
 @pytest.mark.slow
