@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="requests in flight (servers) or batch size (transformers); "
                         "0 = auto: 4 for openai:, 2 for a .gguf, 1 for a local folder")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="token limit per answer; a cut-off answer counts as invalid JSON")
+    g.add_argument("--constrain", choices=("schema", "none"), default="schema",
+                   help="decode the answer under the task's JSON Schema (default) or freely (none); see README "
+                        "'Constrained decoding'")
     g.add_argument("--context", type=int, default=None,
                    help="context window in tokens; longer inputs keep their head (default: the training "
                         "max length, else the model's window)")
@@ -90,7 +93,7 @@ def _main(args) -> int:
                           split=args.split, output_dir=args.output_dir, name=args.name, limit=args.limit,
                           concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
                           adversarial=args.adversarial, progress=not args.no_progress,
-                          compare_dirs=args.compare or ())
+                          compare_dirs=args.compare or (), constrain=args.constrain)
     out = args.output_dir or Path("reports") / ev["name"]
     evals = [ev] + (E.compare(args.compare) if args.compare else [])
     print()

@@ -75,6 +75,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--context", type=int, default=0,
                    help="context window in tokens for truncating long inputs (0 = the model's own window, at most "
                         "8192; openai: models are only truncated when this is set)")
+    g.add_argument("--constrain", choices=("schema", "none"), default="schema",
+                   help="decode the answer under the task's JSON Schema (default) or freely (none); a loop guard "
+                        "stops runaway repetition either way")
     g.add_argument("--concurrency", type=int, default=1,
                    help="inputs at once: batch size for adapter/merged models, parallel slots for .gguf and "
                         "requests in flight for openai:")
@@ -173,7 +176,7 @@ def dump(obj) -> str:
 def error_record(doc, pred) -> dict:
     return {"source": doc.source, "error": pred.error, "parse_error": pred.parse_error,
             "schema_errors": pred.schema_errors, "truncated_input": pred.truncated_input,
-            "finish_reason": pred.finish_reason, "raw": pred.raw}
+            "finish_reason": pred.finish_reason, "stopped": pred.stopped, "raw": pred.raw}
 
 
 def check_run_state(out: Path, state: dict, overwrite: bool) -> None:
@@ -241,7 +244,8 @@ def _main(args) -> int:
     t0 = time.monotonic()
     with lock:
         with load_predictor(args.model, model_id=args.model_id, task=task, max_new_tokens=args.max_new_tokens,
-                            concurrency=args.concurrency, context=args.context or None) as pred:
+                            concurrency=args.concurrency, context=args.context or None,
+                            constrain=args.constrain) as pred:
             if out is not None:
                 check_run_state(out, {"model": str(args.model), "model_id": args.model_id, "task": pred.task.name,
                                       "task_prompt": [pred.task.student_system_prompt,

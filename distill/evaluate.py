@@ -559,6 +559,9 @@ def aggregate(examples: list[dict], task: Task, by_style: bool = True) -> dict:
                                      sum(e["hallucination"]["items"] for e in examples)),
         **_outcome_rates([f for e in examples for f in (e.get("fields") or {}).values()]),
         "parse_errors": dict(Counter(e["parse_error"] for e in examples if e.get("parse_error"))),
+        # cut off by the loop guard (repetition, max_items) or the token limit (length)
+        "stopped_rate": _ratio(sum(bool(e.get("stopped")) for e in examples), n),
+        "stopped": dict(Counter(e["stopped"] for e in examples if e.get("stopped"))),
         "fields": _aggregate_fields(examples, task),
     }
     checks = [e["price_check"] for e in examples if e.get("price_check")]
@@ -693,6 +696,7 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
     kinds = sorted({k for e in evals for k in (_get(e, "adversarial", "by_kind") or {})})
     for k in kinds:
         add(f"  {k}", _pct, "by_kind", k, "pass_rate", src="adversarial")
+    add("stopped (loop guard / limit)", _pct, "stopped_rate")
     add("latency p50 (s)", _num2, "latency_s", "p50")
     return rows
 
@@ -896,7 +900,7 @@ def write_eval(out_dir: str | Path, ev: dict) -> Path:
 # Reasons a reply is the model's own failure (scored as invalid JSON). Any other reason of a
 # Prediction without output is a failed request (timeout, 5xx, dropped connection): not saved,
 # so a re-run retries it, and not scored, so a flaky server does not look like a bad model.
-MODEL_ERRORS = {"length", "empty", "no_json", "bad_json", "not_object"}
+MODEL_ERRORS = {"length", "empty", "no_json", "bad_json", "not_object", "repetition", "max_items"}
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
@@ -1042,7 +1046,7 @@ def _example_record(item: dict, rec: dict, scored: dict) -> dict:
             "text": item["text"], "answer": (rec.get("answer") or "")[:4000],
             "reasoning": (rec.get("reasoning") or "")[:4000] or None,
             "latency_s": rec.get("latency_s"), "truncated_input": rec.get("truncated_input", False),
-            **scored}
+            "stopped": rec.get("stopped"), **scored}
 
 
 def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str | None = None,
@@ -1050,7 +1054,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                    output_dir: str | Path | None = None, name: str | None = None, limit: int = 0,
                    concurrency: int = 0, max_new_tokens: int = 1024, context: int | None = None,
                    adversarial: bool | None = None, progress: bool = True,
-                   compare_dirs: Iterable[str | Path] = ()) -> dict:
+                   compare_dirs: Iterable[str | Path] = (), constrain: str = "schema") -> dict:
     """Run ``spec`` on a split (+ adversarial cases), score, and write eval.json, report.md, plots, manifest.
 
     Resumable: predictions are appended to predictions.jsonl as they arrive, keyed by example
@@ -1087,7 +1091,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     items += [{"set": "adversarial", "id": c["id"], "style": c["kind"], "text": c["text"]} for c in cases]
     for it in items:
         it["prompt_hash"] = stable_hash(task_obj.student_messages(it["text"]), template)
-        it["key"] = stable_hash(it["set"], it["id"], spec, model_id, fp, it["prompt_hash"], max_new_tokens)
+        it["key"] = stable_hash(it["set"], it["id"], spec, model_id, fp, it["prompt_hash"], max_new_tokens,
+                                {"constrain": constrain, "loop_guard": 1})
 
     pred_path = out_dir / PREDICTIONS_FILE
     failures: Counter = Counter()
@@ -1102,7 +1107,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             # A chain folder (distill.chain: steps run one after another) is evaluated end to end.
             opener = load_chain_predictor if is_chain_dir(spec) else load_predictor
             with opener(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
-                        concurrency=concurrency, context=context) as predictor:
+                        concurrency=concurrency, context=context, constrain=constrain) as predictor:
                 info = dict(predictor.info)
                 for i, p in predictor.predict_iter([it["text"] for it in pending], progress=progress,
                                                    desc=f"07 {name}"):
@@ -1114,7 +1119,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                            "prompt_hash": it["prompt_hash"], "raw": p.raw, "reasoning": p.reasoning,
                            "answer": p.answer, "output": p.output, "parse_error": p.parse_error,
                            "schema_errors": p.schema_errors, "repaired": p.repaired,
-                           "finish_reason": p.finish_reason, "truncated_input": p.truncated_input,
+                           "finish_reason": p.finish_reason, "stopped": p.stopped,
+                           "truncated_input": p.truncated_input,
                            "latency_s": round(p.latency_s, 4), "prompt_tokens": p.prompt_tokens,
                            "completion_tokens": p.completion_tokens}
                     append_prediction(pred_path, rec)
@@ -1149,7 +1155,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                              f"({', '.join(_scored_fields(task_obj))}); check the labels (04_build_dataset.py)")
         ev = {
             "name": name, "model": spec, "model_id": model_id, "task": task_obj.name, "split": split,
-            "dataset_dir": str(dataset_dir), "max_new_tokens": max_new_tokens, "predictor": info,
+            "dataset_dir": str(dataset_dir), "max_new_tokens": max_new_tokens, "constrain": constrain,
+            "predictor": info,
             "n_examples": len(rows), "missing_predictions": missing, "request_failures": dict(failures),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "aggregate": agg,
@@ -1167,7 +1174,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             str(o.get("name")) for o in others) if others else ""))
         write_manifest(out_dir, "07_evaluate", {"model": spec, "model_id": model_id, "task": task_obj.name,
                                                 "split": split, "dataset_dir": str(dataset_dir), "limit": limit,
-                                                "max_new_tokens": max_new_tokens, "adversarial": adversarial},
+                                                "max_new_tokens": max_new_tokens, "adversarial": adversarial,
+                                                "constrain": constrain},
                        {"examples": len(examples), "adversarial": len(scored_cases), "missing": missing,
                         **{f"failed_{k}": v for k, v in failures.items()}})
     return ev

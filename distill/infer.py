@@ -23,7 +23,8 @@ What is evaluated is what users run, so both scripts call :func:`load_predictor`
 
 The prompt is always ``task.student_messages(text)``; for a trained model the task's
 system prompt and user template are the ones saved in ``distill_config.json`` at training.
-Decoding is greedy (temperature 0).
+Decoding is greedy (temperature 0). By default (``constrain="schema"``) the answer is decoded
+under the task's JSON Schema and a loop guard stops runaway repetition; see distill.constrain.
 
 Long inputs (documented rule, counted in :attr:`Prediction.truncated_input`): when the
 prompt plus ``max_new_tokens`` would exceed the context, the *head* of the input text is
@@ -70,6 +71,7 @@ class Prediction:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     output_tokens: list[int] | None = None  # generated token ids (local backends), for equivalence checks
+    stopped: str | None = None         # why generation was cut: repetition | max_items (loop guard) | length
 
     @property
     def valid(self) -> bool:
@@ -135,8 +137,8 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
     pred.raw = raw
     pred.finish_reason = finish_reason
     pred.reasoning, pred.answer = split_reasoning({"content": raw})
-    if finish_reason == "length":
-        pred.parse_error = "length"
+    if finish_reason in ("length", "repetition", "max_items"):
+        pred.parse_error = pred.stopped = finish_reason
         return pred
     try:
         obj, pred.repaired = parse_answer(pred.answer)
@@ -216,12 +218,18 @@ class _Backend:
 class _HFBackend(_Backend):
     """transformers (+ PEFT adapter); greedy, left-padded batches."""
 
-    def __init__(self, model, tok, task: Task, max_new_tokens: int, batch: int, context: int):
+    def __init__(self, model, tok, task: Task, max_new_tokens: int, batch: int, context: int,
+                 constrain: str = "schema", allow_think: bool = False):
+        from .constrain import HFConstraint, LoopGuard
+
         self.name = "transformers"
         self.model, self.tok, self.task = model, tok, task
         self.max_new, self.batch, self.context = max_new_tokens, max(1, batch), context
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.constraint = HFConstraint(tok, vocab, task.schema, allow_think) if constrain == "schema" else None
+        self.guard = LoopGuard(task.schema)
         self.trunc = _Truncator(task, context, max_new_tokens, prompt_fn=lambda m: len(self._ids(m)))
 
     def render(self, messages: list[dict]) -> str:
@@ -253,14 +261,24 @@ class _HFBackend(_Backend):
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         eos = self.eos_ids()
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from .constrain import GuardCriteria
+
+        guard = GuardCriteria(self.guard, self.tok, width, len(batch), eos)
+        procs = [self.constraint.processor(width, len(batch), eos)] if self.constraint is not None else []
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=self.max_new,
-                                      do_sample=False, eos_token_id=eos, pad_token_id=pad)
+                                      do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                                      logits_processor=LogitsProcessorList(procs),
+                                      stopping_criteria=StoppingCriteriaList([guard]))
         results = []
-        for p, row in zip(prompts, out[:, width:].tolist()):
+        for k, (p, row) in enumerate(zip(prompts, out[:, width:].tolist())):
             stop = next((i for i, t in enumerate(row) if t in eos), None)
             gen = row[:stop] if stop is not None else row
             finish = "stop" if stop is not None else "length"
+            if guard.reasons[k] is not None:
+                gen, finish = row[:guard.lengths[k]], guard.reasons[k]
             text = self.tok.decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             results.append((text, finish, {"prompt_tokens": len(p), "completion_tokens": len(gen), "tokens": gen}))
         return results
@@ -270,8 +288,13 @@ class _ServerBackend(_Backend):
     """An OpenAI-compatible server, optionally a llama.cpp server fed token ids of our own rendering."""
 
     def __init__(self, client, task: Task, max_new_tokens: int, concurrency: int, context: int | None,
-                 tokenizer=None, server=None, name: str = "openai"):
+                 tokenizer=None, server=None, name: str = "openai", constrain: str = "schema",
+                 allow_think: bool = False):
+        from .constrain import LoopGuard
+
         self.name = name
+        self.schema = task.schema if constrain == "schema" else None
+        self.allow_think, self.guard = allow_think, LoopGuard(task.schema)
         self.client, self.task, self.max_new = client, task, max_new_tokens
         self.batch = max(1, concurrency)
         self.tok, self.server = tokenizer, server
@@ -292,32 +315,80 @@ class _ServerBackend(_Backend):
         from .llm import LLMError
 
         if self.tok is None:
+            # openai: the schema goes as response_format (LLMClient probes json_schema, json_object +
+            # schema, none). Not streamed: the loop guard classifies the finished reply.
             try:
-                c = self.client.complete(messages)
+                c = self.client.complete(messages, response_schema=self.schema)
             except LLMError as exc:
                 if exc.completion is not None:  # length / empty: the server did answer
                     c = exc.completion
                     raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
-                    return raw, c.finish_reason or exc.reason, c.usage
+                    # a reply that ran to the limit because it loops is counted as the loop it is
+                    return raw, self.guard.check(raw) or c.finish_reason or exc.reason, c.usage
                 raise
             raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
-            return raw, c.finish_reason, c.usage
+            return raw, self.guard.check(raw) or c.finish_reason, c.usage
         # llama.cpp /completion with the training prompt as token ids: exact tokens, no second BOS,
         # no dependence on the GGUF's embedded template.
         # The answer comes back as token ids and is decoded by the training tokenizer, exactly as
         # the transformers backend decodes: a GGUF whose embedded vocabulary metadata decodes
         # differently (seen with GGUFs converted from GGUF-derived folders) cannot change the text.
+        # Streamed, so that the loop guard can drop the connection (llama-server then stops the slot).
         ids = self._ids(messages)
-        body = {"prompt": ids, "n_predict": self.max_new, "temperature": 0.0, "top_k": 1,
-                "cache_prompt": True, "stream": False, "return_tokens": True}
-        resp, _ = self.client._request("POST", self.server.root_path("/completion"), body)
-        data = resp.json()
-        tokens = [t for t in data.get("tokens") or [] if t not in self.eos_ids]
-        finish = "length" if data.get("stop_type") == "limit" else "stop"
-        usage = {"prompt_tokens": data.get("tokens_evaluated", len(ids)),
-                 "completion_tokens": data.get("tokens_predicted", len(tokens)), "tokens": tokens}
+        if self.schema is not None and self.allow_think:
+            # Reasoning-first: the reasoning runs free; the JSON after </think> is a constrained continuation.
+            think, finish = self._stream(ids, self.max_new, None, think=True)
+            if finish == "think_done":
+                rest, finish = self._stream(ids + think, self.max_new - len(think), self.schema)
+                tokens = think + rest
+            elif finish == "not_think":
+                tokens, finish = self._stream(ids, self.max_new, self.schema)
+            else:
+                tokens = think
+        else:
+            tokens, finish = self._stream(ids, self.max_new, self.schema)
+        usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens), "tokens": tokens}
         text = self.tok.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return text, finish, usage
+
+    def _stream(self, ids: list[int], n_predict: int, schema: dict | None, think: bool = False) -> tuple[list[int], str]:
+        """One streamed /completion: (generated tokens without EOS, finish). finish: stop | length |
+        repetition | max_items, and with ``think``: not_think (the answer does not open with <think>)
+        or think_done (</think> was written)."""
+        from .constrain import THINK_CLOSE, is_think_prefix, stream_post
+
+        if n_predict < 1:
+            return [], "length"
+        body = {"prompt": ids, "n_predict": n_predict, "temperature": 0.0, "top_k": 1,
+                "cache_prompt": True, "return_tokens": True}
+        if schema is not None:
+            body["json_schema"] = schema
+        tokens: list[int] = []
+        state = {"finish": "stop"}
+
+        def on_event(ev: dict) -> bool:
+            tokens.extend(t for t in ev.get("tokens") or [] if t not in self.eos_ids)
+            if ev.get("stop"):
+                state["finish"] = "length" if ev.get("stop_type") == "limit" else "stop"
+                return True
+            if not ev.get("tokens"):
+                return False
+            if think or len(tokens) % 4 == 0:
+                text = self.tok.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                if think and not is_think_prefix(text):
+                    state["finish"] = "not_think"
+                    return True
+                if think and THINK_CLOSE in text:
+                    state["finish"] = "think_done"
+                    return True
+                reason = self.guard.check(text)
+                if reason is not None:
+                    state["finish"] = reason
+                    return True
+            return False
+
+        stream_post(self.client, self.server.root_path("/completion"), body, on_event)
+        return tokens, state["finish"]
 
     def close(self) -> None:
         self.client.close()
@@ -474,7 +545,13 @@ def _context_default(dcfg: dict | None, model_max: int | None) -> int:
     return DEFAULT_CONTEXT
 
 
-def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None) -> Predictor:
+def _allow_think(dcfg: dict | None) -> bool:
+    """Reasoning-first decoding (``<think>`` may open the answer) for models trained with reasoning kept."""
+    return dcfg is not None and dcfg.get("reasoning", "keep") == "keep"
+
+
+def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None,
+             constrain: str = "schema") -> Predictor:
     cfg_path = find_training_config(spec) if Path(spec).is_dir() else None
     if cfg_path is not None and cfg_path.parent == Path(spec):
         from distill.train.core import load_for_inference
@@ -499,9 +576,9 @@ def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int
         dcfg, kind = None, "base"
     model_max = getattr(model.config, "max_position_embeddings", None)
     ctx = context or _context_default(dcfg, model_max)
-    backend = _HFBackend(model, tok, task, max_new_tokens, concurrency, ctx)
+    backend = _HFBackend(model, tok, task, max_new_tokens, concurrency, ctx, constrain, _allow_think(dcfg))
     return Predictor(backend, task, spec, {"backend": "transformers", "kind": kind, "context": ctx,
-                                           "training_config": dcfg is not None})
+                                           "training_config": dcfg is not None, "constrain": constrain})
 
 
 def _gguf_context_length(gguf: Path) -> int | None:
@@ -517,7 +594,8 @@ def _gguf_context_length(gguf: Path) -> int | None:
     return None
 
 
-def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None) -> Predictor:
+def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None,
+               constrain: str = "schema") -> Predictor:
     from .llm import LLMClient, LLMConfig
 
     gguf = Path(spec)
@@ -541,16 +619,18 @@ def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: i
     server = _LlamaServerHandle(gguf, n_parallel=n, ctx=ctx * n)
     client = LLMClient(LLMConfig(base_url=server.base_url, model=gguf.stem, temperature=0.0,
                                  max_tokens=max_new_tokens, concurrency=n, timeout=600.0, retries=2,
-                                 response_format="prompt"))
-    backend = _ServerBackend(client, task, max_new_tokens, n, ctx, tokenizer=tok, server=server, name="llama.cpp")
+                                 # a base GGUF goes through /v1/chat/completions: the schema as response_format
+                                 response_format="json_schema" if constrain == "schema" else "prompt"))
+    backend = _ServerBackend(client, task, max_new_tokens, n, ctx, tokenizer=tok, server=server, name="llama.cpp",
+                             constrain=constrain, allow_think=_allow_think(dcfg))
     return Predictor(backend, task, spec, {"backend": "llama.cpp", "kind": "gguf", "context": ctx,
-                                           "training_config": dcfg is not None,
+                                           "training_config": dcfg is not None, "constrain": constrain,
                                            "prompt": "training template, token ids" if tok is not None
                                            else "the GGUF's chat template"})
 
 
 def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tokens: int, concurrency: int,
-                 context: int | None) -> Predictor:
+                 context: int | None, constrain: str = "schema") -> Predictor:
     from .llm import LLMClient, LLMConfig
 
     url = spec[len("openai:"):]
@@ -560,9 +640,11 @@ def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tok
         raise StageError("an openai: model needs --task (a task name, or the trained folder whose prompt it was "
                          "trained with)")
     client = LLMClient(LLMConfig(base_url=url, model=model_id or "", temperature=0.0, max_tokens=max_new_tokens,
-                                 concurrency=max(1, concurrency), response_format="prompt", retries=2))
-    backend = _ServerBackend(client, task, max_new_tokens, concurrency, context, name="openai")
-    pred = Predictor(backend, task, spec, {"backend": "openai", "kind": "server", "url": url, "context": context})
+                                 concurrency=max(1, concurrency), retries=2,
+                                 response_format="auto" if constrain == "schema" else "prompt"))
+    backend = _ServerBackend(client, task, max_new_tokens, concurrency, context, name="openai", constrain=constrain)
+    pred = Predictor(backend, task, spec, {"backend": "openai", "kind": "server", "url": url, "context": context,
+                                           "constrain": constrain})
     try:
         client.ping()  # a server that is down fails here, once, with what to do
     except BaseException:
@@ -573,8 +655,14 @@ def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tok
 
 
 def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
-                   concurrency: int = 1, context: int | None = None) -> Predictor:
-    """A Predictor for ``spec`` (trained folder, .gguf, openai:URL, or base model + task); see the module docstring."""
+                   concurrency: int = 1, context: int | None = None, constrain: str = "schema") -> Predictor:
+    """A Predictor for ``spec`` (trained folder, .gguf, openai:URL, or base model + task); see the module docstring.
+
+    ``constrain``: ``schema`` decodes under the task's JSON Schema, ``none`` decodes freely (distill.constrain)."""
+    from .constrain import CONSTRAIN_MODES
+
+    if constrain not in CONSTRAIN_MODES:
+        raise StageError(f"constrain must be one of {', '.join(CONSTRAIN_MODES)}, got {constrain!r}")
     if max_new_tokens < 1:
         raise StageError("max_new_tokens must be at least 1")
     if context is not None and context < 64:
@@ -584,15 +672,15 @@ def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None 
 
     if is_chain_dir(spec):  # several trained steps run one after another (distill.chain), same interface
         return load_chain_predictor(spec, model_id=model_id, task=task, max_new_tokens=max_new_tokens,
-                                    concurrency=concurrency, context=context)
+                                    concurrency=concurrency, context=context, constrain=constrain)
     if spec.startswith("openai:"):
-        return _load_openai(spec, model_id, task, max_new_tokens, concurrency, context)
+        return _load_openai(spec, model_id, task, max_new_tokens, concurrency, context, constrain)
     if spec.endswith(".gguf"):
-        return _load_gguf(spec, task, max_new_tokens, concurrency, context)
+        return _load_gguf(spec, task, max_new_tokens, concurrency, context, constrain)
     p = Path(spec)
     if p.exists() and not p.is_dir():
         raise StageError(f"--model {spec}: expected a folder, a .gguf file or openai:URL")
-    return _load_hf(spec, task, max_new_tokens, concurrency, context)
+    return _load_hf(spec, task, max_new_tokens, concurrency, context, constrain)
 
 
 def resolve_task(value: str | None) -> Task | None:

@@ -100,7 +100,9 @@ def test_openai_predictor_sends_the_student_prompt_greedy_and_strips_reasoning()
     assert {b["messages"][1]["content"] for b in bodies} == {task.render_user(t) for t in
                                                             ("post one", "post two", "post three")}
     assert all(b["messages"][0]["content"] == task.student_system_prompt for b in bodies)
-    assert all(b["temperature"] == 0 and b["max_tokens"] == 300 and "response_format" not in b for b in bodies)
+    assert all(b["temperature"] == 0 and b["max_tokens"] == 300 for b in bodies)
+    # --constrain schema (the default): the task's schema goes as response_format
+    assert all(b["response_format"]["json_schema"]["schema"] == task.schema for b in bodies)
 
 
 def test_invalid_answers_are_reported_not_accepted():

@@ -78,7 +78,9 @@ def _gguf(student: Path) -> Path:
 def test_adapter_merged_and_gguf_give_the_same_greedy_tokens(student):
     outs = {}
     for spec in (student, student / "merged", _gguf(student)):
-        with load_predictor(str(spec), max_new_tokens=12) as pred:
+        # Free decoding: the paths must agree on prompt and weights; the constraint engines differ per
+        # backend (llguidance vs llama.cpp's grammar, see distill.constrain) and may pick other tokens.
+        with load_predictor(str(spec), max_new_tokens=12, constrain="none") as pred:
             preds = pred.predict(TEXTS, progress=False)
             outs[pred.info["kind"]] = preds
             if pred.info["kind"] == "gguf":
@@ -122,7 +124,7 @@ def test_cli_gives_the_same_files_for_adapter_and_gguf(student, tmp_path):
     for name, spec in (("adapter", student), ("gguf", _gguf(student))):
         out = tmp_path / name
         r = _run("08_extract.py", ["--model", str(spec), "--input-dir", str(pages), "--output-dir", str(out),
-                                   "--max-new-tokens", "10"], tmp_path)
+                                   "--max-new-tokens", "10", "--constrain", "none"], tmp_path)
         # The random student writes no JSON: every input is reported invalid, with its raw output.
         assert r.returncode == 2, r.stderr[-2000:]
         assert "extracted 0/3 valid" in r.stderr

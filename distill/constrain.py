@@ -1,0 +1,357 @@
+"""Constrained decoding and the loop guard for the student's answers (07 and 08, through distill.infer).
+
+Constrained decoding (``--constrain schema``, the default) makes the model's next token one
+that keeps the answer a valid prefix of JSON matching the task's schema:
+
+* transformers (adapter, merged, base folder): llguidance's token masks, applied by
+  :class:`SchemaLogitsProcessor` inside ``model.generate``. llguidance was picked over
+  xgrammar (see README "Constrained decoding"): same speed on CPU, no extra dependencies
+  (xgrammar pulls triton and a TVM runtime), and it compiles every keyword of the recipe
+  schema, ``pattern`` included.
+* llama.cpp (GGUF): ``json_schema`` on ``/completion``; llama.cpp turns it into a grammar and
+  skips what it does not support (it warns about the duration ``pattern``), so answers are
+  validated afterwards anyway.
+* ``openai:`` servers: ``response_format`` ``json_schema`` (then ``json_object`` + schema, then
+  none, the first the server accepts).
+
+JSON is constrained to the training format (``json.dumps``: ``", "`` and ``": "``, one line):
+flexible whitespace lets a weak model fill the answer with newlines until the token limit.
+
+Reasoning-first answers (``<think>...</think>`` then JSON) constrain only the JSON: the first
+tokens may open ``<think>``, the reasoning runs free, and the constraint starts after
+``</think>`` (transformers: per-row state in the logits processor; llama.cpp: the reasoning
+is generated free, then the JSON is generated constrained as a continuation).
+
+The loop guard (:class:`LoopGuard`) stops an answer that repeats itself (the text ends in a
+chunk repeated back to back, e.g. the same ingredient line again and again, or endless
+newlines) or that writes more items into an array than the schema's ``maxItems``. The
+prediction records ``stopped`` = ``repetition`` | ``max_items`` | ``length`` (token limit) and
+such an answer is never repaired into a result.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+CONSTRAIN_MODES = ("schema", "none")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+STOP_REASONS = ("repetition", "max_items")  # guard stops; "length" is the token limit
+
+
+# ------------------------------------------------------------------ loop guard
+
+def repeated_tail(text: str, min_chars: int = 64, min_copies: int = 3, max_period: int = 256) -> bool:
+    """True when ``text`` ends in one chunk repeated back to back: at least ``min_copies`` copies
+    covering at least ``min_chars`` characters. A list item written 3+ times in a row, or 64
+    newlines, is a loop; a real recipe does not repeat itself like that."""
+    n = len(text)
+    for p in range(1, min(max_period, n // min_copies) + 1):
+        copies = max(min_copies, math.ceil(min_chars / p))
+        if p * copies > n:
+            break
+        unit = text[n - p:]
+        if text[n - p * copies:] == unit * copies:
+            return True
+    return False
+
+
+def max_items_of(schema: Any) -> bool:
+    """Whether the schema limits any array's length (only then is the partial answer parsed)."""
+    if isinstance(schema, dict):
+        return "maxItems" in schema or any(max_items_of(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(max_items_of(v) for v in schema)
+    return False
+
+
+def over_max_items(value: Any, schema: Any) -> bool:
+    """True if an array in ``value`` has more items than its schema's ``maxItems`` (properties,
+    items, anyOf/oneOf branches are followed)."""
+    if not isinstance(schema, dict):
+        return False
+    if isinstance(value, list):
+        if isinstance(schema.get("maxItems"), int) and len(value) > schema["maxItems"]:
+            return True
+        items = schema.get("items")
+        if any(over_max_items(v, items) for v in value):
+            return True
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        if any(over_max_items(v, props.get(k)) for k, v in value.items()):
+            return True
+    return any(over_max_items(value, s) for key in ("anyOf", "oneOf", "allOf") for s in schema.get(key) or [])
+
+
+class LoopGuard:
+    """Decides whether a growing answer should be stopped; one instance can check many answers.
+
+    ``check(text)`` returns ``"repetition"``, ``"max_items"`` or None. The repetition rule looks
+    only at the end of the text, so it can run every few tokens; the maxItems rule parses the
+    JSON part with json-repair and runs only for schemas that have a ``maxItems``.
+    """
+
+    def __init__(self, schema: dict | None = None, min_chars: int = 64, min_copies: int = 3,
+                 max_period: int = 256):
+        self.schema = schema if schema is not None and max_items_of(schema) else None
+        self.min_chars, self.min_copies, self.max_period = min_chars, min_copies, max_period
+
+    def check(self, text: str) -> str | None:
+        tail = text[-(self.max_period * self.min_copies + self.min_chars):]
+        if repeated_tail(tail, self.min_chars, self.min_copies, self.max_period):
+            return "repetition"
+        if self.schema is not None:
+            answer = text.rpartition(THINK_CLOSE)[2] if THINK_CLOSE in text else text
+            start = answer.find("{")
+            if start >= 0:
+                import json_repair
+
+                try:
+                    partial = json_repair.loads(answer[start:])
+                except Exception:  # noqa: BLE001 - a prefix json-repair cannot read is not over any limit
+                    return None
+                if over_max_items(partial, self.schema):
+                    return "max_items"
+        return None
+
+
+# ------------------------------------------------------------------ transformers
+
+class HFConstraint:
+    """llguidance's view of one tokenizer and schema, built once per model (about a second)."""
+
+    def __init__(self, tok, vocab_size: int, schema: dict, allow_think: bool):
+        import llguidance
+        import llguidance.hf
+
+        self.tok, self.vocab_size, self.allow_think = tok, vocab_size, allow_think
+        self.ll_tok = llguidance.hf.from_tokenizer(tok, n_vocab=vocab_size)
+        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_flexible": False, "item_separator": ", ",
+                                          "key_separator": ": "})
+        is_error, msgs = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar, self.ll_tok)
+        if is_error:
+            msg = "; ".join(msgs)
+            from .io import StageError
+
+            raise StageError(f"the task's JSON Schema cannot be used for constrained decoding ({msg}): "
+                             f"fix the schema or pass --constrain none")
+        self._think_ids: list[int] | None = None
+        self._space_ids: list[int] | None = None
+
+    def matcher(self):
+        import llguidance
+
+        return llguidance.LLMatcher(self.ll_tok, self.grammar)
+
+    def token_sets(self) -> tuple[list[int], list[int], list[str]]:
+        """Tokens that can start ``<think>``, whitespace-only tokens, and every token's text (reasoning-first only)."""
+        if self._think_ids is None:
+            texts = [self.tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                     for i in range(min(self.vocab_size, len(self.tok)))]
+            self._think_ids = [i for i, s in enumerate(texts) if s and is_think_prefix(s)]
+            self._space_ids = [i for i, s in enumerate(texts) if s and not s.strip()]
+            self._texts = texts
+        return self._think_ids, self._space_ids, self._texts
+
+    def think_continuations(self, opened: str) -> list[int]:
+        """Tokens that keep ``opened`` (a prefix of ``<think>``) on the way to the full tag."""
+        return [i for i, s in enumerate(self.token_sets()[2]) if s and is_think_prefix(opened + s)]
+
+    def processor(self, prompt_width: int, batch: int, eos_ids: list[int]) -> "SchemaLogitsProcessor":
+        return SchemaLogitsProcessor(self, prompt_width, batch, eos_ids)
+
+
+def _logits_processor_base():
+    from transformers import LogitsProcessor
+
+    return LogitsProcessor
+
+
+class SchemaLogitsProcessor(_logits_processor_base()):
+    """Masks each row's next-token logits to the schema grammar (one llguidance matcher per row).
+
+    Rows of a left-padded batch share ``prompt_width``; a row that emitted EOS is left alone.
+    Per-row phase for reasoning-first models: ``open`` (nothing yet: JSON or ``<think>``),
+    ``opening`` (inside the ``<think>`` tag), ``think`` (free), ``json`` (constrained).
+    """
+
+    def __init__(self, c: HFConstraint, prompt_width: int, batch: int, eos_ids: list[int]):
+        import llguidance.torch as lgt
+
+        self.c, self.width, self.eos = c, prompt_width, set(eos_ids)
+        self.matchers = [c.matcher() for _ in range(batch)]
+        self.phase = ["open" if c.allow_think else "json"] * batch
+        self.opened = [""] * batch          # text of the <think> tag written so far
+        self.started_json = [False] * batch  # after </think>: a JSON token was consumed
+        self.done = [False] * batch
+        self.bitmask = lgt.allocate_token_bitmask(batch, c.vocab_size)
+        self.lgt = lgt
+
+    def _advance(self, i: int, gen: list[int]) -> None:
+        last = gen[-1]
+        if last in self.eos:
+            self.done[i] = True
+            return
+        ph = self.phase[i]
+        if ph == "json":
+            if self.c.allow_think and not self.started_json[i] and last in self.c.token_sets()[1]:
+                return  # whitespace between </think> and the JSON, as in training
+            self.started_json[i] = True
+            if not self.matchers[i].consume_token(last):
+                self.done[i] = True  # cannot happen with the mask applied; never raise inside generate
+            return
+        think_ids, _, texts = self.c.token_sets()
+        if ph == "open":
+            if last in think_ids:
+                self.phase[i], self.opened[i] = "opening", texts[last]
+            else:
+                self.phase[i] = "json"
+                self.started_json[i] = True
+                self.matchers[i].consume_token(last)
+                return
+        elif ph == "opening":
+            self.opened[i] += texts[last] if last < len(texts) else ""
+        if self.phase[i] == "opening" and self.opened[i].startswith(THINK_OPEN):
+            self.phase[i] = "think"
+        if self.phase[i] == "think":
+            tail = self.c.tok.decode(gen[-8:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if THINK_CLOSE in tail:
+                self.phase[i] = "json"
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        n = input_ids.shape[1] - self.width
+        if n > 0:
+            rows = input_ids[:, self.width:].tolist()
+            for i, gen in enumerate(rows):
+                if not self.done[i]:
+                    self._advance(i, gen)
+        keep: dict[int, tuple[list[int], Any]] = {}
+        for i in range(scores.shape[0]):
+            ph = self.phase[i]
+            if self.done[i] or ph == "think":
+                self.bitmask[i].fill_(-1)
+                continue
+            if ph == "opening":
+                ids = self.c.think_continuations(self.opened[i])
+                self.bitmask[i].fill_(0)
+                keep[i] = (ids, scores[i, ids].clone())
+                continue
+            m = self.matchers[i]
+            if m.is_stopped():
+                self.bitmask[i].fill_(0)
+                ids = sorted(self.eos)
+                keep[i] = (ids, scores[i, ids].clone())
+                continue
+            self.lgt.fill_next_token_bitmask(m, self.bitmask, i)
+            if ph == "open":
+                ids = self.c.token_sets()[0]
+                keep[i] = (ids, scores[i, ids].clone())
+            elif self.c.allow_think and not self.started_json[i]:
+                ids = self.c.token_sets()[1]
+                keep[i] = (ids, scores[i, ids].clone())
+        width = scores.shape[1]
+        self.lgt.apply_token_bitmask_inplace(scores, self.bitmask[:, : math.ceil(width / 32)])
+        for i, (ids, vals) in keep.items():
+            scores[i, ids] = vals
+        if scores.shape[1] > self.c.vocab_size:  # padded embedding rows beyond the tokenizer are never valid
+            scores[:, self.c.vocab_size:] = -torch.inf
+        return scores
+
+
+def _stopping_criteria_base():
+    from transformers import StoppingCriteria
+
+    return StoppingCriteria
+
+
+class GuardCriteria(_stopping_criteria_base()):
+    """transformers StoppingCriteria running the loop guard on each row every ``every`` tokens.
+
+    ``reasons[i]`` / ``lengths[i]``: why and after how many generated tokens row ``i`` was stopped.
+    """
+
+    def __init__(self, guard: LoopGuard, tok, prompt_width: int, batch: int, eos_ids: list[int], every: int = 4):
+        self.guard, self.tok, self.width, self.every = guard, tok, prompt_width, every
+        self.eos = set(eos_ids)
+        self.reasons: list[str | None] = [None] * batch
+        self.lengths: list[int | None] = [None] * batch
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        n = input_ids.shape[1] - self.width
+        out = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if n <= 0 or n % self.every:
+            for i, r in enumerate(self.reasons):
+                out[i] = r is not None
+            return out
+        for i, row in enumerate(input_ids[:, self.width:].tolist()):
+            if self.reasons[i] is not None:
+                out[i] = True
+                continue
+            stop = next((k for k, t in enumerate(row) if t in self.eos), None)
+            if stop is not None:
+                continue  # finished by itself
+            text = self.tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            reason = self.guard.check(text)
+            if reason is not None:
+                self.reasons[i], self.lengths[i] = reason, len(row)
+                out[i] = True
+        return out
+
+
+# ------------------------------------------------------------------ servers (streamed, so the guard can abort)
+
+def _sse_events(resp) -> Any:
+    for line in resp.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except json.JSONDecodeError:
+            continue
+
+
+def stream_post(client, url: str, body: dict, on_event) -> None:
+    """POST ``body`` with ``stream: true`` through ``client``'s HTTP pool; ``on_event(event)`` returning
+    True closes the stream (the server stops generating when the connection drops).
+
+    Errors map to the client's own: unreachable -> LLMUnavailable, others -> LLMError(reason)."""
+    import httpx
+
+    from .llm import LLMError, LLMUnavailable, _error_detail
+
+    try:
+        with client._http.stream("POST", url, json=body | {"stream": True}) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise LLMError(f"http_{resp.status_code}", _error_detail(resp))
+            for event in _sse_events(resp):
+                if on_event(event):
+                    return
+    except httpx.ConnectError as exc:
+        raise LLMUnavailable(client._unreachable_message(str(exc))) from None
+    except httpx.TimeoutException:
+        raise LLMError("timeout", f"no answer within {client.config.timeout:g}s") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise LLMError("disconnected", str(exc) or type(exc).__name__) from None
+
+
+def is_think_prefix(text: str) -> bool:
+    """Whether ``text`` is, or may still become, a ``<think>`` opening."""
+    return THINK_OPEN.startswith(text) or text.startswith(THINK_OPEN)
+
+
+_FORMAT_REFUSED = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.I)
+
+
+def format_refused(status: str, detail: str) -> bool:
+    """An openai: server that answered 400/422/500 about response_format does not support it."""
+    return status in ("http_400", "http_422", "http_500") and bool(_FORMAT_REFUSED.search(detail or ""))

@@ -1,0 +1,244 @@
+"""Constrained decoding and the loop guard (distill.constrain) on every backend.
+
+The model is train_helpers' randomly initialised 2-layer Llama with SmolLM2's tokenizer: decoded
+freely it writes newline after newline (invalid JSON, a runaway loop), which is what the
+constraint and the guard are for. transformers runs it directly, llama-server runs its GGUF
+(with a training config beside it, as 05 writes: the token-id /completion path), and the
+openai: backend talks to the fake server, which answers schema-valid JSON only when the request
+carries the task's schema as response_format.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.constrain import LoopGuard, over_max_items, repeated_tail
+from distill.infer import load_predictor
+from distill.io import StageError
+from distill.labels import validate
+from distill.tasks import load_task
+from fake_openai_server import FakeOpenAIServer, reply
+from train_helpers import tiny_model_folder
+
+TEXTS = ["Pancakes: 2 cups flour, 2 eggs, 1 cup milk. Whisk and fry 2 minutes a side.",
+         "Guacamole. 3 avocados, 1 lime, salt. Mash with a fork."]
+
+
+# ------------------------------------------------------------------ the guard's rules
+
+def test_repeated_tail_fires_on_loops_not_on_a_real_answer():
+    item = '"1 cup flour", '
+    assert repeated_tail('{"recipeIngredient": [' + item * 6)
+    assert repeated_tail("{" + "\n" * 64)
+    assert not repeated_tail("{" + "\n" * 40)  # too short to call it a loop
+    real = json.dumps({"name": "Pancakes", "recipeIngredient": ["1 egg", "1 egg white", "2 cups flour", "salt"],
+                       "recipeInstructions": ["Mix.", "Fry.", "Serve."]})
+    assert not repeated_tail(real)
+    # Three copies of a long item back to back are a loop; two are not.
+    step = '"Stir the batter until smooth and leave it to rest", '
+    assert repeated_tail("[" + step * 3) and not repeated_tail("[" + step * 2)
+
+
+def test_guard_stops_on_max_items_only_for_schemas_that_limit_arrays():
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 3, "items": {"type": "string"}}}}
+    guard = LoopGuard(schema)
+    assert guard.check('{"tags": ["a", "b", "c"') is None
+    assert guard.check('{"tags": ["a", "b", "c", "d"') == "max_items"
+    assert guard.check('<think>four tags</think>\n{"tags": ["a", "b", "c", "d", "e"') == "max_items"
+    assert LoopGuard(load_task("recipe").schema).schema is None  # no maxItems: the partial answer is never parsed
+    assert over_max_items({"a": [{"b": [1, 2]}]}, {"properties": {"a": {"items": {"properties": {
+        "b": {"maxItems": 1}}}}}})
+
+
+def test_an_unknown_constrain_mode_is_refused():
+    with pytest.raises(StageError, match="constrain must be one of schema, none"):
+        load_predictor("openai:http://127.0.0.1:9/v1", task=load_task("recipe"), constrain="json")
+
+
+# ------------------------------------------------------------------ backends
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_model_folder(tmp_path_factory.mktemp("constrain"))
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny, tmp_path_factory) -> Path:
+    """The tiny model as 05 lays out a trained GGUF: <save-dir>/gguf/*.gguf beside distill_config.json."""
+    from transformers import AutoTokenizer
+
+    from distill.llamacpp import convert_hf_to_gguf
+
+    save = tmp_path_factory.mktemp("constrain-gguf") / "student"
+    tok = AutoTokenizer.from_pretrained(tiny)
+    tok.save_pretrained(save)
+    task = load_task("recipe")
+    (save / "distill_config.json").write_text(json.dumps({
+        "task": "recipe", "system_prompt": task.student_system_prompt, "user_template": task.student_user_template,
+        "reasoning": "strip", "chat_template": tok.chat_template, "eos_token": tok.eos_token}))
+    gguf = save / "gguf" / "model-F16.gguf"
+    convert_hf_to_gguf(tiny, gguf, "f16")
+    return gguf
+
+
+def _check_constrained(free, constrained, schema):
+    assert not any(p.valid for p in free)
+    assert all(p.stopped == "repetition" and p.completion_tokens < 100 for p in free)  # the guard, not the limit
+    for p in constrained:
+        assert p.valid, p.error
+        assert p.output["@type"] == "Recipe" and not validate(p.output, schema)
+        assert p.stopped is None and p.finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_transformers_constrained_answers_are_schema_valid_and_the_guard_stops_the_loop(tiny):
+    task = load_task("recipe")
+    with load_predictor(str(tiny), task=task, max_new_tokens=300, constrain="none", concurrency=2) as pred:
+        free = pred.predict(TEXTS, progress=False)
+    with load_predictor(str(tiny), task=task, max_new_tokens=300, concurrency=2) as pred:  # schema by default
+        assert pred.info["constrain"] == "schema"
+        constrained = pred.predict(TEXTS, progress=False)
+    assert all(p.raw.startswith("\n" * 60) for p in free)
+    _check_constrained(free, constrained, task.schema)
+
+
+def _bounded(schema):
+    """The schema with every string at most 24 characters. llama.cpp's grammar lets a string run on
+    (and a random model never closes one by itself: the guard then stops it as a loop); with the
+    strings bounded the grammar alone must bring the answer to a valid end."""
+    if isinstance(schema, dict):
+        out = {k: _bounded(v) for k, v in schema.items()}
+        types = schema.get("type")
+        if types == "string" or (isinstance(types, list) and "string" in types):
+            out["maxLength"] = 24
+        return out
+    return [_bounded(v) for v in schema] if isinstance(schema, list) else schema
+
+
+@pytest.mark.slow
+def test_llama_server_constrained_answers_are_schema_valid_and_the_guard_aborts_the_stream(tiny_gguf):
+    import dataclasses
+
+    recipe = load_task("recipe")
+    task = dataclasses.replace(recipe, schema=_bounded(recipe.schema))
+    with load_predictor(str(tiny_gguf), task=task, max_new_tokens=300, constrain="none", concurrency=2) as pred:
+        assert pred.info["prompt"] == "training template, token ids"
+        free = pred.predict(TEXTS, progress=False)
+    with load_predictor(str(tiny_gguf), task=task, max_new_tokens=300, concurrency=2) as pred:
+        constrained = pred.predict(TEXTS, progress=False)
+    _check_constrained(free, constrained, task.schema)
+    # The real recipe schema: strings are unbounded, so the answer is valid or stopped as a loop, never garbage.
+    with load_predictor(str(tiny_gguf), max_new_tokens=300, concurrency=2) as pred:
+        for p in pred.predict(TEXTS, progress=False):
+            assert p.valid or (p.stopped == "repetition" and p.raw.startswith('{"@context"')), p.raw[:200]
+
+
+def test_openai_backend_sends_the_schema_as_response_format():
+    task = load_task("recipe")
+    answer = {"@context": "https://schema.org", "@type": "Recipe", "name": "Pancakes",
+              "recipeIngredient": ["2 cups flour"], "recipeInstructions": ["Fry."]}
+
+    def handler(body: dict) -> str:
+        # Like a server with structured output: the schema makes the JSON; without it the model rambles.
+        rf = body.get("response_format") or {}
+        if rf.get("type") == "json_schema" and rf["json_schema"]["schema"] == task.schema:
+            return json.dumps(answer)
+        return "Sure! Here is the recipe: pancakes with flour"
+
+    with FakeOpenAIServer(handler) as srv:
+        with load_predictor(f"openai:{srv.url}", model_id="m", task=task, constrain="none") as pred:
+            (free,) = pred.predict(TEXTS[:1], progress=False)
+        with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
+            (constrained,) = pred.predict(TEXTS[:1], progress=False)
+        assert srv.formats() == [None, "json_schema"], srv.formats()
+    assert not free.valid and free.parse_error == "no_json"
+    assert constrained.valid and constrained.output == answer
+
+
+def test_openai_backend_marks_a_repeating_reply_as_stopped():
+    task = load_task("recipe")
+    loop = '{"@context": "https://schema.org", "@type": "Recipe", "recipeIngredient": [' + '"salt", ' * 30
+    with FakeOpenAIServer(lambda body: loop) as srv:
+        srv.push(reply(loop, finish_reason="length"), reply('{"name": "cut', finish_reason="length"))
+        with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
+            looped_to_limit, cut, p = pred.predict(TEXTS[:1] * 3, progress=False)
+    assert p.stopped == "repetition" and p.parse_error == "repetition" and not p.valid and p.output is None
+    assert looped_to_limit.stopped == "repetition"  # ran to the limit because it looped: counted as the loop
+    assert cut.stopped == "length" and cut.parse_error == "length"
+
+
+@pytest.mark.slow
+def test_reasoning_runs_free_and_only_the_json_after_think_is_constrained(tiny):
+    """The logits processor driven by a scripted "model" that prefers one token sequence: the
+    <think> part passes as written, the JSON part is masked (the key "@name" is refused)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from distill.constrain import HFConstraint
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    schema = load_task("recipe").schema
+    c = HFConstraint(tok, len(tok), schema, allow_think=True)
+    think = "<think>\nA recipe with <b>two</b> eggs: {not JSON}.\n</think>\n\n"
+    good = '{"@context": "https://schema.org", "@type": "Recipe", "name": "Eggs", "recipeIngredient": ["2 eggs"], ' \
+           '"recipeInstructions": ["Boil."]}'
+    bad = '{"@context": "https://schema.org", "@type": "Recipe", "@name": "Eggs"}'
+
+    def drive(script: str) -> tuple[str, list[int], list[int]]:
+        want = tok(script, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        proc = c.processor(1, 1, [tok.eos_token_id])
+        ids = torch.tensor([[0]])
+        for k in range(len(want)):
+            scores = torch.zeros(1, len(tok))
+            scores[0, want[k]] = 10.0
+            nxt = int(proc(ids, scores).argmax())
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+            if nxt != want[k] or nxt == tok.eos_token_id:
+                break
+        got = ids[0, 1:].tolist()
+        return tok.decode(got, skip_special_tokens=True), got, want
+
+    text, got, want = drive(think + good)
+    assert got == want  # nothing masked: the reasoning is free, the JSON fits the schema
+    assert text.startswith(think) and json.loads(text[len(think):])["name"] == "Eggs"
+    text, got, want = drive(think + bad)
+    assert got != want[: len(got)] and text.startswith(think + '{"@context": "https://schema.org", "@type": "Recipe", "')
+    assert "@name" not in text  # the key outside the schema was refused
+    text, got, want = drive(good)  # no reasoning at all: constrained from the first token
+    assert got == want
+
+
+def test_07_reports_the_stop_rate_and_keeps_constrained_and_free_predictions_apart(tmp_path):
+    import importlib.util
+
+    from test_evaluate_run import make_dataset
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("evaluate07_constrain", root / "07_evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = make_dataset(tmp_path / "ds", n=4)
+    loop = '{"@context": "https://schema.org", "@type": "Recipe", "recipeIngredient": [' + '"salt", ' * 30
+
+    def student(body: dict) -> str:
+        text = body["messages"][-1]["content"].split("\n\n", 1)[1]
+        row = next((r for r in rows if r["text"] == text), None)
+        return loop if row is None or row["id"] in ("ex0", "ex1") else json.dumps(row["reference"])
+
+    out = tmp_path / "o"
+    with FakeOpenAIServer(student) as srv:
+        args = ["--model", f"openai:{srv.url}", "--model-id", "m", "--task", "recipe", "--dataset-dir",
+                str(tmp_path / "ds"), "--output-dir", str(out), "--no-adversarial", "--no-progress"]
+        assert mod.main(args) == 0
+        ev = json.loads((out / "eval.json").read_text())
+        assert ev["constrain"] == "schema" and set(srv.formats()) == {"json_schema"}
+        a = ev["aggregate"]
+        assert a["stopped_rate"] == pytest.approx(0.5) and a["stopped"] == {"repetition": 2}
+        assert a["parse_errors"] == {"repetition": 2} and a["schema_valid"] == pytest.approx(0.5)
+        assert "stopped (loop guard / limit)" in (out / "report.md").read_text()
+        # The same folder with --constrain none: new predictions (another decoding), sent without a schema.
+        sent = len(srv.history)
+        assert mod.main(args + ["--constrain", "none"]) == 0
+        assert len(srv.history) == sent + 4 and srv.formats()[sent:] == [None] * 4
