@@ -10,13 +10,14 @@ must answer a prompt rendered with the training chat template.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from distill.io import StageError
 
@@ -91,6 +92,21 @@ def check_gguf(gguf: str | Path, messages: list[dict], template_tok=None, max_to
     return text
 
 
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in os.environ for the block, then restore what was there (an exporter reads it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def export_gguf_preferring(native: Callable[[Path], None] | None, merged_dir: str | Path, out_dir: str | Path,
                            quant: str, *, why_not: str | None = None, env: dict[str, str] | None = None,
                            who: str = "Unsloth") -> Path:
@@ -102,10 +118,9 @@ def export_gguf_preferring(native: Callable[[Path], None] | None, merged_dir: st
     """
     out_dir = Path(out_dir)
     if native is not None:
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})
         try:
-            native(out_dir)
+            with environment(env or {}):
+                native(out_dir)
             found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
             if found:
                 # Unsloth leaves its merged copy next to the GGUF; the merged model lives in merged/.
@@ -116,12 +131,6 @@ def export_gguf_preferring(native: Callable[[Path], None] | None, merged_dir: st
             why_not = "wrote no .gguf"
         except Exception as exc:  # noqa: BLE001 - fall back to the converter we control
             why_not = f"failed ({type(exc).__name__}: {str(exc)[:200]})"
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     print(f"note: {who}'s GGUF exporter not used: {why_not or 'not available'}; exporting with llama.cpp's "
           f"converter from {merged_dir}", file=sys.stderr)
     return export_gguf(merged_dir, out_dir, quant)

@@ -126,16 +126,10 @@ def _unsloth_export(model, tok, out_dir: Path, quant: str, env: dict[str, str]) 
     """``save_pretrained_gguf`` under ``env``; the newest .gguf it wrote, or None."""
     import shutil
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    from distill.export import environment
+
+    with environment(env):
         model.save_pretrained_gguf(str(out_dir), tok, quantization_method=quant.lower())
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     found = sorted(out_dir.rglob("*.gguf"), key=lambda p: p.stat().st_mtime)
     if not found:
         return None
