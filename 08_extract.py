@@ -16,8 +16,9 @@ Usage:
     python 08_extract.py --model gemma-3/gguf/model-Q8_0.gguf --export-ollama gemma-3/gguf   # writes a Modelfile
 
 Inputs: .txt/.md go to the model as they are; .html/.htm (and stdin that looks like HTML) are
-reduced to their readable main text with trafilatura: scripts, styles, navigation and
-embedded JSON-LD never reach the prompt. A directory gives one output per input, named by
+reduced to their visible text, and a long page to its recipe window of the task's
+pages.max_chars characters (distill/pages.py; the same reader made the real-page training
+inputs): scripts, styles and embedded JSON-LD never reach the prompt. A directory gives one output per input, named by
 the input's stem: <stem>.json (valid answers only), <stem>.error.json (why an answer was
 invalid, with the raw output), <stem>.reasoning.txt with --keep-reasoning. Re-running the
 same command skips inputs that already have <stem>.json (invalid ones are retried).
@@ -252,6 +253,10 @@ def _main(args) -> int:
                                                       pred.task.student_user_template]}, args.overwrite)
             if args.export_ollama is not None:
                 export_ollama(args, pred.task)
+            page_chars = pred.task.pages.get("max_chars")
+            if page_chars:
+                for doc in todo:
+                    doc.refocus(page_chars)
             print(f"model: {args.model} ({pred.info.get('backend')}, {pred.info.get('kind')}); task {pred.task.name}; "
                   f"{len(todo)} to extract" + (f", {len(skipped)} already done" if skipped else "")
                   + (f"; context {pred.info['context']} tokens" if pred.info.get("context") else ""), file=sys.stderr)

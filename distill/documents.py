@@ -2,12 +2,10 @@
 
 * Plain text and Markdown go to the model as they are (the student was trained on messy
   text, Markdown included); only the line endings and a byte-order mark are normalised.
-* HTML becomes readable text through trafilatura (main-content extraction, Markdown output
-  so headings and numbered steps survive). Scripts, styles, navigation, footers and the
-  page's embedded JSON-LD / microdata never reach the prompt: a page that already carries
-  its schema.org answer must not hand it to the model. Pages too short for trafilatura's
-  main-content heuristics fall back to its whole-page text (scripts and styles still
-  removed).
+* HTML becomes the page's visible text, windowed to the recipe card when the page is long
+  (:func:`distill.pages.page_text`, the reader every stage shares). Scripts, styles and the
+  page's embedded JSON-LD never reach the prompt; microdata attributes are not text: a page
+  that already carries its schema.org answer must not hand it to the model.
 * Kinds come from the file suffix; stdin and unknown suffixes are sniffed (``<html`` or
   ``<!doctype html`` near the start means HTML).
 
@@ -24,6 +22,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from .io import StageError
+
+# The reader's window over long pages when no task says otherwise (the recipe task's pages.max_chars).
+DEFAULT_PAGE_CHARS = 7000
 
 HTML_SUFFIXES = {".html", ".htm", ".xhtml", ".shtml"}
 MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
@@ -42,6 +43,12 @@ class Document:
     text: str          # what the model reads
     chars_in: int      # size of the raw input (characters after decoding)
     error: str | None = None  # why this input cannot be extracted from (a binary file); never sent to a model
+    html: str | None = None   # the decoded page, for HTML inputs (re-read with another window: refocus)
+
+    def refocus(self, max_chars: int) -> None:
+        """Re-read an HTML input with the task's window (``pages.max_chars``); other kinds are unchanged."""
+        if self.html is not None:
+            self.text = html_to_text(self.html, max_chars)
 
 
 def _decode(data: bytes) -> str:
@@ -82,26 +89,11 @@ def sniff_kind(data: bytes, suffix: str = "") -> str:
     return "text"
 
 
-def html_to_text(html: bytes | str) -> str:
-    """Readable main text of a saved web page (Markdown-ish), without scripts, styles, navigation or JSON-LD."""
-    import trafilatura  # imported here: only HTML inputs need it
+def html_to_text(html: bytes | str, max_chars: int = DEFAULT_PAGE_CHARS) -> str:
+    """What a model reads of a saved web page (see distill.pages): visible text, the recipe window of long pages."""
+    from .pages import page_text
 
-    text = trafilatura.extract(
-        html,
-        output_format="markdown",  # keeps headings, bullet and numbered lists
-        favor_recall=True,         # recipe cards are list-heavy; precision mode drops them as boilerplate
-        include_comments=False,    # reader comments are noise for extraction
-        include_tables=True,       # ingredient tables
-        include_links=False,
-        include_images=False,
-        with_metadata=False,       # metadata comes partly from JSON-LD: that is the answer, keep it out
-        deduplicate=False,
-    )
-    if not text or not text.strip():
-        # Short or unusual pages: whole-page text. html2txt parses with trafilatura's cleaner,
-        # which removes <script> (JSON-LD included), <style> and similar before taking the text.
-        text = trafilatura.html2txt(html, clean=True)
-    return (text or "").strip()
+    return page_text(html, max_chars).text
 
 
 def document_from_bytes(data: bytes, *, name: str, source: str, suffix: str = "") -> Document:
@@ -109,13 +101,10 @@ def document_from_bytes(data: bytes, *, name: str, source: str, suffix: str = ""
     if why is not None:
         return Document(name=name, source=source, kind="binary", text="", chars_in=len(data), error=why)
     kind = sniff_kind(data, suffix)
+    raw = _decode(data)
     if kind == "html":
-        raw = _decode(data)
-        text = html_to_text(raw)
-    else:
-        raw = _decode(data)
-        text = raw.strip()
-    return Document(name=name, source=source, kind=kind, text=text, chars_in=len(raw))
+        return Document(name=name, source=source, kind=kind, text=html_to_text(raw), chars_in=len(raw), html=raw)
+    return Document(name=name, source=source, kind=kind, text=raw.strip(), chars_in=len(raw))
 
 
 def read_document(path: str | Path) -> Document:

@@ -118,6 +118,20 @@ class PriceCheckSpec(_Spec):
     tolerance: float = 0.01
 
 
+class ReferenceMapSpec(_Spec):
+    from_: str = Field(alias="from")
+    convert: Optional[Literal["minutes"]] = None   # minutes -> ISO 8601 duration ("PT1H30M")
+
+
+class PagesSpec(_Spec):
+    type: str                       # the schema.org @type whose markup is a page's answer ("Recipe")
+    max_chars: int = Field(default=7000, ge=200)   # the reader's window over long pages (distill.pages.focus)
+    # sibling <stem>.json key -> output field: "title" or {from: prep_time, convert: minutes}
+    reference: dict[str, Union[str, ReferenceMapSpec]] = {}
+    markup_fields: dict[str, str] = {}   # output field -> markup property, where the names differ
+    records_complete: bool = False  # the markup is a complete answer: 03 --label-from-record may use it
+
+
 class TaskSpec(_Spec):
     name: str
     description: str
@@ -132,6 +146,7 @@ class TaskSpec(_Spec):
     tiers: Optional[TiersSpec] = None
     stratify: Optional[str] = None
     price_check: Optional[PriceCheckSpec] = None
+    pages: Optional[PagesSpec] = None
 
 
 def _loc(loc: tuple) -> str:
@@ -256,6 +271,7 @@ class Task:
     adversarial_path: Path | None = None
     extra: dict = field(default_factory=dict)   # steps / tiers / stratify for richer tasks
     steps: list[Step] = field(default_factory=list)  # chained tasks: models run one after another
+    pages: dict = field(default_factory=dict)   # saved web pages: pages.type, max_chars, reference (distill.pages)
 
     def step_task(self, index: int) -> "Task":
         """This task as seen by one step's model: the step's prompts replace the student prompts."""
@@ -457,6 +473,13 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
     if spec.price_check and not (task_dir / spec.price_check.menu).is_file():
         raise StageError(f"{where}: price_check.menu {spec.price_check.menu} not found in {task_dir}")
 
+    pages: dict = {}
+    if spec.pages:
+        pages = spec.pages.model_dump(by_alias=True)
+        for key in (*pages["reference"], *pages["markup_fields"]):
+            if key not in fields:
+                raise StageError(f"{where}: pages: {key!r} is not a field of this task (fields: {', '.join(fields)})")
+
     return Task(
         name=spec.name, dir=task_dir, description=spec.description, schema=schema,
         student_system_prompt=_read_text(task_dir, spec.student.system_prompt, f"{where}: student.system_prompt"),
@@ -465,7 +488,7 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
         styles=styles, label_prompt=label_prompt, label_user_template=label_user,
         adversarial_path=(task_dir / spec.adversarial) if spec.adversarial else None,
         extra={k: raw[k] for k in ("steps", "tiers", "stratify", "price_check") if k in raw},
-        steps=steps,
+        steps=steps, pages=pages,
     )
 
 
