@@ -14,12 +14,19 @@ only generates what is missing), eval.json (per example and aggregate), report.m
 by style, adversarial, worst examples), review.html (every example next to its input, to open
 in a browser), fields.png, styles.png, manifest.json.
 
+--pages DIR scores the model on a folder of saved pages (<host>/<name>.html) instead of a split:
+it reads exactly what 08_extract.py sends for each page; the reference is the sibling <name>.json
+(mapped by the task's pages.reference), else the page's own schema.org markup, which never
+reaches the model. Pages with neither are listed and skipped, never scored. Adds per-host scores
+and pages/min.
+
 Usage:
     python 07_evaluate.py --model gemma-3/ --split test                  # the LoRA adapter from 05
     python 07_evaluate.py --model gemma-3/gguf/model-Q8_0.gguf           # the exported GGUF, through llama.cpp
     python 07_evaluate.py --model openai:http://localhost:1234/v1 --model-id qwen3-14b --task recipe --name teacher
     python 07_evaluate.py --model path/to/base.gguf --task recipe --name base   # a base model, student prompt
     python 07_evaluate.py --model coffee-chain/ --dataset-dir data/04_dataset   # a chain from 05 (task with steps), end to end
+    python 07_evaluate.py --model gemma-3/gguf/model-Q8_0.gguf --pages saved_pages/ --name student-pages
     python 07_evaluate.py --compare reports/base reports/student reports/teacher   # one table from earlier runs
     python 07_evaluate.py --model gemma-3/ --compare reports/base reports/teacher  # evaluate, then side by side
 """
@@ -39,10 +46,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, required=False)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset-dir", type=Path, default=DATASET_DIR, help="04's output")
-    g.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split to evaluate")
+    # default None: given with --pages they are an error, not silently ignored
+    g.add_argument("--dataset-dir", type=Path, default=None, help=f"04's output (default {DATASET_DIR})")
+    g.add_argument("--split", default=None, choices=("train", "val", "test"),
+                   help="which split to evaluate (default test)")
+    g.add_argument("--pages", type=Path, default=None, metavar="DIR",
+                   help="evaluate on a folder of saved .html pages instead of a split (references: sibling "
+                        ".json, else the page's schema.org markup); not with --dataset-dir/--split")
     g.add_argument("--limit", type=non_negative_int, default=0,
-                   help="evaluate N examples, spread evenly over styles (0 = the whole split)")
+                   help="evaluate N examples, spread evenly over styles, or the first N pages with a reference "
+                        "(0 = the whole split or folder)")
     adv = g.add_mutually_exclusive_group()
     adv.add_argument("--adversarial", dest="adversarial", action="store_true", default=None,
                      help="also run the task's adversarial cases (default: on when the task has a case file)")
@@ -81,6 +94,10 @@ def _main(args) -> int:
         raise StageError("give --model to evaluate a model, or --compare DIR... to merge earlier runs")
     if args.concurrency < 0 or args.max_new_tokens < 1:
         raise StageError("--concurrency must be 0 (auto) or more and --max-new-tokens at least 1")
+    if args.pages is not None and (args.dataset_dir is not None or args.split is not None):
+        raise StageError("--pages evaluates a folder of pages, not a dataset split: drop --dataset-dir/--split")
+    if args.pages is not None and not args.model:
+        raise StageError("--pages needs --model (the model to evaluate on the pages)")
 
     if not args.model:
         out = args.output_dir or Path("reports") / "comparison"
@@ -89,8 +106,9 @@ def _main(args) -> int:
         print(f"\nwrote {out}/report.md, review.html, fields.png, styles.png, compare.json")
         return 0
 
-    ev = E.run_evaluation(args.model, task=args.task, model_id=args.model_id, dataset_dir=args.dataset_dir,
-                          split=args.split, output_dir=args.output_dir, name=args.name, limit=args.limit,
+    ev = E.run_evaluation(args.model, task=args.task, model_id=args.model_id,
+                          dataset_dir=args.dataset_dir or DATASET_DIR, split=args.split or "test",
+                          pages_dir=args.pages, output_dir=args.output_dir, name=args.name, limit=args.limit,
                           concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
                           adversarial=args.adversarial, progress=not args.no_progress,
                           compare_dirs=args.compare or (), constrain=args.constrain)
@@ -108,6 +126,12 @@ def _main(args) -> int:
           + (f" ({unscored} more have no reference value: only their abstentions count)" if unscored else "")
           + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
              if ev.get("adversarial") else ""))
+    if ev.get("pages"):
+        pg = ev["pages"]
+        skipped = pg["skipped"]
+        print(f"pages: references from .json {pg['references']['json']}, from markup {pg['references']['markup']}; "
+              f"{len(skipped)} skipped (no reference)" + (": " + ", ".join(sk["path"] for sk in skipped[:10])
+                                                         + (" …" if len(skipped) > 10 else "") if skipped else ""))
     print(f"wrote {out}/eval.json, report.md, review.html, fields.png, styles.png, predictions.jsonl")
     return 0
 

@@ -49,8 +49,12 @@ score is at least PASS_SCORE); a case with only a reference passes when its over
 is at least PASS_SCORE, or, for a reference with no value, when no field is invented.
 Pass rates are reported per kind.
 
+Saved pages (``07_evaluate.py --pages DIR``, :func:`load_pages`): each page's input is what
+``08_extract.py`` sends, its reference the sibling ``<stem>.json`` or the page's own schema.org
+markup; pages with neither are listed and skipped; scores also by host, and pages/min.
+
 Reports: ``eval.json`` (per example and aggregate), ``report.md`` (side-by-side table,
-by style, adversarial kinds, worst examples), ``fields.png``, ``styles.png`` and ``review.html``
+by style and host, adversarial kinds, worst examples), ``fields.png``, ``styles.png`` and ``review.html``
 (:mod:`distill.review`).
 :func:`format_table` renders the comparison for a terminal.
 """
@@ -576,6 +580,12 @@ def aggregate(examples: list[dict], task: Task, by_style: bool = True) -> dict:
         for e in examples:
             styles[e.get("style") or "?"].append(e)
         agg["by_style"] = {s: aggregate(v, task, by_style=False) for s, v in sorted(styles.items())}
+        hosts: dict[str, list[dict]] = defaultdict(list)
+        for e in examples:
+            if e.get("host"):   # saved pages (07 --pages): the site each came from
+                hosts[e["host"]].append(e)
+        if hosts:
+            agg["by_host"] = {h: aggregate(v, task, by_style=False) for h, v in sorted(hosts.items())}
     return agg
 
 
@@ -698,6 +708,8 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
         add(f"  {k}", _pct, "by_kind", k, "pass_rate", src="adversarial")
     add("stopped (loop guard / limit)", _pct, "stopped_rate")
     add("latency p50 (s)", _num2, "latency_s", "p50")
+    unit = "pages" if evals and all(e.get("split") == "pages" for e in evals) else "inputs"
+    add(f"{unit}/min (generation wall time)", _num2, "per_min", src="throughput")
     return rows
 
 
@@ -817,9 +829,44 @@ def _worst_md(ev: dict, n: int) -> list[str]:
             for k, f in bad[:3]:
                 lines.append(f"  - `{k}` {'invented' if f['score'] is None else format(f['score'], '.2f')}: "
                              f"got `{_short(f.get('pred'))}`, expected `{_short(f.get('ref'))}`")
-        if e.get("text"):
+        if e.get("host"):   # a saved page: the whole of what the model saw matters, head and tail
+            lines.append(f"  - page `{e.get('page')}` ({e['host']}), reference from its {e.get('reference_from')}; "
+                         f"the model read {len(e.get('text') or '')} characters: {_excerpt(e.get('text') or '', 400)}")
+        elif e.get("text"):
             lines.append(f"  - input: {_short(e['text'], 160)}")
     return lines + [""]
+
+
+def _excerpt(text: str, n: int) -> str:
+    """One line of at most about n characters: the head and the tail of ``text`` when it is longer."""
+    s = " ".join(text.split()).replace("`", "'")
+    if len(s) <= n:
+        return f"`{s}`"
+    half = n // 2
+    return f"`{s[:half]}` … `{s[-half:]}`"
+
+
+def _pages_md(evals: list[dict]) -> list[str]:
+    """Where the references of page runs came from, and the pages skipped (no reference), by name."""
+    lines: list[str] = []
+    for e in evals:
+        pg = e.get("pages")
+        if not pg:
+            continue
+        refs = pg.get("references") or {}
+        skipped = pg.get("skipped") or []
+        lines += [f"### Pages: {e.get('name')}", "",
+                  f"{pg.get('pages_read')} of the {pg.get('pages_found')} pages in `{pg.get('pages_dir')}` read; "
+                  f"references from a sibling .json: {refs.get('json', 0)}, from the page's own markup: "
+                  f"{refs.get('markup', 0)}; skipped (no reference, not scored): {len(skipped)}."]
+        if pg.get("input_errors"):
+            lines.append("Pages with no readable text (no request sent, scored as no answer): "
+                         + ", ".join(f"{k} {v}" for k, v in pg["input_errors"].items()) + ".")
+        lines.append("")
+        lines += [f"- skipped `{sk['path']}`: {sk['reason']}" for sk in skipped]
+        if skipped:
+            lines.append("")
+    return (["## Pages", ""] + lines) if lines else []
 
 
 def _style_cell(a: dict | None) -> str:
@@ -862,6 +909,13 @@ def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluatio
                              for s in styles]), ""]
         if styles_png:
             lines += [f"![scores by style]({styles_png.name})", ""]
+    hosts = sorted({h for e in evals for h in (_get(e, "aggregate", "by_host") or {})})
+    if hosts:
+        lines += ["## By host", "",
+                  _md_table(["host"] + [str(e.get("name")) for e in evals],
+                            [[h] + [_style_cell(_get(e, "aggregate", "by_host", h)) for e in evals]
+                             for h in hosts]), ""]
+    lines += _pages_md(evals)
     kinds = sorted({k for e in evals for k in (_get(e, "adversarial", "by_kind") or {})})
     if kinds:
         lines += ["## Adversarial cases", "",
@@ -1000,6 +1054,55 @@ def load_split(dataset_dir: str | Path, split: str, task: Task, limit: int = 0) 
     return out, manifest
 
 
+PAGE_STYLE = "real_page"   # the input style of a saved page (02 gives real page inputs the same style)
+
+
+def load_pages(pages_dir: str | Path, task: Task, limit: int = 0) -> tuple[list[dict], dict]:
+    """Rows for ``--pages DIR``: each saved page's model input and reference, and what was skipped.
+
+    The input is exactly what ``08_extract.py`` sends for the page (:func:`distill.documents.document_from_bytes`,
+    then the task's window ``pages.max_chars``); the reference is the sibling ``<stem>.json`` mapped by the
+    task, else the page's own schema.org markup (:func:`distill.pages.load_page`). A page with neither is
+    skipped and listed, never scored. ``limit`` stops after N pages with a reference (in path order).
+    Returns (rows, info) with info = pages found / read, reference counts by origin, skipped pages.
+    """
+    from .documents import document_from_bytes, output_names
+    from .pages import list_pages, load_page
+
+    pages_dir = Path(pages_dir)
+    paths = list_pages(pages_dir)
+    names = output_names(paths, pages_dir)
+    max_chars = (task.pages or {}).get("max_chars")
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    origins: Counter = Counter()
+    read = 0
+    for path in paths:
+        if limit and len(rows) >= limit:
+            break
+        read += 1
+        page = load_page(path, task, name=names[path])
+        rel = path.relative_to(pages_dir).as_posix()
+        if page.reference is None:
+            skipped.append({"name": page.name, "path": rel, "host": page.host,
+                            "reason": f"no reference: no {path.with_suffix('.json').name} beside it and no "
+                                      f"schema.org {task.pages['type']} markup in it"})
+            continue
+        # 08_extract.py's path for an HTML input: read the document, then re-window it to the task's pages.max_chars.
+        doc = document_from_bytes(page.html, name=page.name, source=str(path), suffix=path.suffix)
+        if max_chars:
+            doc.refocus(max_chars)
+        origins[page.reference_from] += 1
+        rows.append({"id": page.name, "style": PAGE_STYLE, "host": page.host, "page": rel,
+                     "reference_from": page.reference_from, "reference": page.reference, "text": doc.text,
+                     # 08 sends no request for these: scored as no answer (every field with a value omitted)
+                     "input_error": "binary_input" if doc.error else None if doc.text.strip() else "empty_input"})
+    info = {"pages_dir": str(pages_dir), "pages_found": len(paths), "pages_read": read,
+            "references": {"json": origins["json"], "markup": origins["markup"]},
+            "skipped": skipped}
+    return rows, info
+
+
 def read_predictions(path: Path) -> dict[str, dict]:
     """key -> saved prediction. A torn last line (a crash mid-write) is skipped and redone."""
     out: dict[str, dict] = {}
@@ -1042,25 +1145,50 @@ def _pred_output(rec: dict) -> tuple[Any, str | None]:
 
 
 def _example_record(item: dict, rec: dict, scored: dict) -> dict:
-    return {"id": item["id"], "style": item.get("style"), "source_id": item.get("source_id"),
+    page = {k: item[k] for k in ("host", "page", "reference_from") if item.get(k) is not None}
+    return {"id": item["id"], "style": item.get("style"), "source_id": item.get("source_id"), **page,
             "text": item["text"], "answer": (rec.get("answer") or "")[:4000],
             "reasoning": (rec.get("reasoning") or "")[:4000] or None,
             "latency_s": rec.get("latency_s"), "truncated_input": rec.get("truncated_input", False),
             "stopped": rec.get("stopped"), **scored}
 
 
+def _throughput(generated: int, wall_s: float, out_dir: Path) -> dict:
+    """Inputs per minute over this run's generation wall time; a run that generated nothing (all
+    resumed) keeps the rate measured by the run that did."""
+    if generated and wall_s > 0:
+        return {"generated": generated, "wall_s": round(wall_s, 3), "per_min": generated / wall_s * 60}
+    prev = out_dir / EVAL_FILE
+    if prev.is_file():
+        try:
+            old = read_json(prev).get("throughput")
+        except (StageError, ValueError, AttributeError):
+            old = None
+        if isinstance(old, dict) and old.get("per_min") is not None:
+            return old
+    return {"generated": 0, "wall_s": None, "per_min": None}
+
+
 def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str | None = None,
                    dataset_dir: str | Path = "data/04_dataset", split: str = "test",
+                   pages_dir: str | Path | None = None,
                    output_dir: str | Path | None = None, name: str | None = None, limit: int = 0,
                    concurrency: int = 0, max_new_tokens: int = 1024, context: int | None = None,
                    adversarial: bool | None = None, progress: bool = True,
                    compare_dirs: Iterable[str | Path] = (), constrain: str = "schema") -> dict:
     """Run ``spec`` on a split (+ adversarial cases), score, and write eval.json, report.md, plots, manifest.
 
+    ``pages_dir``: score on a folder of saved pages instead of a split (:func:`load_pages`: the model
+    reads what 08_extract.py sends; references from sibling .json files or the pages' own markup;
+    pages with neither are listed in ``eval.json`` under ``pages.skipped``). Adversarial cases are
+    off by default there.
+
     Resumable: predictions are appended to predictions.jsonl as they arrive, keyed by example
     id, model spec and weights, prompt and max_new_tokens; a re-run only generates the rest
     (and does not load the model when nothing is left). Returns the eval dict.
     """
+    import time
+
     from .chain import is_chain_dir, load_chain_predictor
     from .infer import load_predictor
     from .io import check_output_dir, clear_manifest, read_manifest, run_lock, stable_hash, write_manifest
@@ -1068,25 +1196,37 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     spec = str(spec)
     if limit < 0:
         raise StageError("--limit must be 0 (all) or more")
-    ds_manifest = read_manifest(dataset_dir) if Path(dataset_dir).is_dir() else None
-    task_obj, dcfg = resolve_eval_task(spec, task, ds_manifest)
-    rows, _ = load_split(dataset_dir, split, task_obj, limit)
+    pages_info = None
+    if pages_dir is not None:
+        task_obj, dcfg = resolve_eval_task(spec, task, None)
+        rows, pages_info = load_pages(pages_dir, task_obj, limit)
+        split, inputs_dir = "pages", Path(pages_dir)
+        if not rows:   # n=0 is an error, never a score
+            raise StageError(f"--pages {pages_dir}: none of its {pages_info['pages_read']} pages has a reference "
+                             f"(a sibling .json or schema.org {task_obj.pages.get('type')} markup): nothing to score")
+    else:
+        ds_manifest = read_manifest(dataset_dir) if Path(dataset_dir).is_dir() else None
+        task_obj, dcfg = resolve_eval_task(spec, task, ds_manifest)
+        rows, _ = load_split(dataset_dir, split, task_obj, limit)
+        inputs_dir = Path(dataset_dir)
 
     adv_path = task_obj.adversarial_path
     if adversarial is None:
-        adversarial = adv_path is not None and adv_path.is_file()
+        adversarial = pages_dir is None and adv_path is not None and adv_path.is_file()
     if adversarial and (adv_path is None or not adv_path.is_file()):
         raise StageError(f"task {task_obj.name} has no adversarial case file ({adv_path or 'no adversarial: key'}); "
                          f"drop --adversarial")
     cases = load_adversarial(adv_path, task_obj) if adversarial else []
 
     name = name or default_name(spec, model_id)
-    out_dir = check_output_dir(Path(output_dir) if output_dir else Path("reports") / name, "07_evaluate", [dataset_dir])
+    out_dir = check_output_dir(Path(output_dir) if output_dir else Path("reports") / name, "07_evaluate", [inputs_dir])
     concurrency = concurrency or default_concurrency(spec)
     fp = model_fingerprint(spec, model_id)
     template = (dcfg or {}).get("chat_template")
 
-    items = [{"set": "test", **{k: r.get(k) for k in ("id", "style", "source_id", "text", "reference", "source")}}
+    row_set = "page" if pages_dir is not None else "test"
+    items = [{"set": row_set, **{k: r.get(k) for k in ("id", "style", "source_id", "text", "reference", "source",
+                                                       "host", "page", "reference_from", "input_error")}}
              for r in rows]
     items += [{"set": "adversarial", "id": c["id"], "style": c["kind"], "text": c["text"]} for c in cases]
     for it in items:
@@ -1097,9 +1237,13 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     pred_path = out_dir / PREDICTIONS_FILE
     failures: Counter = Counter()
     info: dict = {}
+    generated, wall_s = 0, 0.0
     with run_lock(out_dir):
         clear_manifest(out_dir)
         saved = read_predictions(pred_path)
+        # 08 sends no request for a page without readable text: no answer, scored as such
+        saved.update({it["key"]: {"key": it["key"], "answer": "", "output": None, "parse_error": it["input_error"]}
+                      for it in items if it.get("input_error")})
         pending = [it for it in items if it["key"] not in saved]
         if pending:
             print(f"07 {name}: {len(items) - len(pending)} of {len(items)} predictions already saved, "
@@ -1109,12 +1253,14 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             with opener(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
                         concurrency=concurrency, context=context, constrain=constrain) as predictor:
                 info = dict(predictor.info)
+                t0 = time.monotonic()   # generation only: loading the model is not in pages/min
                 for i, p in predictor.predict_iter([it["text"] for it in pending], progress=progress,
                                                    desc=f"07 {name}"):
                     it = pending[i]
                     if p.output is None and p.parse_error not in MODEL_ERRORS:
                         failures[p.parse_error or "unknown"] += 1
                         continue
+                    generated += 1
                     rec = {"key": it["key"], "set": it["set"], "id": it["id"], "model": spec, "model_id": model_id,
                            "prompt_hash": it["prompt_hash"], "raw": p.raw, "reasoning": p.reasoning,
                            "answer": p.answer, "output": p.output, "parse_error": p.parse_error,
@@ -1125,6 +1271,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                            "completion_tokens": p.completion_tokens}
                     append_prediction(pred_path, rec)
                     saved[it["key"]] = rec
+                wall_s = time.monotonic() - t0
 
         examples, scored_cases = [], []
         cases_by_id = {c["id"]: c for c in cases}
@@ -1133,36 +1280,43 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             if rec is None:
                 continue
             pred, upstream_error = _pred_output(rec)
-            if it["set"] == "test":
+            if it["set"] != "adversarial":
                 s = score_example(pred, it["reference"], task_obj, it["text"], it.get("source"))
             else:
                 c = cases_by_id[it["id"]]
                 s = score_case(c, pred, task_obj) | {"kind": c["kind"]}
             if upstream_error:
                 s["parse_error"] = upstream_error
-            (examples if it["set"] == "test" else scored_cases).append(_example_record(it, rec, s))
+            (examples if it["set"] != "adversarial" else scored_cases).append(_example_record(it, rec, s))
 
         missing = len(items) - len(examples) - len(scored_cases)
         agg = aggregate(examples, task_obj)
-        split_file = Path(dataset_dir) / f"{split}.jsonl"
+        where = f"the pages in {pages_dir}" if pages_dir is not None else str(Path(dataset_dir) / f"{split}.jsonl")
         # n=0 is an error, never a score: nothing is written but the saved predictions.
         if not examples:
-            raise StageError(f"07 {name}: nothing to score on {split_file}: no prediction for any of its {len(rows)} "
+            raise StageError(f"07 {name}: nothing to score on {where}: no prediction for any of its {len(rows)} "
                              f"examples (failed requests: {dict(failures) or 'none'}); re-run to retry them")
         if not agg["n_scored"]:
-            raise StageError(f"07 {name}: nothing to score on {split_file}: none of its {len(examples)} examples has "
+            raise StageError(f"07 {name}: nothing to score on {where}: none of its {len(examples)} examples has "
                              f"a reference with a value for any scored field "
-                             f"({', '.join(_scored_fields(task_obj))}); check the labels (04_build_dataset.py)")
+                             f"({', '.join(_scored_fields(task_obj))}); "
+                             + ("check the pages' references" if pages_dir is not None
+                                else "check the labels (04_build_dataset.py)"))
         ev = {
             "name": name, "model": spec, "model_id": model_id, "task": task_obj.name, "split": split,
-            "dataset_dir": str(dataset_dir), "max_new_tokens": max_new_tokens, "constrain": constrain,
+            "dataset_dir": None if pages_dir is not None else str(dataset_dir),
+            "max_new_tokens": max_new_tokens, "constrain": constrain,
             "predictor": info,
             "n_examples": len(rows), "missing_predictions": missing, "request_failures": dict(failures),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "throughput": _throughput(generated, wall_s, out_dir),
             "aggregate": agg,
             "adversarial": None,
             "examples": examples,
         }
+        if pages_info is not None:
+            ev["pages"] = pages_info | {
+                "input_errors": dict(Counter(it["input_error"] for it in items if it.get("input_error")))}
         if cases:
             ev["adversarial"] = aggregate_adversarial(scored_cases) | {
                 # every case with a reference, so a no-recipe case's abstentions are counted too
@@ -1173,10 +1327,12 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
         write_report(out_dir, [ev] + others, title=f"Evaluation: {name}" + (" vs " + ", ".join(
             str(o.get("name")) for o in others) if others else ""))
         write_manifest(out_dir, "07_evaluate", {"model": spec, "model_id": model_id, "task": task_obj.name,
-                                                "split": split, "dataset_dir": str(dataset_dir), "limit": limit,
-                                                "max_new_tokens": max_new_tokens, "adversarial": adversarial,
-                                                "constrain": constrain},
+                                                "split": split, "dataset_dir": ev["dataset_dir"],
+                                                "pages_dir": None if pages_dir is None else str(pages_dir),
+                                                "limit": limit, "max_new_tokens": max_new_tokens,
+                                                "adversarial": adversarial, "constrain": constrain},
                        {"examples": len(examples), "adversarial": len(scored_cases), "missing": missing,
+                        **({"skipped_pages": len(pages_info["skipped"])} if pages_info else {}),
                         **{f"failed_{k}": v for k, v in failures.items()}})
     return ev
 
