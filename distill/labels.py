@@ -310,7 +310,9 @@ def label_from_record(item: LabelItem, task: Task) -> dict:
     words differently) is **dropped** from the label, listed under ``dropped``: a label must
     not teach the student to write what it cannot read. The label is then verified again from
     scratch and kept if it passes, so it is rejected (``<field>_missing``) when a required field
-    ends empty, or for any other failed check (a paraphrased list longer than the text's
+    ends empty, as ``<field>_mismatch`` when so many items went that the rest no longer agrees
+    with the record (set F1 under the rule's ``min``: the text the model reads lacks most of the
+    recipe), or for any other failed check (a paraphrased list longer than the text's
     sentences). Single values without an item check (times, yield) are kept as the markup has
     them.
     """
