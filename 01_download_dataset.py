@@ -5,6 +5,12 @@ Writes to --output-dir: records.jsonl (one cleaned record per line, stable "id")
 raw/ (a copy of the source file as read), clean_report.json (duplicates, unparseable
 rows by reason, encoding) and manifest.json last. Re-running replaces the output.
 
+--from-pages DIR imports saved web pages (DIR/<host>/<name>.html) instead: one record per
+page whose schema.org markup (the task's pages.type) gives an answer. The record holds that
+answer (mapped to the output schema), the fields the task's checks read, the page's host
+and path, and what a model reads of the page (the reader of 08, markup removed) as "text":
+a real input that 02 passes on unchanged. Pages without markup are listed and skipped.
+
 Kaggle needs credentials: KAGGLE_USERNAME + KAGGLE_KEY (or KAGGLE_API_TOKEN), or a
 kaggle.json in the project root or ~/.kaggle/. kagglehub asks Kaggle for the latest
 version of an unpinned handle even when it has a copy cached, so offline only a
@@ -15,6 +21,7 @@ Usage:
     python 01_download_dataset.py --dataset nguyentuongquang/all-recipes/versions/1   # pinned (cache-friendly)
     python 01_download_dataset.py --from-file ~/Downloads/allrecipes.csv  # offline: a local copy
     python 01_download_dataset.py --sample                               # offline: the task's bundled sample
+    python 01_download_dataset.py --from-pages saved_pages/              # saved pages: real inputs + markup answers
     python 01_download_dataset.py --task recipe --limit 500 --output-dir data/01_source
     python 01_download_dataset.py --list-tasks
 """
@@ -43,6 +50,9 @@ def make_parser() -> argparse.ArgumentParser:
                      help="import a local CSV/JSONL instead of downloading (the offline route)")
     src.add_argument("--sample", action="store_true",
                      help="import the task folder's bundled sample file (offline smoke runs)")
+    src.add_argument("--from-pages", type=Path, default=None, metavar="DIR",
+                     help="import a folder of saved .html pages (any depth; the parent folder names the host): "
+                          "records from their schema.org markup, with the page's readable text as a real input")
     # How to read it
     p.add_argument("--task", default="recipe", help="task folder under tasks/; picks the parser and default dataset")
     p.add_argument("--parser", default=None,
@@ -90,6 +100,8 @@ def _main(args) -> int:
         return 0
 
     task = load_task(args.task)
+    if args.from_pages is not None:
+        return _from_pages(args, task)
     parser_name = args.parser or task.source.get("parser") or "allrecipes_csv"
     parse = get_parser(parser_name)
 
@@ -168,6 +180,54 @@ def _main(args) -> int:
     if report.get("unicode_escapes_converted"):
         print(f"  <U+....> escapes     {report['unicode_escapes_converted']} converted")
     print(f"  records written      {len(records)}" + (f" (--limit {args.limit})" if "limited_to" in report else ""))
+    print(f"  -> {out / 'records.jsonl'}")
+    return 0
+
+
+def _from_pages(args, task) -> int:
+    from distill.io import (StageError, check_output_dir, clear_manifest, run_lock, stable_hash, write_json,
+                            write_jsonl, write_manifest)
+    from distill.pages import import_pages
+
+    if args.parser:
+        raise StageError("--parser does not apply to --from-pages (pages are read by their schema.org markup)")
+    if not task.pages:
+        raise StageError(f"task {task.name} has no pages: section (pages.type names the schema.org type whose "
+                         f"markup is a page's answer); it cannot import pages")
+    pages_dir = args.from_pages.expanduser()
+    out = check_output_dir(args.output_dir, STAGE, [pages_dir])
+    records, report = import_pages(pages_dir, task)
+    if args.limit and len(records) > args.limit:
+        records = records[: args.limit]
+        report["limited_to"] = args.limit
+    skipped = report["skipped"]
+    for reason, names in skipped.items():
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        print(f"01: skipped {len(names)} page(s), {reason}: {shown}", file=sys.stderr)
+    if not records:
+        raise StageError(f"{pages_dir}: none of its {report['pages_read']} pages has usable {task.pages['type']} "
+                         f"markup ({', '.join(f'{k} {len(v)}' for k, v in skipped.items())})")
+    source = {"kind": "pages", "path": str(pages_dir), "pages": report["pages_read"],
+              # one hash over the pages read, so a manifest says which set of pages this was
+              "sha256": stable_hash(sorted((r["page"], r["html_sha256"]) for r in records), length=64)}
+    report["records_written"] = len(records)
+    report["source"] = source
+    with run_lock(out):
+        clear_manifest(out)
+        _clear_stale(out / "raw", set())  # raw/ mirrors a file source; pages stay where they are
+        write_jsonl(out / "records.jsonl", records)
+        write_json(out / "clean_report.json", report)
+        counts = {"pages_read": report["pages_read"], "skipped": sum(len(v) for v in skipped.values()),
+                  "skipped_by_reason": {k: len(v) for k, v in skipped.items()},
+                  "hosts": len({r["host"] for r in records}), "records": len(records)}
+        write_manifest(out, STAGE, vars(args), counts, task=task.name, parser="pages", source=source)
+    print(f"01 source: {report['pages_read']} saved pages from {pages_dir} ({task.pages['type']} markup, "
+          f"reader window {report['max_chars']} chars)")
+    print(f"  skipped              {counts['skipped']} (" +
+          (", ".join(f"{k} {n}" for k, n in counts["skipped_by_reason"].items()) or "none") + ")")
+    print(f"  texts windowed       {report['texts_windowed']} (longer than {report['max_chars']} chars)")
+    print(f"  records written      {len(records)} from {counts['hosts']} host(s)"
+          + (f" (--limit {args.limit})" if "limited_to" in report else ""))
     print(f"  -> {out / 'records.jsonl'}")
     return 0
 

@@ -6,6 +6,11 @@ Each source record yields --per-record inputs, each in a style drawn by weight
 Re-running skips finished inputs without a request; a changed prompt, model or
 sampling parameter redoes them.
 
+A record that carries a real text (01 --from-pages) gives that text, unchanged, as its
+first input, in style real_page and with no teacher call; --per-record N adds N-1
+synthetic variants of the same record. With page records only and --per-record 1 no
+teacher is needed at all.
+
 Usage:
     python 02_generate_synthetic.py --limit 200                          # LM Studio on localhost:1234
     python 02_generate_synthetic.py --base-url http://localhost:11434/v1 --model qwen3:14b   # Ollama
@@ -34,7 +39,9 @@ def make_parser() -> argparse.ArgumentParser:
     # How much
     p.add_argument("--limit", type=non_negative_int, default=2, help="source records to use (0 = all)")
     p.add_argument("--skip", type=non_negative_int, default=0, help="skip the first N source records")
-    p.add_argument("--per-record", type=positive_int, default=1, help="messy inputs to write per source record")
+    p.add_argument("--per-record", type=positive_int, default=1,
+                   help="inputs per source record; for a page record (01 --from-pages) the first is the page's "
+                        "own text (style real_page, no request) and the rest are synthetic variants")
     p.add_argument("--seed", type=int, default=42, help="seed for style choice and sampling")
     p.add_argument("--styles", default=None, metavar="NAME=W,...",
                    help="override the task's style weights, e.g. 'instagram_short=2,minimal_organized=1' "
@@ -69,9 +76,10 @@ def _main(args) -> int:
         raise StageError(f"no source records in {args.input} after --skip {args.skip}")
 
     client = LLMClient(llm_config_from_args(args, seed=args.seed))
-    if not args.model:
+    teacher = synth.needs_teacher(records, args.per_record)
+    if teacher and not args.model:
         client.ping()  # resolves the server's default model: part of every cache key
-    model = client.model
+    model = client.model if teacher else args.model
     params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body}
     items = synth.plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params,
                        styles=styles)
@@ -82,8 +90,14 @@ def _main(args) -> int:
         stats = RunStats()
         stats.skip(len(items) - len(todo))
         failures = []
-        print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs "
-              f"({stats.skipped} already done, {len(todo)} to write) with {model} at {args.base_url}")
+        real = [it for it in todo if it.text is not None]
+        todo = [it for it in todo if it.text is None]
+        n_real = sum(it.text is not None for it in items)
+        by = f" with {model} at {args.base_url}" if teacher else " (no teacher needed)"
+        print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs, {n_real} of them real pages "
+              f"({stats.skipped} already done, {len(todo) + len(real)} to write){by}")
+        for item in real:  # passed on unchanged: no request
+            synth.write_real_item(out, item, task)
         if todo:
             client.ping()
 
@@ -102,7 +116,8 @@ def _main(args) -> int:
                     synth.write_item(out, item, task, res)
                     stats.ok(res)
         write_jsonl(out / "failures.jsonl", failures)
-        counts = {"planned": len(items), "written": stats.done, "skipped": stats.skipped,
+        counts = {"planned": len(items), "written": stats.done + len(real), "real_pages": n_real,
+                  "real_pages_written": len(real), "skipped": stats.skipped,
                   "failed": sum(stats.failed.values()), "failed_by_reason": dict(stats.failed),
                   "requests": stats.as_dict()}
         by_style = {}

@@ -17,12 +17,21 @@ answer and which fields failed which check (never the source record's values), a
 again, and the new answer is verified from scratch. Earlier answers stay in the
 label's "attempts".
 
+With --label-from-record, an input that is a saved page's own text (style real_page, from
+01 --from-pages) is labeled with its record's answer, the page's schema.org markup mapped to
+the output schema, instead of asking the teacher (distant supervision; only for a task whose
+pages.records_complete is true). That label is verified like a teacher's against the text the
+model reads: items the text does not show are dropped from it and counted per field, and it
+is rejected when a required field ends empty. Other inputs go to the teacher as before; with
+page inputs only, no teacher is needed.
+
 Usage:
     python 03_label_with_reasoning.py                         # LM Studio on localhost:1234
     python 03_label_with_reasoning.py --calibrate 20          # label a stratified sample, print pass rates, stop
     python 03_label_with_reasoning.py --base-url http://localhost:8080/v1 --model smollm2 --concurrency 2
     python 03_label_with_reasoning.py --feedback-rounds 1      # rejected labels get one chance to be fixed
     python 03_label_with_reasoning.py --calibrate 20 --review  # ... and review.html to see why labels failed
+    python 03_label_with_reasoning.py --label-from-record      # page inputs labeled by their own markup
 """
 from __future__ import annotations
 
@@ -52,6 +61,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "(0 = never). Each round costs one more request per rejected label; re-running with "
                         "more rounds continues the rejected labels from their last answer. Worth it with a "
                         "strong teacher: the bundled 1.5B one fixed 1 of 14 and repeated itself in 7")
+    p.add_argument("--label-from-record", action="store_true",
+                   help="label each real_page input (01 --from-pages) with its record's answer (the page's markup) "
+                        "instead of the teacher; items not in the page's text are dropped and counted, a label "
+                        "left without a required field is rejected. Needs the task's pages.records_complete")
     p.add_argument("--review", action="store_true",
                    help="also write review.html in --output-dir: each input with its label, the source record and "
                         "every failed check, to open in a browser")
@@ -86,26 +99,41 @@ def _main(args) -> int:
     if not rows:
         raise StageError(f"no inputs for task {task.name} in {args.input_dir}")
 
+    if args.label_from_record and not (task.pages or {}).get("records_complete"):
+        raise StageError(f"--label-from-record: task {task.name} does not say its records are complete answers "
+                         f"(pages.records_complete: true in its task.yaml); label its pages with the teacher")
+    from_record = {r["id"] for r in rows if args.label_from_record and labeling.record_answer(r) is not None}
     client = LLMClient(llm_config_from_args(args, seed=args.seed))
-    if not args.model:
+    teacher_needed = len(from_record) < len(rows)
+    if teacher_needed and not args.model:
         client.ping()  # resolves the server's default model: part of every cache key
     params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body, "seed": args.seed}
-    items = [labeling.LabelItem.make(task, r, client.model, params) for r in rows]
+    items = [labeling.LabelItem.from_record_answer(task, r) if r["id"] in from_record
+             else labeling.LabelItem.make(task, r, client.model, params) for r in rows]
     out = args.output_dir
     with run_lock(out):
         if not args.calibrate:
             clear_manifest(out)
         previous = {it.id: labeling.previous_label(out, it) for it in items}
         for it in items:  # an unverified label whose input has a source record now is verified again
+            if it.from_record:
+                continue
             rec = labeling.reverify_unverified(previous[it.id], it, task)
             if rec is not previous[it.id]:
                 previous[it.id] = rec
                 labeling.write_label(out, rec)
-        todo = [it for it in items if not labeling.is_done(previous[it.id], args.feedback_rounds)]
+        # A record label is finished once written with the same key (asking again gives the same answer).
+        todo = [it for it in items if not (previous[it.id] is not None if it.from_record
+                                           else labeling.is_done(previous[it.id], args.feedback_rounds))]
         stats = RunStats()
         stats.skip(len(items) - len(todo))
-        print(f"03: {len(items)} inputs ({stats.skipped} already labeled, {len(todo)} to label) "
-              f"with {client.model} at {args.base_url}")
+        by_record = [it for it in todo if it.from_record]
+        todo = [it for it in todo if not it.from_record]
+        by = f" with {client.model} at {args.base_url}" if teacher_needed else " (no teacher needed)"
+        print(f"03: {len(items)} inputs, {len(from_record)} labeled from their record "
+              f"({stats.skipped} already labeled, {len(todo) + len(by_record)} to label){by}")
+        for it in by_record:  # distant supervision: no request
+            labeling.write_label(out, labeling.label_from_record(it, task))
         if todo:
             client.ping()
             def label(it):
@@ -137,7 +165,8 @@ def _main(args) -> int:
                 return 1
             return 0
         write_manifest(out, "03_label_with_reasoning", vars(args) | {"api_key": "***"},
-                       {"inputs": len(items), "labeled_now": len(todo), "skipped": stats.skipped, **report["verdicts"],
+                       {"inputs": len(items), "labeled_now": len(todo) + len(by_record), "skipped": stats.skipped,
+                        "labeled_from_record_now": len(by_record), **report["verdicts"],
                         "rejected_by_reason": report["rejected_by_reason"], "requests": stats.as_dict()},
                        task=task.name, task_fingerprint=task.fingerprint(), report=report)
         print(f"wrote {out}")

@@ -3,8 +3,10 @@
 
 Rows are {"messages": [system, user, assistant], id, source_id, style, task,
 reference, ...}. The assistant turn is "<think>reasoning</think>" then the JSON,
-or the JSON alone with --reasoning strip. Splits are grouped by source record
-(all inputs written from one record land in one split), stratified by style,
+or the JSON alone with --reasoning strip (a label taken from a page's record, 03
+--label-from-record, has no reasoning: the JSON alone). Splits are grouped by source record
+(all inputs written from one record land in one split) and, for saved pages (01
+--from-pages), by site (no host in two splits), stratified by style,
 seeded; near-duplicate inputs are dropped first. Stats (counts per split and
 style, labels by verdict, the rest by reason, length percentiles) are printed and saved.
 Only accepted labels are used; --include-unverified adds the unverified ones (no
@@ -118,7 +120,7 @@ def _main(args) -> int:
     rows, dropped = D.dedupe(rows, args.dedupe_threshold)
     key = task.extra.get("stratify", "style")
     assignment = D.assign_splits(rows, fractions, args.seed, key=key)
-    splits = {s: [r for r in rows if assignment[r["source_id"]] == s] for s in D.SPLITS}
+    splits = {s: [r for r in rows if assignment[D.group_of(r)] == s] for s in D.SPLITS}
 
     tokenizer = None
     if args.tokenizer:
@@ -133,6 +135,9 @@ def _main(args) -> int:
         stats = {
             "counts": {s: len(v) for s, v in splits.items()},
             "source_records": {s: len({r["source_id"] for r in v}) for s, v in splits.items()},
+            # sites of page inputs per split (grouped: no host is in two splits)
+            "page_hosts": {s: len({D.group_of(r) for r in v if D.group_of(r).startswith("host:")})
+                           for s, v in splits.items()},
             "by_style": {s: dict(Counter(r["style"] for r in v)) for s, v in splits.items()},
             "stratified_by": key,
             "labels": dict(verdicts),
@@ -155,7 +160,8 @@ def _main(args) -> int:
     print(f"04: {len(rows)} examples{unverified} from {len(accepted)} labels "
           f"({len(dropped)} near-duplicates dropped; labels: {dict(verdicts)})")
     for s in D.SPLITS:
-        print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records  "
+        hosts = f"  {stats['page_hosts'][s]:>3} sites" if any(stats["page_hosts"].values()) else ""
+        print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records{hosts}  "
               f"styles {stats['by_style'][s]}  length {stats['length'].get(s, {})}")
     if reasons:
         print(f"not accepted, by reason: {dict(reasons.most_common())}")

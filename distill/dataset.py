@@ -2,8 +2,11 @@
 
 Leak-free means every input written from one source record lands in the same
 split (grouped by ``source_id``), and near-duplicate inputs are dropped before
-splitting. Splits are stratified by style (or the task's ``stratify:`` key)
-and seeded.
+splitting. Inputs of saved pages (01 --from-pages) are grouped by their site
+instead: every page of one host, with every synthetic variant written from those
+pages, lands in one split, so the test split scores sites the student never saw
+(one site's pages share a template, a voice and often recipes). Splits are
+stratified by style (or the task's ``stratify:`` key) and seeded.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from .io import StageError
+from .pages import PAGE_KIND
 from .synth import text_sha256
 from .tasks import Task
 
@@ -81,8 +85,17 @@ def stratum(row: dict, key: str) -> str:
     return "?"
 
 
+def group_of(row: dict) -> str:
+    """The unit no two splits share: ``host:<site>`` for an input of a saved page (its record is a
+    page record), else the input's source record id."""
+    src = row.get("source") or {}
+    if isinstance(src, dict) and src.get("kind") == PAGE_KIND and src.get("host"):
+        return f"host:{src['host']}"
+    return str(row["source_id"])
+
+
 def assign_splits(rows: list[dict], fractions: dict[str, float], seed: int, key: str = "style") -> dict[str, str]:
-    """source_id -> split, grouped by source record and stratified by ``key``.
+    """group -> split (:func:`group_of`: the source record, or the site of page inputs), stratified by ``key``.
 
     Groups are ordered stratum by stratum (shuffled within each, seeded) and
     dealt out one at a time to the split furthest below its target share, so
@@ -91,7 +104,7 @@ def assign_splits(rows: list[dict], fractions: dict[str, float], seed: int, key:
     """
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[r["source_id"]].append(r)
+        groups[group_of(r)].append(r)
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for gid, members in sorted(groups.items()):
         by_stratum[Counter(stratum(m, key) for m in members).most_common(1)[0][0]].append(gid)

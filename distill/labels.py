@@ -6,6 +6,10 @@ parse_answer   strip ``` fences and surrounding prose, parse the JSON, repair
 validate       JSON Schema validation with readable error paths
 verify         per-field checks against the source record and the input text,
                declared in the task's ``fields:`` rules, giving a verdict
+label_from_record
+               distant supervision (03 --label-from-record): a page record's own answer
+               (its schema.org markup) as the label of the page's text, checked by the
+               same verify; items the text does not show are dropped (see its docstring)
 """
 from __future__ import annotations
 
@@ -223,6 +227,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .io import read_json, stable_hash, write_json  # noqa: E402
+from .pages import REAL_STYLE  # noqa: E402
 from .synth import text_sha256  # noqa: E402
 
 
@@ -236,6 +241,7 @@ class LabelItem:
     messages: list[dict]
     key: str
     model: str
+    from_record: bool = False   # labeled with its record's answer (03 --label-from-record), no request
 
     @classmethod
     def make(cls, task: Task, row: dict, model: str, params: dict) -> "LabelItem":
@@ -246,6 +252,89 @@ class LabelItem:
         key = stable_hash(msgs, task.schema, model, params, [r.__dict__ for r in task.fields.values()],
                           list(task.style_empty(row.get("style"))))
         return cls(id=row["id"], row=row, messages=msgs, key=key, model=model)
+
+    @classmethod
+    def from_record_answer(cls, task: Task, row: dict) -> "LabelItem":
+        """An input labeled with its record's own answer (``record_answer``): no teacher, no messages."""
+        key = stable_hash("label_from_record", record_answer(row), text_sha256(row["text"]), task.schema,
+                          [r.__dict__ for r in task.fields.values()], list(task.style_empty(row.get("style"))))
+        return cls(id=row["id"], row=row, messages=[], key=key, model=RECORD_MODEL, from_record=True)
+
+
+# The "model" of a label that is its record's answer (03 --label-from-record).
+RECORD_MODEL = "record"
+
+
+def record_answer(row: dict) -> dict | None:
+    """The answer a real input's record holds (a saved page's markup mapped to the output schema),
+    or None: only an input of style ``real_page`` is the text that answer belongs to; a synthetic
+    variant of the same record is the teacher's rewriting and gets a teacher label."""
+    src = row.get("source") or {}
+    if row.get("style") != REAL_STYLE or not isinstance(src.get("answer"), dict):
+        return None
+    return src["answer"]
+
+
+def drop_ungrounded(output: dict, checks: dict, task: Task, text: str) -> tuple[dict, dict[str, list]]:
+    """``output`` without the items its checks found not in the text: (new output, {field: dropped items}).
+
+    A list field keeps the items the text shows (the same tests as :func:`verify`: ``grounded``
+    items as written, ``paraphrase`` items by their words); a single value that is not in the
+    text becomes null.
+    """
+    text_norm = F.normalize_text(text)
+    out, dropped = dict(output), {}
+    for name, c in checks.items():
+        if c.get("grounded") is not False:
+            continue
+        rule, value = task.fields[name], output.get(name)
+        if not isinstance(value, list):
+            out[name], dropped[name] = None, [value]
+            continue
+        if rule.grounded_paraphrase:
+            bad = set(F.check_paraphrased(value, text)["not_in_text"])
+            keep = [i for i in value if F.item_text(i) not in bad]
+        else:
+            keep = [i for i in value if F.grounded_in(i, text_norm)]
+        out[name] = keep
+        dropped[name] = [i for i in value if i not in keep]
+    return out, dropped
+
+
+def label_from_record(item: LabelItem, task: Task) -> dict:
+    """Distant supervision: the record's answer as the label of its real text, verified like a teacher's.
+
+    The answer comes from the page's markup, which the model never sees; so every item is
+    checked against the text the model reads (:func:`verify`: ``grounded`` / ``paraphrase``),
+    and an item the text does not show (an ingredient only in the markup, a step the page
+    words differently) is **dropped** from the label, listed under ``dropped``: a label must
+    not teach the student to write what it cannot read. The label is then verified again from
+    scratch and kept if it passes, so it is rejected (``<field>_missing``) when a required field
+    ends empty, as ``<field>_mismatch`` when so many items went that the rest no longer agrees
+    with the record (set F1 under the rule's ``min``: the text the model reads lacks most of the
+    recipe), or for any other failed check (a paraphrased list longer than the text's
+    sentences). Single values without an item check (times, yield) are kept as the markup has
+    them.
+    """
+    answer = record_answer(item.row)
+    record, text, style = item.row.get("source"), item.row["text"], item.row.get("style")
+    rec = _base(item) | {"label_from": "record", "reasoning": None, "raw_content": None, "usage": None,
+                         "output": None, "repaired": False, "schema_errors": [], "checks": {}, "dropped": {}}
+    if answer is None:
+        return rec | {"verdict": "failed", "reason": "no_record_answer"}
+    errors = validate(answer, task.schema)
+    if errors:
+        return rec | {"output": answer, "verdict": "rejected", "reason": "schema", "schema_errors": errors[:10]}
+    checks, verdict, reason = verify(answer, task, record, text, style)
+    output, dropped = drop_ungrounded(answer, checks, task, text)
+    if dropped:
+        errors = validate(output, task.schema)
+        if errors:
+            return rec | {"output": output, "dropped": dropped, "verdict": "rejected", "reason": "schema",
+                          "schema_errors": errors[:10]}
+        checks, verdict, reason = verify(output, task, record, text, style)
+    return rec | {"output": output, "record_answer": answer, "dropped": dropped, "checks": checks,
+                  "verdict": verdict, "reason": reason}
 
 
 def previous_label(out_dir: Path, item: LabelItem) -> dict | None:
@@ -438,6 +527,9 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
     reasons: Counter = Counter()
     field_status: dict[str, Counter] = defaultdict(Counter)
     style_verdicts: dict[str, Counter] = defaultdict(Counter)
+    from_record = 0
+    dropped_items: Counter = Counter()   # items dropped from record labels as not in the text, per field
+    dropped_labels: Counter = Counter()  # record labels that lost items of the field
     for i in ids:
         p = out_dir / f"{i}.json"
         if not p.exists():
@@ -448,6 +540,11 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
         if rec["verdict"] == "accepted" and rec.get("feedback_rounds"):
             fixed += 1
         style_verdicts[rec.get("style") or "?"][rec["verdict"]] += 1
+        if rec.get("label_from") == "record":
+            from_record += 1
+            for f, items in (rec.get("dropped") or {}).items():
+                dropped_items[f] += len(items)
+                dropped_labels[f] += 1
         if rec["verdict"] != "accepted":
             for r in str(rec.get("reason", "")).split(","):
                 reasons[r] += 1
@@ -462,7 +559,10 @@ def report(out_dir: Path, ids: list[str], task: Task) -> dict:
     return {"verdicts": dict(verdicts), "accepted_after_feedback": fixed, "rejected_by_reason": dict(reasons.most_common()),
             "reasons": {v: dict(by_verdict[v].most_common()) for v in VERDICTS if by_verdict[v]},
             "fields": {f: dict(c) for f, c in field_status.items()},
-            "styles": {s: dict(c) for s, c in style_verdicts.items()}}
+            "styles": {s: dict(c) for s, c in style_verdicts.items()},
+            "labels_from_record": from_record,
+            "ungrounded_dropped": {f: {"items": dropped_items[f], "labels": dropped_labels[f]}
+                                   for f in sorted(dropped_items)}}
 
 
 _BAD = ("mismatch", "not_in_text", "omitted", "invented", "too_many", "missing_required")
@@ -480,6 +580,11 @@ def format_report(rep: dict) -> str:
     lines = [f"labels: {v.get('accepted', 0)} accepted ({v.get('accepted', 0) / total:.0%}){fixed}, "
              f"{v.get('rejected', 0)} rejected, {v.get('unverified', 0)} unverified (no source to check against: "
              f"not trained on unless 04 --include-unverified), {v.get('failed', 0)} failed"]
+    if rep.get("labels_from_record"):
+        drops = ", ".join(f"{f} {d['items']} item(s) in {d['labels']} label(s)"
+                          for f, d in rep["ungrounded_dropped"].items()) or "none"
+        lines.append(f"labels from the record (--label-from-record): {rep['labels_from_record']}; "
+                     f"items not in the text, dropped: {drops}")
     for verdict, reasons in (rep.get("reasons") or {}).items():
         lines.append(f"{verdict}, by reason: " + ", ".join(f"{k} {n}" for k, n in reasons.items()))
     if rep["fields"]:

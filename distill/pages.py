@@ -29,9 +29,16 @@ One reader for every stage, so what the student learns to read is what it will r
 * **References.** A sibling ``<stem>.json`` (the development pages' format) maps onto the output
   schema through the task's ``pages.reference`` table (:func:`reference_from_json`); without one,
   the page's markup is the reference.
+* **Page records.** :func:`import_pages` (``01_download_dataset.py --from-pages``) turns a folder of
+  pages into source records: the answer their markup gives (``answer``), the record fields the
+  task's ``verify.source`` rules read (derived from that answer, :func:`record_values`), the
+  page's host and path, and what the model reads of the page (``text``, :func:`page_text`). Such
+  a record carries a real input (:func:`real_text`): 02 passes it on unchanged in style
+  :data:`REAL_STYLE`. Pages without markup are skipped and listed, never guessed.
 """
 from __future__ import annotations
 
+import hashlib
 import html as html_lib
 import json
 import re
@@ -40,8 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fields import minutes_to_iso
-from .io import StageError
+from .fields import is_blank, minutes_to_iso
+from .io import StageError, stable_hash
+
+# The style of an input that is a page's own text (02 passes it on, no teacher writes it).
+# Never drawn for synthesis; a task may not name a style so.
+REAL_STYLE = "real_page"
+# records.jsonl "kind" of a record imported from a saved page (it carries a real ``text``).
+PAGE_KIND = "page"
 
 # Tags whose contents never reach the model: code, styling and embedded data (JSON-LD).
 _DROP_XPATH = "//script|//style|//noscript|//template|//svg|//iframe"
@@ -439,3 +452,115 @@ def load_page(path: Path, task, name: str | None = None) -> Page:
         ref, ref_from = markup, "markup"
     return Page(path=path, name=name or path.stem, host=host, html=html, reference=ref,
                 reference_from=ref_from, markup=markup)
+
+
+# ---------------------------------------------------------------- pages -> source records
+
+# Keys of a page record besides the task's verify.source fields.
+PAGE_RECORD_KEYS = ("id", "kind", "host", "page", "answer", "text", "text_focused", "chars_full", "html_sha256")
+
+
+def real_text(record: Any) -> str | None:
+    """The real input a source record carries (a page record's ``text``), or None for a seed record."""
+    if isinstance(record, dict) and record.get("kind") == PAGE_KIND:
+        text = record.get("text")
+        if isinstance(text, str) and text.strip():
+            return text
+    return None
+
+
+def without_text(record: dict) -> dict:
+    """A record as a seed or as an input's ``source``: the page text is the input itself, not a field."""
+    return {k: v for k, v in record.items() if k != "text"} if real_text(record) is not None else record
+
+
+def record_values(answer: dict, task) -> dict:
+    """The source-record fields the task's ``verify.source`` rules read, derived from an answer.
+
+    So a label of the page (the teacher's, or the answer itself with 03 --label-from-record) is
+    verified against the page's markup exactly as a label of a synthetic post is verified
+    against its seed record. Durations (``method: minutes``) become minutes, like the seed
+    records' ``prep_minutes``; other values are kept as the answer has them. A rule with several
+    source fields (any may match, ``[servings, yield]``) gets the value under the first one.
+    """
+    out: dict = {}
+    for rule in task.fields.values():
+        if rule.verify_method is None:
+            continue
+        names = [rule.verify_source] if isinstance(rule.verify_source, str) else list(rule.verify_source)
+        value = answer.get(rule.name)
+        if rule.verify_method == "minutes":
+            value = None if is_blank(value) else iso_minutes(value)
+        elif is_blank(value):
+            value = None
+        for i, n in enumerate(names):
+            if n in PAGE_RECORD_KEYS:
+                raise StageError(f"task {task.name}: fields.{rule.name}.verify.source {n!r} is a key page records "
+                                 f"keep for themselves ({', '.join(PAGE_RECORD_KEYS)}); rename the source field")
+            out.setdefault(n, value if i == 0 else None)
+    return out
+
+
+def import_pages(pages_dir: str | Path, task) -> tuple[list[dict], dict]:
+    """Saved pages -> source records (one per page with the task's markup), plus a report.
+
+    Every page is accounted for: a record, or skipped with a reason (``no_markup``, a markup
+    with a required field empty, a markup the schema refuses, a page with no visible text, the
+    same answer and text as an earlier page) and its path listed under that reason.
+    """
+    from .labels import validate  # labels imports tasks, which imports this module
+
+    root = Path(pages_dir)
+    paths = list_pages(root)
+    max_chars = int((task.pages or {}).get("max_chars") or 0)
+    records: list[dict] = []
+    skipped: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    focused = 0
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        page = load_page(path, task, name=rel)
+
+        def skip(reason: str) -> None:
+            skipped.setdefault(reason, []).append(rel)
+
+        if page.markup is None:
+            skip("no_markup")
+            continue
+        answer = page.markup
+        empty = [f for f, r in task.fields.items() if r.required and is_blank(answer.get(f))]
+        if empty:
+            skip(f"markup_without_{empty[0]}")
+            continue
+        if validate(answer, task.schema):
+            skip("markup_not_schema_valid")
+            continue
+        pt = page_text(page.html, max_chars)
+        if not pt.text.strip():
+            skip("no_visible_text")
+            continue
+        rid = "p-" + stable_hash(answer, pt.text, length=12)
+        if rid in seen:
+            skip("duplicate_page")
+            continue
+        seen[rid] = rel
+        focused += pt.focused
+        records.append({"id": rid, "kind": PAGE_KIND, "host": page.host, "page": rel,
+                        **record_values(answer, task), "answer": answer,
+                        "text": pt.text, "text_focused": pt.focused, "chars_full": pt.chars_full,
+                        "html_sha256": hashlib.sha256(page.html).hexdigest()})
+    report = {
+        "parser": "pages",
+        "source_dir": str(root),
+        "rows_read": len(paths),
+        "pages_read": len(paths),
+        "duplicates_dropped": len(skipped.get("duplicate_page", [])),
+        "unparseable": {k: len(v) for k, v in sorted(skipped.items()) if k != "duplicate_page"},
+        "skipped": dict(sorted(skipped.items())),
+        "records": len(records),
+        "hosts": len({r["host"] for r in records}),
+        "texts_windowed": focused,
+        "max_chars": max_chars,
+        "markup_type": (task.pages or {}).get("type"),
+    }
+    return records, report

@@ -5,6 +5,11 @@ style drawn by weight from ``random.Random(f"{seed}:{source_id}:{k}")`` so any
 item can be reproduced alone, and a cache key over everything that shapes the
 reply (messages, model, sampling parameters). A re-run skips items whose file
 holds the same key and makes no request for them.
+
+A record that carries a real input (a saved page imported by 01 --from-pages,
+:func:`distill.pages.real_text`) gives its own text, unchanged and with no request, as
+its first input (index 0, style ``real_page``); its further inputs (``per_record`` > 1)
+are synthetic variants written from the same record like any other.
 """
 from __future__ import annotations
 
@@ -16,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import read_json, read_json_object, stable_hash, write_json
+from .pages import REAL_STYLE, real_text, without_text
 from .tasks import Style, Task
+
+# The style an input that is a record's own real text carries (never drawn: it has no weight).
+REAL = Style(REAL_STYLE, 0.0, "the page's own readable text, passed on unchanged")
 
 
 @dataclass
@@ -28,7 +37,8 @@ class SynthItem:
     record: dict
     messages: list[dict]
     key: str
-    seed: int
+    seed: int | None
+    text: str | None = None   # a real input passed on as it is (style real_page): no request
 
     @property
     def path_name(self) -> str:
@@ -48,6 +58,9 @@ def reweight_styles(styles: list[Style], spec: str | None) -> list[Style]:
     for part in spec.split(","):
         name, sep, w = part.strip().partition("=")
         name = name.strip()
+        if name == REAL_STYLE:
+            raise ValueError(f"--styles: {REAL_STYLE} is not drawn: a page record's own text is its first input "
+                             f"whatever the weights; this task's synthetic styles are {', '.join(names)}")
         if name not in names:
             raise ValueError(f"--styles: unknown style {name!r}; this task has {', '.join(names)}")
         try:
@@ -66,22 +79,38 @@ def pick_style(styles: list[Style], seed: int, source_id: str, k: int) -> Style:
     return rng.choices(styles, weights=[s.weight for s in styles], k=1)[0]
 
 
-def plan(task: Task, records: list[dict], *, per_record: int, seed: int, model: str,
+def needs_teacher(records: list[dict], per_record: int) -> bool:
+    """Does planning these records ask the teacher for anything (a record without a real text,
+    or synthetic variants beyond a page's own text)?"""
+    return per_record > 1 or any(real_text(r) is None for r in records)
+
+
+def plan(task: Task, records: list[dict], *, per_record: int, seed: int, model: str | None,
          params: dict, styles: list[Style] | None = None) -> list[SynthItem]:
-    """One item per record and index; ``styles`` (default: the task's) with their weights."""
+    """One item per record and index; ``styles`` (default: the task's) with their weights.
+
+    A record with a real text gives it as index 0 (style ``real_page``, no request); the
+    other indexes are written by the teacher in a drawn style.
+    """
     styles = task.styles if styles is None else styles
-    if not styles:
+    if not styles and needs_teacher(records, per_record):
         raise ValueError(f"task {task.name} has no styles")
     items = []
     for rec in records:
         sid = str(rec["id"])
+        real = real_text(rec)
+        seed_rec = without_text(rec)  # the page text is the input itself: never a seed field, never a source field
         for k in range(per_record):
+            item_id = f"{task.name}-{stable_hash(task.name, sid, k, length=12)}"
+            if real is not None and k == 0:
+                items.append(SynthItem(id=item_id, source_id=sid, index=0, style=REAL, record=seed_rec, messages=[],
+                                       key=stable_hash(REAL_STYLE, text_sha256(real), seed_rec), seed=None, text=real))
+                continue
             style = pick_style(styles, seed, sid, k)
-            msgs = task.synthesis_messages(rec, style)
+            msgs = task.synthesis_messages(seed_rec, style)
             item_seed = int(stable_hash(seed, sid, k, length=8), 16) % (2**31)
             key = stable_hash(msgs, model, params, item_seed)
-            items.append(SynthItem(id=f"{task.name}-{stable_hash(task.name, sid, k, length=12)}",
-                                   source_id=sid, index=k, style=style, record=rec, messages=msgs,
+            items.append(SynthItem(id=item_id, source_id=sid, index=k, style=style, record=seed_rec, messages=msgs,
                                    key=key, seed=item_seed))
     return items
 
@@ -128,6 +157,26 @@ def write_item(out_dir: Path, item: SynthItem, task: Task, completion) -> Path:
         "finish_reason": completion.finish_reason,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         # The source record travels with the input so stage 03 can verify labels against it.
+        "source": item.record,
+    })
+
+
+def write_real_item(out_dir: Path, item: SynthItem, task: Task) -> Path:
+    """A record's real text as an input of style ``real_page``: the text as the record has it."""
+    return write_json(out_dir / item.path_name, {
+        "id": item.id,
+        "source_id": item.source_id,
+        "task": task.name,
+        "style": REAL_STYLE,
+        "text": item.text,
+        "text_sha256": text_sha256(item.text),
+        "model": None,   # no teacher wrote it
+        "prompt_hash": None,
+        "key": item.key,
+        "seed": None,
+        "usage": None,
+        "finish_reason": None,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": item.record,
     })
 

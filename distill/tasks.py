@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .io import TASKS_DIR, StageError, stable_hash
+from .pages import REAL_STYLE
 
 VERIFY_METHODS = ("text", "name", "minutes", "number", "count", "set_f1", "exact")
 SCORE_METHODS = ("text", "exact", "minutes", "number", "list_f1", "set_f1", "mae")
@@ -428,6 +429,9 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
         styles = [Style(st.name, float(st.weight), st.instructions, tuple(st.empty)) for st in spec.synthesis.styles]
         if len({s.name for s in styles}) != len(styles):
             raise StageError(f"{where}: style names must be unique")
+        if any(s.name == REAL_STYLE for s in styles):
+            raise StageError(f"{where}: synthesis.styles: {REAL_STYLE!r} is reserved for the inputs that are a saved "
+                             f"page's own text (01 --from-pages); name the style otherwise")
 
     label_prompt = label_user = None
     if spec.label:
