@@ -37,7 +37,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=SYNTHETIC_DIR, help="where the generated inputs go")
     p.add_argument("--task", default="recipe", help="task folder under tasks/ (see: python 01_download_dataset.py --list-tasks)")
     # How much
-    p.add_argument("--limit", type=non_negative_int, default=2, help="source records to use (0 = all)")
+    p.add_argument("--limit", type=non_negative_int, default=2, help="source records to use (default 2: a quick try; 0 = all)")
     p.add_argument("--skip", type=non_negative_int, default=0, help="skip the first N source records")
     p.add_argument("--per-record", type=positive_int, default=1,
                    help="inputs per source record; for a page record (01 --from-pages) the first is the page's "

@@ -168,7 +168,7 @@ def train_real(train_dir: Path, work: Path, log: Path, args, extra_dataset: Path
     src, syn, lab, ds = work / "01_source", work / "02_synthetic", work / "03_labeled", work / "04_dataset"
     student = work / "student"
     run(py("01_download_dataset.py") + ["--from-pages", train_dir, "--output-dir", src], log)
-    run(py("02_generate_synthetic.py") + ["--source-dir", src, "--output-dir", syn, "--per-record", "0"], log)
+    run(py("02_generate_synthetic.py") + ["--input", src, "--output-dir", syn, "--per-record", "1", "--limit", "0"], log)
     run(py("03_label_with_reasoning.py") + ["--input-dir", syn, "--output-dir", lab, "--label-from-record"], log)
     run(py("04_build_dataset.py") + ["--synthetic-dir", syn, "--labeled-dir", lab, "--output-dir", ds,
                                      "--split", "0.95,0.05,0", "--reasoning", "strip"], log)
