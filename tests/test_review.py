@@ -327,6 +327,7 @@ def browser(tmp_path):
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     b = webdriver.Chrome(service=Service(driver), options=opts)
     b.set_page_load_timeout(60)
+    b.implicitly_wait(10)  # on a loaded machine a card drawn after a filter change can lag the click
     yield b
     b.quit()
 
