@@ -58,6 +58,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-limit", type=int, default=30, help="test pages the (slow) teacher answers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--grad-accum", type=int, default=1, help="rows per update (batch 1)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--max-seq-length", type=int, default=3072)
@@ -180,7 +181,7 @@ def train_real(train_dir: Path, work: Path, log: Path, args, extra_dataset: Path
     secs = run(py("05_finetune.py") + [
         "--model-name", base_gguf(args.student), "--dataset-dir", dataset, "--save-dir", student,
         "--max-steps", "-1", "--num-epochs", str(args.epochs), "--max-seq-length", str(args.max_seq_length),
-        "--batch-size", "1", "--gradient-accumulation-steps", "4", "--lora-rank", str(args.lora_rank),
+        "--batch-size", "1", "--gradient-accumulation-steps", str(args.grad_accum), "--lora-rank", str(args.lora_rank),
         "--learning-rate", str(args.learning_rate), "--warmup-steps", "5", "--optimizer", "adamw_torch",
         "--reasoning", "strip", "--eval-steps", "0", "--save-gguf", "--gguf-quantization", "Q8_0",
         "--skip-inference-test"], log)

@@ -471,6 +471,31 @@ def stated_in_text(method: str | None, source: Any, text_norm: str, keywords: It
     return False
 
 
+def value_in_text(method: str | None, value: Any, text_norm: str) -> bool:
+    """Can a reader find this single value anywhere in the (normalised) text, keyword or not?
+
+    ``minutes``: a duration of the same length ("PT1H30M" and "1 hr 30 mins", "90 minutes");
+    ``count``/``number``: the value's first number. Weaker than :func:`stated_in_text`, which also
+    wants the keyword that says which value it is: this asks only whether the value is readable at
+    all, so that a label made from page markup does not teach a value the page never shows (a
+    total time the markup computed). Other methods: True (nothing to look for).
+    """
+    if is_empty(value):
+        return True
+    tokens = _tokens(text_norm)
+    if method == "minutes":
+        want = to_minutes(value)
+        return want is not None and any(abs(m - want) < 0.5 for _, m in durations_in(tokens))
+    if method in ("count", "number"):
+        want = numbers_in(value)[:1]
+        for i in range(len(tokens)):
+            n = _read_number(tokens, i)
+            if n and any(abs(n[0] - w) < 1e-9 for w in want):
+                return True
+        return False
+    return True
+
+
 # --- paraphrased items (steps): grounded when their content words are in the text ---------
 
 _STOPWORDS = frozenset(

@@ -432,3 +432,23 @@ def test_unverified_labels_are_done_but_counted_apart(tmp_path):
     text = format_report(rep)
     assert "1 accepted (25%), 1 rejected, 1 unverified" in text and "1 failed" in text
     assert "unverified, by reason: no_source_record 1" in text
+
+
+def test_values_the_text_never_shows_are_dropped_from_record_labels():
+    from distill import fields as F
+    from distill.labels import drop_unreadable_values
+    from distill.tasks import load_task
+
+    task = load_task("recipe")
+    text = "Lemon Cake\nPrep Time: 15 mins\nBake 1 hr 10 minutes\nMakes 8 slices\n1 cup flour\nMix and bake."
+    norm = F.normalize_text(text)
+    assert F.value_in_text("minutes", "PT1H10M", norm) and F.value_in_text("minutes", "PT15M", norm)
+    assert not F.value_in_text("minutes", "PT1H25M", norm)       # prep + cook, computed by the markup
+    assert F.value_in_text("count", "8 servings", norm) and not F.value_in_text("count", "12", norm)
+    label = {"name": "Lemon Cake", "recipeIngredient": ["1 cup flour"], "recipeInstructions": ["Mix and bake."],
+             "prepTime": "PT15M", "cookTime": "PT1H10M", "totalTime": "PT1H25M", "recipeYield": "12 servings"}
+    out, dropped = drop_unreadable_values(label, task, text)
+    assert out["prepTime"] == "PT15M" and out["cookTime"] == "PT1H10M"
+    assert out["totalTime"] is None and out["recipeYield"] is None
+    assert dropped == {"totalTime": ["PT1H25M"], "recipeYield": ["12 servings"]}
+    assert out["recipeIngredient"] == label["recipeIngredient"]  # lists are drop_ungrounded's
