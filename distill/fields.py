@@ -509,7 +509,7 @@ WORD_MATCH = 80.0
 # An item is grounded when this share of its content words occurs together in one
 # stretch of the text, or STEP_COVER_ANYWHERE of them anywhere (a terse "mash, mix, bake
 # 1hr" method whose step "Mash the bananas" takes its noun from the ingredient list).
-# On 300 real recipe pages (text by trafilatura) 97.4% of the pages' own steps pass and
+# On 300 real recipe pages (text by trafilatura, the reader of 08 then) 97.4% of the pages' own steps pass and
 # 3.4% of steps taken from another page do; the steps that fail are mostly pages whose
 # extracted text lost the method.
 STEP_COVER = 0.6
