@@ -13,12 +13,16 @@ Only accepted labels are used; --include-unverified adds the unverified ones (no
 source record to check them against), counted apart in stats.json and the manifest.
 A label is used only if it was made from the input's current text (same
 text_sha256): after 02 rewrote inputs, re-run 03, or build without them with --skip-stale.
+--abstention-share F caps the share of training rows whose style declares empty fields (a
+text with no recipe, a post without times: their label is empty or partial) at F, dropping
+a seeded choice of them from the train split only; val and test keep the mix 02 drew.
 
 Usage:
     python 04_build_dataset.py                                   # 0.8,0.1,0.1 split
     python 04_build_dataset.py --split 0.9,0.1 --reasoning strip
     python 04_build_dataset.py --tokenizer path/to/hf-model      # real token-length percentiles
     python 04_build_dataset.py --include-unverified              # also labels with no source record
+    python 04_build_dataset.py --abstention-share 0.1             # at most 10% of train rows empty/partial
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.cli import non_negative_int, run  # noqa: E402
+from distill.cli import fraction, non_negative_int, run  # noqa: E402
 from distill.io import DATASET_DIR, LABELED_DIR, SYNTHETIC_DIR  # noqa: E402
 
 
@@ -53,6 +57,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-unverified", action="store_true",
                    help="also train on 'unverified' labels (schema-valid and not rejected, but with no source "
                         "record to check them against); counted in stats.json and the manifest")
+    p.add_argument("--abstention-share", type=fraction, default=1.0, metavar="F",
+                   help="at most this share (0-1) of the train split's rows may be of a style that declares "
+                        "empty fields (the recipe task: no_recipe_*, no_times), whose label is empty or partial; "
+                        "a seeded choice of them is dropped from train only (val/test keep 02's mix); "
+                        "1 = no cap (default), 0 = none in train; counted in stats.json")
     p.add_argument("--tokenizer", default=None,
                    help="local HF tokenizer folder for real token-length percentiles (default: chars/4 estimate)")
     return p
@@ -121,6 +130,14 @@ def _main(args) -> int:
     key = task.extra.get("stratify", "style")
     assignment = D.assign_splits(rows, fractions, args.seed, key=key)
     splits = {s: [r for r in rows if assignment[D.group_of(r)] == s] for s in D.SPLITS}
+    capped = D.abstention_styles(task)
+    before = sum(r["style"] in capped for r in splits["train"])
+    splits["train"], capped_out = D.cap_share(splits["train"], capped, args.abstention_share, args.seed)
+    abstention = {"styles": sorted(capped), "cap": args.abstention_share, "train_rows_before_cap": before,
+                  "dropped_by_cap": len(capped_out), "dropped_ids": [r["id"] for r in capped_out],
+                  "train_share": (round(sum(r["style"] in capped for r in splits["train"]) / len(splits["train"]), 4)
+                                  if splits["train"] else None),
+                  "by_split": {s: sum(r["style"] in capped for r in v) for s, v in splits.items()}}
 
     tokenizer = None
     if args.tokenizer:
@@ -141,9 +158,11 @@ def _main(args) -> int:
             "by_style": {s: dict(Counter(r["style"] for r in v)) for s, v in splits.items()},
             "stratified_by": key,
             "labels": dict(verdicts),
-            "trained_on": dict(Counter(r["verdict"] for r in rows)),
+            "trained_on": dict(Counter(r["verdict"] for v in splits.values() for r in v)),
             "not_accepted_by_reason": dict(reasons.most_common()),
             "near_duplicates_dropped": len(dropped),
+            # rows of styles with empty fields (empty or partial labels) and --abstention-share's cap
+            "abstention": abstention,
             "labels_without_input": orphans,
             "stale_labels_skipped": len(stale),
             "with_reasoning": sum(r["has_reasoning"] for r in rows),
@@ -157,12 +176,15 @@ def _main(args) -> int:
                        reasoning=args.reasoning, stats=stats)
     n_unverified = stats["trained_on"].get("unverified", 0)
     unverified = f" (of them {n_unverified} unverified)" if n_unverified else ""
-    print(f"04: {len(rows)} examples{unverified} from {len(accepted)} labels "
+    print(f"04: {sum(stats['counts'].values())} examples{unverified} from {len(accepted)} labels "
           f"({len(dropped)} near-duplicates dropped; labels: {dict(verdicts)})")
     for s in D.SPLITS:
         hosts = f"  {stats['page_hosts'][s]:>3} sites" if any(stats["page_hosts"].values()) else ""
         print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records{hosts}  "
               f"styles {stats['by_style'][s]}  length {stats['length'].get(s, {})}")
+    if capped:
+        cap = f", capped at {args.abstention_share:g}: {len(capped_out)} dropped" if args.abstention_share < 1 else ""
+        print(f"  empty/partial labels ({', '.join(sorted(capped))}): {abstention['by_split']}{cap}")
     if reasons:
         print(f"not accepted, by reason: {dict(reasons.most_common())}")
     print(f"wrote {out}")

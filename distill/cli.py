@@ -42,6 +42,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A share from 0 to 1 (``--abstention-share``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def http_url(text: str) -> str:
     """An http(s) URL with a host: ``localhost:1234/v1`` is refused with the fix, not sent to httpx."""
     from urllib.parse import urlsplit

@@ -25,8 +25,12 @@ is generated free, then the JSON is generated constrained as a continuation).
 The loop guard (:class:`LoopGuard`) stops an answer that repeats itself (the text ends in a
 chunk repeated back to back, e.g. the same ingredient line again and again, or endless
 newlines) or that writes more items into an array than the schema's ``maxItems``. The
-prediction records ``stopped`` = ``repetition`` | ``max_items`` | ``length`` (token limit) and
-such an answer is never repaired into a result.
+prediction records ``stopped`` = ``repetition`` | ``max_items`` | ``length`` (token limit). An
+answer the guard stopped is closed where its last complete field or list item ends
+(:func:`close_stopped`: the JSON text is cut back to that point and its open brackets are
+closed; a list that ends in the loop keeps one copy of the repeated items), then validated
+like any answer: it is a result only if it fits the schema. An answer cut by the token limit
+is never repaired into a result: nothing says where it went wrong.
 """
 from __future__ import annotations
 
@@ -114,6 +118,142 @@ class LoopGuard:
                 if over_max_items(partial, self.schema):
                     return "max_items"
         return None
+
+
+# ------------------------------------------------------------------ closing a stopped answer
+
+_SCALAR_END = set(",]} \t\r\n")
+
+
+def _last_complete_prefix(s: str) -> str | None:
+    """``s`` (the start of one JSON object) cut after its last complete field or list item, with
+    its open brackets closed: valid JSON, or None when no prefix of it can be closed so.
+
+    A small scanner over the prefix: a cut is allowed right after an opening bracket or after a
+    complete value (a string, a number or literal followed by a delimiter, a closed container),
+    never after a key, a comma or inside a string. An item of a list is whole or left out: no
+    cut inside it (a step object without its text is no step). Scanning stops at the first
+    character that cannot continue valid JSON, or when the object closes by itself.
+    """
+    stack: list[list] = []   # [bracket, state, empty]; state: key | colon | value | comma
+    best: tuple[int, str] | None = None
+    i, n = 0, len(s)
+
+    def mark(pos: int) -> None:
+        nonlocal best
+        if all(stack[k - 1][0] != "[" for k in range(1, len(stack))):   # not inside a list item
+            best = pos, "".join("}" if f[0] == "{" else "]" for f in reversed(stack))
+
+    def value_done(pos: int) -> None:
+        stack[-1][1], stack[-1][2] = "comma", False
+        mark(pos)
+
+    while i < n:
+        c = s[i]
+        if c in " \t\r\n":
+            i += 1
+            continue
+        state = stack[-1][1] if stack else "value"
+        if c == '"' and stack and state in ("key", "value"):
+            j, esc = i + 1, False
+            while j < n and (esc or s[j] != '"'):
+                esc = not esc and s[j] == "\\"
+                j += 1
+            if j >= n:
+                break   # a string still open: cut before it
+            try:
+                json.loads(s[i:j + 1])
+            except json.JSONDecodeError:
+                break
+            i = j + 1
+            if state == "key":
+                stack[-1][1] = "colon"
+            else:
+                value_done(i)
+            continue
+        if (c in "{[" and stack and state == "value") or (c == "{" and not stack):
+            stack.append([c, "key" if c == "{" else "value", True])
+            i += 1
+            mark(i)
+            continue
+        if stack and c == ("}" if stack[-1][0] == "{" else "]") and (state == "comma" or stack[-1][2]):
+            stack.pop()
+            i += 1
+            if not stack:
+                return s[:i]   # the object closed by itself
+            value_done(i)
+            continue
+        if c == ":" and state == "colon":
+            stack[-1][1] = "value"
+            i += 1
+            continue
+        if c == "," and state == "comma":
+            stack[-1][1] = "key" if stack[-1][0] == "{" else "value"
+            i += 1
+            continue
+        if stack and state == "value" and c not in _SCALAR_END:
+            j = i
+            while j < n and s[j] not in _SCALAR_END:
+                j += 1
+            if j >= n and s[i:j] not in ("true", "false", "null"):
+                break   # a number that may still go on
+            try:
+                json.loads(s[i:j])
+            except json.JSONDecodeError:
+                break
+            i = j
+            value_done(i)
+            continue
+        break
+    if best is None:
+        return None
+    pos, closers = best
+    return s[:pos] + closers
+
+
+def _one_copy_of_tail_loop(items: list) -> list:
+    """``items`` whose end repeats a block of items back to back (two copies or more, the last
+    perhaps partial), cut after the block's first copy: ``[a, b, a, b, a]`` -> ``[a, b]``."""
+    n = len(items)
+    for q in range(1, n // 2 + 1):
+        start = n - q   # the run of items equal to the item q later, back from the end
+        while start > 0 and items[start - 1] == items[start - 1 + q]:
+            start -= 1
+        if n - start >= 2 * q:
+            return items[: start + q]
+    return items
+
+
+def close_stopped(answer: str) -> dict | None:
+    """An answer the loop guard stopped, closed at its last complete field or list item; None if
+    there is no JSON object to close.
+
+    The containers still open where the answer stops (the last member of each, from the root
+    down) get their trailing loop cut to one copy: ``["salt", "salt", "salt", "sa`` gives
+    ``["salt"]``. The result is not checked against the schema here: the caller validates it.
+    """
+    start = answer.find("{")
+    if start < 0:
+        return None
+    closed = _last_complete_prefix(answer[start:])
+    if closed is None:
+        return None
+    try:
+        obj = json.loads(closed)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    parent: Any = obj
+    key: Any = next(reversed(obj), None)
+    while key is not None:   # down the last member of each container: the ones open at the stop
+        node = parent[key]
+        if isinstance(node, list):
+            node = parent[key] = _one_copy_of_tail_loop(node)
+        parent = node
+        key = (len(node) - 1 if node else None) if isinstance(node, list) else \
+            (next(reversed(node), None) if isinstance(node, dict) else None)
+    return obj
 
 
 # ------------------------------------------------------------------ transformers

@@ -123,6 +123,29 @@ def assign_splits(rows: list[dict], fractions: dict[str, float], seed: int, key:
     return assignment
 
 
+def abstention_styles(task: Task) -> set[str]:
+    """The styles whose inputs must leave fields empty (a style's ``empty:``): their right label is
+    empty (a text with no recipe) or partial (a post without times), as 04 --abstention-share counts them."""
+    return {s.name for s in task.styles if s.empty}
+
+
+def cap_share(rows: list[dict], capped: set[str], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): ``rows`` with at most ``share`` of the kept rows in a ``capped`` style.
+
+    The other rows are all kept; of the capped rows a seeded random choice is kept, as many as
+    ``share`` allows (``share`` 1: all of them, 0: none), in their original order.
+    """
+    inside = [r for r in rows if r.get("style") in capped]
+    n_other = len(rows) - len(inside)
+    if share >= 1 or not inside:
+        return list(rows), []
+    # k / (n_other + k) <= share  <=>  k <= share * n_other / (1 - share)
+    k = min(len(inside), math.floor(share * n_other / (1 - share) + 1e-9))
+    keep_ids = {id(r) for r in random.Random(seed).sample(inside, k)}
+    kept = [r for r in rows if r.get("style") not in capped or id(r) in keep_ids]
+    return kept, [r for r in inside if id(r) not in keep_ids]
+
+
 def is_stale(label: dict, syn: dict) -> bool:
     """Was ``label`` made from another text than ``syn`` holds now?
 

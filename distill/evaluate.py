@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import fields as F
+from .constrain import STOP_REASONS
 from .io import StageError, atomic_write_text, read_json, read_jsonl, write_json
 from .tasks import SCORE_METHODS, FieldRule, Task
 
@@ -1135,10 +1136,17 @@ def append_prediction(path: Path, rec: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _pred_output(rec: dict) -> tuple[Any, str | None]:
+def _pred_output(rec: dict, task: Task) -> tuple[Any, str | None]:
     """What to score for a saved prediction, and the upstream parse error to report."""
     if isinstance(rec.get("output"), dict):
         return rec["output"], None
+    if rec.get("stopped") in STOP_REASONS and rec.get("answer"):
+        # saved before stopped answers were closed: closed here as distill.infer closes them now
+        from .infer import closed_stopped_answer
+
+        obj, _ = closed_stopped_answer(rec["answer"], task.schema)
+        if obj is not None:
+            return obj, None
     if rec.get("parse_error") == "not_object":
         return rec.get("answer") or "", None   # JSON null is a valid empty answer; re-parsed here
     return None, rec.get("parse_error") or "no_output"
@@ -1279,7 +1287,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             rec = saved.get(it["key"])
             if rec is None:
                 continue
-            pred, upstream_error = _pred_output(rec)
+            pred, upstream_error = _pred_output(rec, task_obj)
             if it["set"] != "adversarial":
                 s = score_example(pred, it["reference"], task_obj, it["text"], it.get("source"))
             else:

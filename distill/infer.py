@@ -129,16 +129,44 @@ def load_config(path: Path) -> dict:
 
 # ------------------------------------------------------------------ answers
 
+def closed_stopped_answer(answer: str, schema: dict) -> tuple[dict | None, list[str]]:
+    """An answer the loop guard stopped, closed at its last complete field or list item
+    (distill.constrain.close_stopped): (the object if it fits ``schema``, else None; its schema
+    errors). What is left of a loop counts only if it is a valid answer by itself."""
+    from .constrain import close_stopped
+    from .labels import validate
+
+    obj = close_stopped(answer)
+    if obj is None:
+        return None, []
+    errors = validate(obj, schema)
+    return (None if errors else obj), errors
+
+
 def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: str | None) -> Prediction:
-    """Split reasoning, parse, validate. A reply cut off by the token limit is never repaired into a result."""
+    """Split reasoning, parse, validate: the end of every backend's answer.
+
+    A reply cut off by the token limit is never repaired into a result. One the loop guard
+    stopped (``repetition``, ``max_items``) is closed at its last complete field or list item
+    (:func:`closed_stopped_answer`) and is a result when that closed answer fits the schema;
+    either way ``stopped`` records the reason, and an answer that does not close into a valid
+    one keeps ``parse_error`` = the reason (with the closed answer's schema errors).
+    """
+    from .constrain import STOP_REASONS
     from .labels import LabelError, parse_answer, validate
     from .llm import split_reasoning
 
     pred.raw = raw
     pred.finish_reason = finish_reason
     pred.reasoning, pred.answer = split_reasoning({"content": raw})
-    if finish_reason in ("length", "repetition", "max_items"):
+    if finish_reason == "length":
         pred.parse_error = pred.stopped = finish_reason
+        return pred
+    if finish_reason in STOP_REASONS:
+        pred.stopped = finish_reason
+        pred.output, pred.schema_errors = closed_stopped_answer(pred.answer, task.schema)
+        if pred.output is None:
+            pred.parse_error = finish_reason
         return pred
     try:
         obj, pred.repaired = parse_answer(pred.answer)

@@ -13,6 +13,7 @@ are synthetic variants written from the same record like any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -71,7 +72,8 @@ def reweight_styles(styles: list[Style], spec: str | None) -> list[Style]:
             raise ValueError(f"--styles: weight of {name!r} must be >= 0")
     if not any(weights.values()):
         raise ValueError("--styles: at least one style needs a weight above 0")
-    return [Style(s.name, weights[s.name], s.instructions) for s in styles if weights.get(s.name, 0) > 0]
+    # Only the weight changes: a style's empty fields, prompt and record fields go with it.
+    return [dataclasses.replace(s, weight=weights[s.name]) for s in styles if weights.get(s.name, 0) > 0]
 
 
 def pick_style(styles: list[Style], seed: int, source_id: str, k: int) -> Style:

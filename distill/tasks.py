@@ -49,6 +49,13 @@ class StyleSpec(_Spec):
     weight: float = Field(gt=0)
     instructions: str
     empty: list[str] = []   # fields an input of this style must leave empty: it has nothing to extract
+    # This style's own synthesis prompt (a file in the task folder), replacing synthesis.prompt:
+    # for inputs that must not present the record the way the task's prompt asks (a text with
+    # no recipe, where the record is only the topic).
+    prompt: Optional[str] = None
+    # The record fields this style shows the teacher, replacing synthesis.record_fields: what
+    # the teacher is not shown it cannot write (no times for a style whose times must be empty).
+    record_fields: Optional[list[str]] = None
 
 
 class SynthesisSpec(_Spec):
@@ -209,6 +216,8 @@ class Style:
     # Fields an input of this style must leave empty (an "adversarial" style with nothing
     # to extract): a value there is invented, and ``required`` does not apply to them.
     empty: tuple[str, ...] = ()
+    prompt: str | None = None                      # own synthesis prompt text (None: the task's)
+    record_fields: tuple[str, ...] | None = None   # record fields shown to the teacher (None: the task's)
 
 
 @dataclass(frozen=True)
@@ -318,9 +327,11 @@ class Task:
             {"role": "user", "content": self.label_user_template.replace("{text}", text)},
         ]
 
-    def record_text(self, record: dict) -> str:
-        """Render a source record for the teacher as 'key: value' lines (lists as bullets)."""
-        keys = self.record_fields or [k for k in record if k != "id"]
+    def record_text(self, record: dict, fields: list[str] | tuple[str, ...] | None = None) -> str:
+        """Render a source record for the teacher as 'key: value' lines (lists as bullets).
+
+        ``fields``: the record fields to show (default: ``synthesis.record_fields``, else all but id)."""
+        keys = fields or self.record_fields or [k for k in record if k != "id"]
         lines = []
         for k in keys:
             v = record.get(k)
@@ -339,9 +350,10 @@ class Task:
     def synthesis_messages(self, record: dict, style: Style) -> list[dict]:
         if not self.synthesis_prompt:
             raise StageError(f"task {self.name} has no synthesis: section")
-        prompt = (self.synthesis_prompt
+        # A style may bring its own prompt and show fewer record fields (see StyleSpec).
+        prompt = ((style.prompt or self.synthesis_prompt)
                   .replace("{style_instructions}", style.instructions.strip())
-                  .replace("{record_text}", self.record_text(record)))
+                  .replace("{record_text}", self.record_text(record, style.record_fields)))
         return [{"role": "user", "content": prompt}]
 
     def fingerprint(self) -> str:
@@ -426,7 +438,14 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
                                     f"synthesis.prompt ({spec.synthesis.prompt})",
                                     ("{record_text}", "{style_instructions}"))
         record_fields = spec.synthesis.record_fields
-        styles = [Style(st.name, float(st.weight), st.instructions, tuple(st.empty)) for st in spec.synthesis.styles]
+        styles = []
+        for st in spec.synthesis.styles:
+            own = None
+            if st.prompt is not None:
+                own = template(_read_text(task_dir, st.prompt, f"{where}: style {st.name!r}: prompt"),
+                               f"style {st.name!r}: prompt ({st.prompt})", ("{record_text}", "{style_instructions}"))
+            styles.append(Style(st.name, float(st.weight), st.instructions, tuple(st.empty), own,
+                                tuple(st.record_fields) if st.record_fields is not None else None))
         if len({s.name for s in styles}) != len(styles):
             raise StageError(f"{where}: style names must be unique")
         if any(s.name == REAL_STYLE for s in styles):
@@ -467,7 +486,7 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
         if unknown:
             raise StageError(f"{where}: style {st.name!r}: empty: {unknown} are not fields of this task "
                              f"(fields: {', '.join(fields)})")
-    _check_record_fields(task_dir, where, source, fields, record_fields)
+    _check_record_fields(task_dir, where, source, fields, record_fields, styles)
 
     steps = _load_steps(task_dir, where, spec.steps)
     if spec.tiers:
@@ -497,8 +516,8 @@ def load_task(name_or_path: str | os.PathLike) -> Task:
 
 
 def _check_record_fields(task_dir: Path, where: str, source: dict, fields: dict[str, FieldRule],
-                         record_fields: list[str] | None) -> None:
-    """Every ``verify.source`` and ``synthesis.record_fields`` entry must be a field of the records.
+                         record_fields: list[str] | None, styles: list[Style] = ()) -> None:
+    """Every ``verify.source`` and ``record_fields`` entry (synthesis's, a style's) must be a field of the records.
 
     The fields come from the source parser (distill.source.RECORD_FIELDS) or, for the
     generic csv/jsonl parsers, from the task's own file. Without a parser (records come
@@ -518,6 +537,7 @@ def _check_record_fields(task_dir: Path, where: str, source: dict, fields: dict[
     wanted = [(f"fields.{r.name}.verify.source", s) for r in fields.values()
               for s in ([r.verify_source] if isinstance(r.verify_source, str) else r.verify_source or ())]
     wanted += [("synthesis.record_fields", s) for s in record_fields or ()]
+    wanted += [(f"style {st.name!r}: record_fields", s) for st in styles for s in st.record_fields or ()]
     for key, name in wanted:
         if name not in have:
             close = difflib.get_close_matches(name, sorted(have), n=1)

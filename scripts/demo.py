@@ -39,13 +39,18 @@ sys.path.insert(0, str(ROOT))
 # they left the student repeating itself where 120 did not. --small runs in under 10. --small
 # has 10 records: with the stricter label checks the bundled teacher's first 5 posts gave 2
 # accepted labels (its short Instagram posts invent steps and times), and CI needs at least 2.
-SIZES = {"full": dict(records=24, per_record=1, steps=120, seq=1536),
-         "small": dict(records=10, per_record=1, steps=4, seq=1536)}
 TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
 # The bundled 1.5B teacher writes ~20 tokens/s here: the demo asks it for the shorter styles
 # (a long fluffy blog post costs about twice the teacher time of a short one).
 # --styles task restores task.yaml's weights.
 DEMO_STYLES = "instagram_short=2,minimal_organized=2,chaotic_unstructured=1"
+# The full run also draws a few inputs whose right answer is empty, partial or the first of two
+# recipes (the adversarial kinds 07 tests): with seed 42 over the 24 sample records, 6 of 24
+# (2 no_recipe_menu, 1 no_recipe_review, 1 no_times, 2 two_recipes; tests/test_abstention.py).
+# --small keeps the complete posts only: its 10 records must give CI 2 accepted labels.
+DEMO_ABSTENTION_STYLES = "no_recipe_review=0.3,no_recipe_menu=0.2,no_times=0.3,two_recipes=0.3"
+SIZES = {"full": dict(records=24, per_record=1, steps=120, seq=1536, styles=f"{DEMO_STYLES},{DEMO_ABSTENTION_STYLES}"),
+         "small": dict(records=10, per_record=1, steps=4, seq=1536, styles=DEMO_STYLES)}
 
 
 
@@ -66,8 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "http://localhost:1234/v1 (a bigger teacher writes better posts and labels)")
     p.add_argument("--teacher-model", default="", help="model id on --teacher-url (default: the first it lists)")
     p.add_argument("--styles", default=None,
-                   help=f"02's style weights (default with the bundled teacher: {DEMO_STYLES}; "
-                        "with --teacher-url, or 'task': the task's own weights)")
+                   help=f"02's style weights (default with the bundled teacher: {SIZES['full']['styles']}; "
+                        f"with --small: {DEMO_STYLES}; with --teacher-url, or 'task': the task's own weights)")
     p.add_argument("--min-train", type=int, default=2,
                    help="stop after 03 with an explanation when fewer labels were accepted")
     return p
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step("01 import the bundled sample", ["01_download_dataset.py", "--sample", "--limit", str(size["records"]),
                                           "--output-dir", str(d["src"])])
-    styles = args.styles if args.styles is not None else ("task" if args.teacher_url else DEMO_STYLES)
+    styles = args.styles if args.styles is not None else ("task" if args.teacher_url else size["styles"])
     style_args = [] if styles == "task" else ["--styles", styles]
 
     def teacher_stages(base_url: str, model: str) -> None:

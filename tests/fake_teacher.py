@@ -18,8 +18,9 @@ from distill.fields import minutes_to_iso
 
 
 def parse_record_text(prompt: str) -> dict:
-    """Invert Task.record_text: 'key: value' lines and '- item' bullets after the last 'Recipe:'/'Record:'."""
-    body = re.split(r"\n(?:Recipe|Record|Source):\n", prompt)[-1]
+    """Invert Task.record_text: 'key: value' lines and '- item' bullets after the last 'Recipe:'/'Record:'
+    (or 'Topic:', the heading of a style whose text must hold no recipe)."""
+    body = re.split(r"\n(?:Recipe|Record|Source|Topic):\n", prompt)[-1]
     out: dict = {}
     key = None
     for line in body.splitlines():
@@ -33,7 +34,17 @@ def parse_record_text(prompt: str) -> dict:
     return out
 
 
+# The second recipe a two-recipe post adds after the record's (recipe_label stops before it).
+SECOND_RECIPE = ["BONUS: Quick Pickled Onions", "* 1 red onion, sliced", "* 1/2 cup cider vinegar",
+                 "Pour the vinegar over the onion."]
+
+
 def recipe_post(rec: dict, style: str) -> str:
+    """The record as a post in ``style``; a record shown without ingredients (a style whose text must
+    hold no recipe: the dish is only its topic) gives a review with no recipe in it."""
+    if not rec.get("ingredients"):
+        return (f"Dinner at Trattoria Lucia last night, four stars.\nWe had the {rec.get('name')} ($14) and "
+                f"the tiramisu. Service was quick.\n(written as: {style[:80]})")
     lines = [f"Home > Recipes > {rec.get('name')}" if "scraped" in style.lower() else f"{rec.get('name')}!!"]
     lines.append("Sponsored: 20% off kitchen knives")
     lines.append(f"(written as: {style[:80]})")
@@ -48,13 +59,25 @@ def recipe_post(rec: dict, style: str) -> str:
     if rec.get("servings"):
         lines.append(f"Serves {rec['servings']}")
     lines.append("Mix everything. Bake until golden.")
+    if "two recipes" in style:
+        lines += SECOND_RECIPE
     return "\n".join(lines)
 
 
+EMPTY_RECIPE = {"@context": "https://schema.org", "@type": "Recipe", "name": None, "recipeIngredient": [],
+                "recipeInstructions": [], "prepTime": None, "cookTime": None, "totalTime": None, "recipeYield": None}
+
+
 def recipe_label(post: str) -> dict:
+    """The right label of a post: the first recipe in it (nothing after a second recipe's title);
+    a post with no ingredient lines has no recipe: nulls and empty lists."""
     lines = post.splitlines()
-    name = lines[0].split(" > ")[-1].rstrip("!")
+    if SECOND_RECIPE[0] in lines:
+        lines = lines[:lines.index(SECOND_RECIPE[0])]
     ings = [ln[2:] for ln in lines if ln.startswith("* ")]
+    if not ings:
+        return dict(EMPTY_RECIPE)
+    name = lines[0].split(" > ")[-1].rstrip("!")
 
     def mins(prefix):
         m = next((re.search(r"\d+", ln).group() for ln in lines if ln.startswith(prefix)), None)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.constrain import LoopGuard, over_max_items, repeated_tail
-from distill.infer import load_predictor
+from distill.constrain import LoopGuard, close_stopped, over_max_items, repeated_tail
+from distill.infer import Prediction, complete_prediction, load_predictor
 from distill.io import StageError
 from distill.labels import validate
 from distill.tasks import load_task
@@ -167,6 +167,68 @@ def test_openai_backend_marks_a_repeating_reply_as_stopped():
     assert p.stopped == "repetition" and p.parse_error == "repetition" and not p.valid and p.output is None
     assert looped_to_limit.stopped == "repetition"  # ran to the limit because it looped: counted as the loop
     assert cut.stopped == "length" and cut.parse_error == "length"
+    # A loop that closes into a schema-valid answer (after its last complete step) is one, marked stopped.
+    with FakeOpenAIServer(lambda body: LOOPING_STEPS) as srv:
+        with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
+            (closed,) = pred.predict(TEXTS[:1], progress=False)
+    assert closed.valid and closed.stopped == "repetition" and len(closed.output["recipeInstructions"]) == 2
+
+
+# ------------------------------------------------------------------ closing a stopped answer
+
+HEAD = '{"@context": "https://schema.org", "@type": "Recipe", "name": "Pancakes", '
+# A student that loops on its second step until the guard stops it, mid-way through a copy.
+LOOPING_STEPS = (HEAD + '"recipeIngredient": ["2 cups flour", "2 eggs", "1 cup milk"], "recipeInstructions": '
+                 '[{"@type": "HowToStep", "text": "Whisk the flour, eggs and milk."}, '
+                 + '{"@type": "HowToStep", "text": "Fry 2 minutes a side."}, ' * 6 + '{"@type": "HowToStep", "te')
+
+
+def test_a_stopped_answer_closes_at_its_last_complete_item_with_one_copy_of_the_loop():
+    assert LoopGuard().check(LOOPING_STEPS) == "repetition"   # a real stop, not a made-up one
+    closed = close_stopped(LOOPING_STEPS)
+    assert closed == json.loads(HEAD + '"recipeIngredient": ["2 cups flour", "2 eggs", "1 cup milk"], '
+                                       '"recipeInstructions": [{"@type": "HowToStep", "text": "Whisk the flour, eggs '
+                                       'and milk."}, {"@type": "HowToStep", "text": "Fry 2 minutes a side."}]}')
+    # A list item is whole or left out; a string, number or key still being written is cut off.
+    assert close_stopped('{"a": [{"b": 1}, {"b": 2, "c": "x') == {"a": [{"b": 1}]}
+    assert close_stopped('{"a": "done", "b": "PT1') == {"a": "done"}
+    assert close_stopped('{"a": 12, "b": 3') == {"a": 12}
+    assert close_stopped('{"a": null, "b": ') == {"a": None}
+    # The loop in the list still open at the stop keeps one copy of its block; earlier lists stay as written.
+    assert close_stopped('{"x": [1, 1], "y": ["a", "b", "a", "b", "a"') == {"x": [1, 1], "y": ["a", "b"]}
+    assert close_stopped("Sure! " + "\n" * 80) is None
+
+
+def test_complete_prediction_keeps_a_closed_answer_only_if_it_fits_the_schema():
+    task = load_task("recipe")
+
+    def complete(raw, finish):
+        return complete_prediction(Prediction(text="t", prompt_messages=[]), raw, task, finish)
+
+    p = complete(LOOPING_STEPS, "repetition")
+    assert p.valid and p.stopped == "repetition" and p.parse_error is None
+    assert [s["text"] for s in p.output["recipeInstructions"]] == ["Whisk the flour, eggs and milk.",
+                                                                   "Fry 2 minutes a side."]
+    # Looping inside the ingredients: what closes lacks the required steps, so it is no answer.
+    loop = HEAD + '"recipeIngredient": [' + '"salt", ' * 30
+    p = complete(loop, "repetition")
+    assert not p.valid and p.output is None and p.parse_error == "repetition" and p.stopped == "repetition"
+    assert any("recipeInstructions" in e for e in p.schema_errors)
+    # A max_items stop closes the same way; the token limit never does (nothing says where it went wrong).
+    assert complete(LOOPING_STEPS, "max_items").valid
+    p = complete(LOOPING_STEPS, "length")
+    assert p.output is None and p.parse_error == p.stopped == "length"
+
+
+def test_07_scores_a_stopped_prediction_saved_before_answers_were_closed_as_it_closes_now():
+    from distill.evaluate import _pred_output
+
+    task = load_task("recipe")
+    old = {"answer": LOOPING_STEPS, "output": None, "parse_error": "repetition", "stopped": "repetition"}
+    out, upstream = _pred_output(old, task)
+    assert upstream is None and len(out["recipeInstructions"]) == 2
+    old_invalid = old | {"answer": HEAD + '"recipeIngredient": [' + '"salt", ' * 30}
+    assert _pred_output(old_invalid, task) == (None, "repetition")
 
 
 @pytest.mark.slow

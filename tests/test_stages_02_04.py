@@ -24,6 +24,11 @@ def script(name):
 S02, S03, S04 = (script(n) for n in ("02_generate_synthetic.py", "03_label_with_reasoning.py", "04_build_dataset.py"))
 
 
+# The recipe task's complete-recipe styles at their task.yaml weights: the draws of the task
+# before it had styles with nothing (or less) to extract, for tests about complete posts.
+NORMAL_STYLES = "instagram_short=1,minimal_organized=2,fluffy_organized=5,chaotic_unstructured=2,super_fluffy_chaotic=1"
+
+
 def chat_requests(srv):
     return len(srv.history)
 
@@ -375,7 +380,7 @@ def test_labels_from_before_text_hashes_are_stale_and_03_adds_the_hash_without_a
 
 
 def test_labels_that_say_nothing_are_rejected_and_04_trains_on_the_rest(tmp_path, capsys):
-    """A teacher that answers some inputs with a schema-valid empty recipe: none of those is accepted."""
+    """A teacher that answers some complete posts with a schema-valid empty recipe: none of those is accepted."""
     calls = {"n": 0}
 
     def corrupt(lab):
@@ -387,7 +392,7 @@ def test_labels_that_say_nothing_are_rejected_and_04_trains_on_the_rest(tmp_path
 
     with FakeOpenAIServer(OracleTeacher(corrupt=corrupt)) as srv:
         syn, lab, ds = tmp_path / "02", tmp_path / "03", tmp_path / "04"
-        assert run_02(srv, syn, "--limit", "8") == 0
+        assert run_02(srv, syn, "--limit", "8", "--styles", NORMAL_STYLES) == 0
         assert run_03(srv, syn, lab, "--concurrency", "1") == 0
     labels = [json.loads(p.read_text()) for p in outputs(lab)]
     empty = [l for l in labels if l["output"]["name"] is None]

@@ -105,3 +105,19 @@ def test_declared_record_fields_are_the_parsers_real_fields(task):
     records, _ = load_records(t.dir / (t.source.get("sample") or t.source["file"]), t.source["parser"])
     have = set().union(*(r.keys() for r in records))
     assert have == RECORD_FIELDS[t.source["parser"]]
+
+
+def test_a_styles_own_prompt_and_record_fields_are_checked(tmp_path):
+    d = copy_task(tmp_path / "a", "recipe", "record_fields: [name, summary]   #", "record_fields: [name, sumary]   #")
+    with pytest.raises(StageError, match=r"style 'no_recipe_review': record_fields: 'sumary' is not a field of the "
+                                         r"allrecipes_csv records \(did you mean 'summary'\?\)"):
+        load_task(d)
+    d = copy_task(tmp_path / "b", "recipe", "prompt: prompts/synthesize_no_recipe.md\n      record_fields: [name, summary]  ",
+                  "prompt: prompts/nope.md\n      record_fields: [name, summary]  ")
+    with pytest.raises(StageError, match=r"style 'no_recipe_review': prompt: file .*nope\.md not found"):
+        load_task(d)
+    d = copy_task(tmp_path / "c", "recipe", "name: recipe", "name: recipe")
+    (d / "prompts" / "synthesize_no_recipe.md").write_text("Write a review.\n\n{style_instructions}\n")
+    with pytest.raises(StageError, match=r"style 'no_recipe_review': prompt \(prompts/synthesize_no_recipe\.md\) "
+                                         r"has no \{record_text\}"):
+        load_task(d)
