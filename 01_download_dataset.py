@@ -31,10 +31,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from distill.cli import non_negative_int, run  # noqa: E402
-from distill.io import SOURCE_DIR  # noqa: E402
+from distill.cli import non_negative_int, run
+from distill.io import SOURCE_DIR
 
 STAGE = "01_download_dataset"
 
@@ -83,7 +81,15 @@ def _clear_stale(raw_dir: Path, keep: set[Path]) -> None:
 def _main(args) -> int:
     import hashlib
 
-    from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_json, write_jsonl, write_manifest
+    from distill.io import (
+        StageError,
+        check_output_dir,
+        clear_manifest,
+        run_lock,
+        write_json,
+        write_jsonl,
+        write_manifest,
+    )
     from distill.source import (
         DEFAULT_KAGGLE_DATASET,
         copy_file_atomic,
@@ -185,8 +191,16 @@ def _main(args) -> int:
 
 
 def _from_pages(args, task) -> int:
-    from distill.io import (StageError, check_output_dir, clear_manifest, run_lock, stable_hash, write_json,
-                            write_jsonl, write_manifest)
+    from distill.io import (
+        StageError,
+        check_output_dir,
+        clear_manifest,
+        run_lock,
+        stable_hash,
+        write_json,
+        write_jsonl,
+        write_manifest,
+    )
     from distill.pages import import_pages
 
     if args.parser:

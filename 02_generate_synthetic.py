@@ -23,10 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from distill.cli import add_llm_args, llm_config_from_args, non_negative_int, positive_int, run  # noqa: E402
-from distill.io import SOURCE_DIR, SYNTHETIC_DIR  # noqa: E402
+from distill.cli import add_llm_args, llm_config_from_args, non_negative_int, positive_int, run
+from distill.io import SOURCE_DIR, SYNTHETIC_DIR
 
 
 def make_parser() -> argparse.ArgumentParser:

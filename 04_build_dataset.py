@@ -31,10 +31,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from distill.cli import fraction, non_negative_int, run  # noqa: E402
-from distill.io import DATASET_DIR, LABELED_DIR, SYNTHETIC_DIR  # noqa: E402
+from distill.cli import fraction, non_negative_int, run
+from distill.io import DATASET_DIR, LABELED_DIR, SYNTHETIC_DIR
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -74,8 +72,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     from distill import dataset as D
-    from distill.io import (StageError, check_output_dir, clear_manifest, read_json_object, require_manifest,
-                            run_lock, write_json, write_jsonl, write_manifest)
+    from distill.io import (
+        StageError,
+        check_output_dir,
+        clear_manifest,
+        read_json_object,
+        require_manifest,
+        run_lock,
+        write_json,
+        write_jsonl,
+        write_manifest,
+    )
     from distill.synth import load_synthetic
     from distill.tasks import load_task
 

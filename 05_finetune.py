@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from distill.cli import check_train_dirs, run  # noqa: E402
-from distill.train.config import add_config_args, config_from_args  # noqa: E402
+from distill.cli import check_train_dirs, run
+from distill.train.config import add_config_args, config_from_args
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -24,11 +24,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from distill.cli import check_train_dirs, run  # noqa: E402
-from distill.io import StageError  # noqa: E402
-from distill.train.config import add_config_args, config_from_args, config_from_mapping  # noqa: E402
+from distill.cli import check_train_dirs, run
+from distill.io import StageError
+from distill.train.config import add_config_args, config_from_args, config_from_mapping
 
 
 def make_parser() -> argparse.ArgumentParser:

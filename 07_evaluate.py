@@ -36,10 +36,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from distill.cli import add_model_args, non_negative_int, run  # noqa: E402
-from distill.io import DATASET_DIR  # noqa: E402
+from distill.cli import add_model_args, non_negative_int, run
+from distill.io import DATASET_DIR
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -69,8 +67,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="decode the answer under the task's JSON Schema (default) or freely (none); see README "
                         "'Constrained decoding'")
     g.add_argument("--context", type=int, default=None,
-                   help="context window in tokens; longer inputs keep their head (default: the training "
-                        "max length, else the model's window)")
+                   help="context window in tokens; longer inputs keep their head (default: the model's own "
+                        "window, at most 8192; openai: models are only truncated when this is set)")
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", type=Path, default=None,
                    help="where results go (default: reports/<name>; reports/comparison with --compare alone)")

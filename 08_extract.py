@@ -30,9 +30,10 @@ A binary input (a PDF, an image: NUL bytes or control bytes) is never sent to th
 it is reported, and gets <stem>.error.json. Inputs with the same stem (a/post.txt, b/post.txt)
 get names from their paths (a__post_txt.json), always inside --output-dir.
 
-Exit code: 0 every input gave a valid answer; 1 a usage error (one line on stderr, nothing
-extracted); 2 argparse rejected the flags; 2 also when some inputs gave no valid answer
-(invalid, empty or binary; the others are written); 130 interrupted (Ctrl-C).
+Exit code: 0 every input gave a valid answer (or --export-ollama alone wrote its Modelfile); 2 some
+inputs gave no valid answer (invalid, empty or binary; the others are written); 1 an error stopped
+the run (one line on stderr: bad inputs or flags, a model that does not load, a server that stops
+answering; answers written before it stay); 2 also when argparse rejects the flags; 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -42,12 +43,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from distill.cli import add_model_args, run  # noqa: E402
-from distill.io import (StageError, atomic_write_text, check_output_dir, clear_manifest, read_json, run_lock,  # noqa: E402
-                        write_json, write_manifest)
+from distill.cli import add_model_args, run
+from distill.io import (
+    StageError,
+    atomic_write_text,
+    check_output_dir,
+    clear_manifest,
+    read_json,
+    run_lock,
+    write_json,
+    write_manifest,
+)
 
 RUN_STATE = ".extract_run.json"
 

@@ -1,6 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 PY := .venv/bin/python
-SETUP_INPUTS := scripts/setup.sh scripts/install_llama_cpp.sh requirements.txt requirements-dev.txt requirements-finetune-cpu.txt
+SETUP_INPUTS := scripts/setup.sh scripts/install_llama_cpp.sh pyproject.toml requirements.txt requirements-dev.txt \
+	requirements-finetune-cpu.txt
 
 .PHONY: setup demo demo-small test test-fast clean-demo
 
@@ -19,12 +20,14 @@ demo: setup
 demo-small: setup
 	$(PY) scripts/demo.py --small
 
-# Every test, including real llama.cpp servers and real training steps.
+# Lint (rules in pyproject.toml), then every test, including real llama.cpp servers and real training steps.
 test: setup
+	.venv/bin/ruff check .
 	$(PY) -m pytest -q
 
 # Skip the slow ones (real models and servers) while editing.
 test-fast: setup
+	.venv/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow"
 
 clean-demo:

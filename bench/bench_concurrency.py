@@ -20,14 +20,14 @@ import argparse
 import os
 import platform
 import re
+import runpy
 import statistics
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 SECTION = "## LLM client concurrency (bench/bench_concurrency.py)"  # + ": fake server" / ": real server"
 
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_url:
         base_url, target = args.base_url, f"server at {args.base_url} ({args.max_tokens} tokens per reply)"
     else:
-        from fake_openai_server import FakeOpenAIServer
-
+        # tests/ is not a package: the fake server's module is run from its path
+        FakeOpenAIServer = runpy.run_path(str(ROOT / "tests" / "fake_openai_server.py"))["FakeOpenAIServer"]
         server = FakeOpenAIServer(slots=args.slots, delay=args.delay).start()
         base_url = server.url
         target = f"fake server, {args.slots} slots, {args.delay * 1000:.0f} ms per request"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import statistics
 import sys
 import tempfile
@@ -25,8 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 TEXTS = ["Grandma's pancakes: mix 2 cups flour, 2 eggs, 1.5 cups milk and a pinch of salt. Fry in butter on "
          "medium heat, 2 minutes a side. Serves 4.",
@@ -123,7 +122,9 @@ def main() -> int:
     import torch
 
     from distill.tasks import load_task
-    from train_helpers import smollm2_folder, tiny_model_folder
+
+    helpers = runpy.run_path(str(ROOT / "tests" / "train_helpers.py"))  # tests/ is not a package
+    smollm2_folder, tiny_model_folder = helpers["smollm2_folder"], helpers["tiny_model_folder"]
 
     torch.set_num_threads(1)  # the same CPU budget for every row
     schema = load_task("recipe").schema

@@ -40,7 +40,6 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 CASES = ("base", "synthetic", "real", "mixed", "teacher")
 

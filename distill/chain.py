@@ -288,19 +288,6 @@ def load_chain_predictor(chain_dir: str | Path, *, model_id: str | None = None, 
     return pred
 
 
-def price_report(task: Task, outputs: list[Any], references: list[dict | None]) -> dict | None:
-    """The task's price validation over predictions (None when the task declares no price_check)."""
-    pc = task.extra.get("price_check")
-    if not pc:
-        return None
-    from .menu import load_menu, price_check, summarize_price_checks
-
-    menu = load_menu(task.dir / pc["menu"])
-    checks = [price_check(menu, o if isinstance(o, dict) else None, r, items=pc["items"], total=pc["total"],
-                          tolerance=float(pc.get("tolerance", 0.01))) for o, r in zip(outputs, references)]
-    return summarize_price_checks(checks) | {"menu": pc["menu"]}
-
-
 def chain_task_for(dataset_dir: str | Path, mode: str = "auto") -> Task | None:
     """05's --chain: the task to train as a chain, or None to train one model.
 

@@ -11,7 +11,6 @@ from typing import Callable
 
 from .io import StageError
 
-
 # argparse types: a bad value becomes argparse's one-line "error: argument --x: ..." and exit 2.
 
 def non_negative_int(text: str) -> int:
@@ -65,13 +64,17 @@ def http_url(text: str) -> str:
 
 
 def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) -> None:
+    # Deferred: only the scripts that talk to a teacher (02, 03) import the client.
+    from .llm import LLMConfig
+
+    defaults = LLMConfig()  # the LM Studio defaults (URL, key) live in the client's config
     g = p.add_argument_group("teacher server (any OpenAI-compatible endpoint)")
-    g.add_argument("--base-url", type=http_url, default=os.environ.get("OPENAI_BASE_URL", "http://localhost:1234/v1"),
+    g.add_argument("--base-url", type=http_url, default=os.environ.get("OPENAI_BASE_URL", defaults.base_url),
                    help="server URL: LM Studio http://localhost:1234/v1 (default), Ollama http://localhost:11434/v1, "
                         "vLLM http://localhost:8000/v1, llama-server http://localhost:8080/v1")
     g.add_argument("--model", default="",
                    help="model id as the server names it, e.g. qwen3-14b (default: the first model the server lists)")
-    g.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "lm-studio"),
+    g.add_argument("--api-key", default=defaults.api_key,
                    help="API key (default: $OPENAI_API_KEY, else 'lm-studio'; local servers ignore it)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     g.add_argument("--max-tokens", type=positive_int, default=default_max_tokens,

@@ -676,14 +676,14 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
         # a field's first row stays when no run has a mean (n=0 everywhere): its outcome rows follow it
         if method in LIST_METHODS:
             add(f"{name} F1", _num3, "fields", name, "f1", always=True)
-            add(f"  precision", _num3, "fields", name, "precision")
-            add(f"  recall", _num3, "fields", name, "recall")
+            add("  precision", _num3, "fields", name, "precision")
+            add("  recall", _num3, "fields", name, "recall")
         elif method == "text":
             add(f"{name} similarity", _num3, "fields", name, "score", always=True)
-            add(f"  exact match", _pct, "fields", name, "exact")
+            add("  exact match", _pct, "fields", name, "exact")
         elif method == "mae":
             add(f"{name} MAE", _num2, "fields", name, "mae", always=True)
-            add(f"  RMSE", _num2, "fields", name, "rmse")
+            add("  RMSE", _num2, "fields", name, "rmse")
             dims = sorted({d for e in evals for d in (_get(e, "aggregate", "fields", name, "dims") or {})})
             if len(dims) > 1 or (dims and dims[0] != name):
                 for d in dims:
@@ -940,7 +940,7 @@ def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluatio
         lines += _worst_md(e, n_worst)
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
-    from .review import write_eval_review   # review.html: every example next to its input
+    from .review import write_eval_review  # review.html: every example next to its input
 
     write_eval_review(out_dir, evals, title)
     return path

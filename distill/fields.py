@@ -20,6 +20,15 @@ _ISO = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.
 _HUMAN = re.compile(r"(\d+(?:\.\d+)?)\s*(days?|d|hours?|hrs?|h|minutes?|mins?|m)\b", re.I)
 
 
+def iso_duration_minutes(text: str) -> float | None:
+    """An ISO 8601 duration ("PT1H20M", "P0DT0H20M", "PT90M") as minutes; None if the text is not one."""
+    m = _ISO.match(text.strip())
+    if not m or not any(m.groups()):
+        return None
+    d, h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+    return d * 1440 + h * 60 + mi + sec / 60
+
+
 def to_minutes(value: Any) -> float | None:
     """ISO 8601 duration ("PT1H20M"), human text ("1 hr 20 mins") or a number -> minutes."""
     if value is None or isinstance(value, bool):
@@ -29,10 +38,9 @@ def to_minutes(value: Any) -> float | None:
     s = str(value).strip()
     if not s:
         return None
-    m = _ISO.match(s)
-    if m and any(m.groups()):
-        d, h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
-        return d * 1440 + h * 60 + mi + sec / 60
+    iso = iso_duration_minutes(s)
+    if iso is not None:
+        return iso
     total, found = 0.0, False
     for num, unit in _HUMAN.findall(s):
         found = True

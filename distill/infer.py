@@ -1,6 +1,6 @@
 """Running a model on extraction inputs: the one inference path of 07_evaluate.py and 08_extract.py.
 
-What is evaluated is what users run, so both scripts call :func:`load_predictor`::
+What is evaluated is what users run: 08 and 07 (through distill.evaluate) open models with :func:`load_predictor`::
 
     with load_predictor("models/student") as pred:          # adapter or merged folder from 05
         for p in pred.predict(texts):

@@ -230,7 +230,6 @@ from .io import read_json, stable_hash, write_json  # noqa: E402
 from .pages import REAL_STYLE  # noqa: E402
 from .synth import text_sha256  # noqa: E402
 
-
 VERDICTS = ("accepted", "rejected", "unverified", "failed")
 
 

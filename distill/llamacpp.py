@@ -106,11 +106,6 @@ def llama_cpp_dir() -> Path:
     return folder
 
 
-def converter_dir() -> Path:
-    """Folder holding ``convert_hf_to_gguf.py`` and its ``gguf-py`` (same as :func:`llama_cpp_dir`)."""
-    return llama_cpp_dir()
-
-
 def unsloth_env() -> dict[str, str]:
     """Environment for Unsloth's ``save_pretrained_gguf`` to use our llama.cpp, offline, never installing."""
     folder = llama_cpp_dir()

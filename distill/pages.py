@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fields import is_blank, minutes_to_iso
+from .fields import is_blank, iso_duration_minutes, minutes_to_iso
 from .io import StageError, stable_hash
 
 # The style of an input that is a page's own text (02 passes it on, no teacher writes it).
@@ -313,20 +313,14 @@ def _strings(v: Any) -> list[str]:
     return [x for x in (clean_string(y) for y in v) if x]
 
 
-_ISO_RE = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$", re.I)
-
-
 def iso_minutes(v: Any) -> int | None:
     """An ISO 8601 duration ('PT1H30M', 'P0DT0H20M', 'PT90M') as minutes; None if absent or not one."""
     if isinstance(v, list):
         v = next((x for x in v if x), None)
     if not isinstance(v, str):
         return None
-    m = _ISO_RE.match(v.strip())
-    if not m or not any(m.groups()):
-        return None
-    d, h, mi, s = (float(x) if x else 0.0 for x in m.groups())
-    return int(round(d * 1440 + h * 60 + mi + s / 60))
+    minutes = iso_duration_minutes(v)
+    return None if minutes is None else int(round(minutes))
 
 
 def _yield(v: Any) -> str | int | None:
@@ -522,7 +516,7 @@ def import_pages(pages_dir: str | Path, task) -> tuple[list[dict], dict]:
         page = load_page(path, task, name=rel)
 
         def skip(reason: str) -> None:
-            skipped.setdefault(reason, []).append(rel)
+            skipped.setdefault(reason, []).append(rel)  # noqa: B023 - called within this iteration only
 
         if page.markup is None:
             skip("no_markup")

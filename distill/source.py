@@ -477,7 +477,7 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
     merged_groups = 0
     records: list[dict] = []
 
-    for line_no, row in enumerate(rows, 2):
+    for row in rows:
         key = tuple(cell.strip() for cell in row)
         if key in seen_rows:
             duplicates += 1
@@ -487,7 +487,7 @@ def clean_allrecipes_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
             unparseable["wrong_field_count"] += 1
             continue
         escapes += sum(len(_ESCAPE_RE.findall(cell)) for cell in row)
-        get = lambda col: row[idx[col]]  # noqa: E731
+        get = lambda col: row[idx[col]]  # noqa: E731, B023 - used within this iteration only
         name = clean_text(get("name"))
         group = clean_text(get("group"))
         ingredient_text = clean_text(get("ingredient"))

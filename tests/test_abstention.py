@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer
-from fake_teacher import OracleTeacher
-from test_stages_02_04 import outputs, run_02, run_03, run_04
-
 from distill import synth
 from distill.dataset import abstention_styles, cap_share
 from distill.labels import verify
 from distill.tasks import load_task
+from fake_openai_server import FakeOpenAIServer
+from fake_teacher import OracleTeacher
+from test_stages_02_04 import outputs, run_02, run_03, run_04
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = load_task("recipe")

@@ -379,7 +379,6 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback(tmp_path):
     # A stage whose cleanup after the first Ctrl-C is slow (stopping a server, say).
     code = (
         "import sys, time\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from distill.cli import run\n"
         "def main():\n"
         "    try:\n"
@@ -388,7 +387,8 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback(tmp_path):
         "        print('cleaning up', flush=True); time.sleep(60)\n"
         "sys.exit(run(main))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)  # `python -c` puts the working directory first on the import path
     assert proc.stdout.readline().strip() == "running"
     proc.send_signal(signal.SIGINT)
     assert proc.stdout.readline().strip() == "cleaning up"

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from distill.chain import ChainPredictor, chain_task_for, step_rows, step_target
+from distill.evaluate import aggregate, score_example
+from distill.io import StageError, read_jsonl
+from distill.tasks import load_task
 from fake_openai_server import FakeOpenAIServer
 from fake_teacher import OracleTeacher
 from task_oracles import coffee_label, coffee_post
 from test_tasks_shipped import run_02_04
 from train_helpers import tiny_model_folder
-
-from distill.chain import ChainPredictor, chain_task_for, price_report, step_rows, step_target
-from distill.io import StageError, read_jsonl
-from distill.tasks import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,9 @@ def test_chain_predictor_runs_end_to_end(coffee_chain):
         preds = pred.predict([r["text"] for r in test], progress=False)
         assert len(pred.last_steps) == len(test) and all(len(s) == 1 for s in pred.last_steps)
     assert [p.text for p in preds] == [r["text"] for r in test]
-    rep = price_report(load_task("coffee_order"), [p.output for p in preds], [r["reference"] for r in test])
+    task = load_task("coffee_order")
+    rep = aggregate([score_example(p.output, r["reference"], task, r["text"]) for p, r in zip(preds, test)],
+                    task)["price_check"]
     assert rep["n"] == len(test) and set(rep) >= {"priced_rate", "consistent_rate", "correct_rate"}
 
 

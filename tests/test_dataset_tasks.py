@@ -1,7 +1,6 @@
 """Splitting, dedupe and chat rows (04), and task folder loading."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer, error, reply
-from fake_teacher import recipe_label, recipe_post
 
 from distill.io import write_jsonl, write_manifest
 from distill.tasks import load_task
+from fake_openai_server import FakeOpenAIServer, error, reply
+from fake_teacher import recipe_label, recipe_post
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = load_task("recipe")

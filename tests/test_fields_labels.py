@@ -416,8 +416,8 @@ def test_feedback_for_missing_and_omitted_fields_never_shows_the_source():
 
 
 def test_unverified_labels_are_done_but_counted_apart(tmp_path):
-    from distill.labels import format_report, is_done, report
     from distill.io import write_json
+    from distill.labels import format_report, is_done, report
 
     assert is_done({"verdict": "unverified"}) and is_done({"verdict": "accepted"})
     assert not is_done({"verdict": "failed"})

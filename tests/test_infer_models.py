@@ -8,7 +8,6 @@ decoding emits one token over and over, which would make "same output" a weak ch
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re

@@ -1,14 +1,13 @@
 """Stages 01 -> 04 against a real llama.cpp server serving the real SmolLM2-135M-Instruct GGUF."""
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from test_stages_02_04 import S02, S03, S04, outputs
-
-import importlib.util
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

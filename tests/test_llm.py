@@ -563,7 +563,7 @@ def _ctrl_c_run():
         received = []
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            for item, result in run_concurrently(range(100), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
+            for item, _result in run_concurrently(range(100), lambda i: client.complete(MSGS), concurrency=2, desc="t"):
                 received.append(item)
                 if len(received) == 3:
                     # A real KeyboardInterrupt, delivered to the main thread as Ctrl-C is; tied to

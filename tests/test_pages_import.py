@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer
-from fake_teacher import OracleTeacher
-
 from distill import labels as L
 from distill import synth
 from distill.pages import import_pages, page_text
 from distill.tasks import load_task
+from fake_openai_server import FakeOpenAIServer
+from fake_teacher import OracleTeacher
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = Path(__file__).resolve().parent / "data" / "pages_import"

@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 
 from distill.io import StageError
-from distill.pages import (find_markup, focus, list_pages, load_page, markup_to_output, page_text,
-                           reference_from_json, visible_text)
+from distill.pages import (
+    find_markup,
+    focus,
+    list_pages,
+    load_page,
+    markup_to_output,
+    page_text,
+    reference_from_json,
+    visible_text,
+)
 from distill.tasks import load_task
 
 PAGES = Path(__file__).resolve().parent / "data" / "pages"

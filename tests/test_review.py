@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer
-from fake_teacher import OracleTeacher
-from review_helpers import RECIPE, SCRIPT, Student, make_dataset
 
 from distill import fields as F
 from distill import review as R
 from distill.evaluate import aggregate, load_adversarial, load_eval, score_case
 from distill.tasks import list_tasks, load_task
+from fake_openai_server import FakeOpenAIServer
+from fake_teacher import OracleTeacher
+from review_helpers import RECIPE, SCRIPT, Student, make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tasks" / "recipe" / "sample.csv"
@@ -380,7 +380,7 @@ def test_page_in_headless_chromium_filters_escapes_and_screenshots(browser, eval
     assert SCRIPT in pre.text
     assert b.execute_script("return document.scripts.length") == 2
     with pytest.raises(NoAlertPresentException):
-        b.switch_to.alert.text
+        b.switch_to.alert.text  # noqa: B018 - reading the alert raises when there is none
     marks = [m.text for m in pre.find_elements(By.TAG_NAME, "mark")]
     assert "1 1/2 cups flour" in marks and "2 eggs" in marks
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, error, hang, json_reply, reply
+from fake_openai_server import FakeOpenAIServer, error, hang, reply
 from fake_teacher import OracleTeacher
 
 ROOT = Path(__file__).resolve().parent.parent

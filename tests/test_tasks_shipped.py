@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer
-from fake_teacher import OracleTeacher
-from task_oracles import ORACLES, coffee_label, coffee_post, coffee_simplified_label, parse_line
-
 from distill import labels
 from distill.io import StageError
 from distill.menu import load_menu, price_check, price_order
 from distill.source import load_records
 from distill.tasks import describe_tasks, list_tasks, load_task
+from fake_openai_server import FakeOpenAIServer
+from fake_teacher import OracleTeacher
+from task_oracles import ORACLES, coffee_label, coffee_post, coffee_simplified_label, parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TASKS = ["coffee_order", "gtm_intent", "article_scores"]

@@ -1,4 +1,5 @@
 """TrainConfig: the one source of 05/06 flags, sweep.yaml names and the notebook settings."""
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -6,9 +7,10 @@ import pytest
 import yaml
 
 from distill.io import StageError
-from distill.train.config import TrainConfig, config_from_args, config_from_mapping, field_names
+from distill.train.config import TrainConfig, config_from_args, config_from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def _script(name):
@@ -35,7 +37,7 @@ def test_seed_flags_and_defaults(script):
     for k, v in SEED_DEFAULTS.items():
         assert getattr(cfg, k) == v, k
     help_text = parser.format_help()
-    for name in field_names():
+    for name in FIELDS:
         assert f"--{name.replace('_', '-')}" in help_text
 
 
@@ -67,7 +69,7 @@ def test_every_sweep_parameter_is_a_training_flag_and_overrides():
     assert sweep["method"] == "bayes"
     assert sweep["metric"] == {"name": "eval/loss", "goal": "minimize"}
     params = sweep["parameters"]
-    assert set(params) <= set(field_names())
+    assert set(params) <= set(FIELDS)
     assert set(params) == {"learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "batch_size",
                            "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type",
                            "use_rslora"}

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import make_toy_dataset, smollm2_folder, toy_rows
 
 from distill.io import StageError
 from distill.train import data
+from train_helpers import make_toy_dataset, smollm2_folder, toy_rows
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+
 from train_helpers import make_toy_dataset, tiny_model_folder
 
 

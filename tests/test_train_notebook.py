@@ -1,5 +1,6 @@
 """finetune.ipynb: matches its generator, installs like Unsloth's Colab notebooks, and runs top to bottom
 under Colab conditions on CPU (nbclient, the package installed from its wheel, no llama.cpp tools)."""
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -12,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from train_helpers import make_toy_dataset, tiny_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,10 +44,10 @@ def test_committed_notebook_matches_generator():
 
 
 def test_notebook_settings_cover_every_training_flag():
-    from distill.train.config import field_names
+    from distill.train.config import TrainConfig
 
     src = _cell(json.loads((ROOT / "finetune.ipynb").read_text()), "settings")
-    for name in field_names():
+    for name in (f.name for f in dataclasses.fields(TrainConfig)):
         assert f"    {name}=" in src
     assert "    backend='unsloth'," in src  # forced: never a silent fallback to CPU training on Colab
 
@@ -121,8 +123,10 @@ def test_install_cell_keeps_colabs_torch(torch_version, xformers):
 
 def test_wheel_holds_the_package_and_the_pins(tmp_path):
     gen = _generator()
+    # The source tree gets no build/ and no new egg-info (`pip install -e .` leaves distill.egg-info there).
+    eggs = sorted(ROOT.glob("*.egg-info"))
     wheel = gen.build_wheel(tmp_path)
-    assert not (ROOT / "build").exists() and not list(ROOT.glob("*.egg-info"))
+    assert not (ROOT / "build").exists() and sorted(ROOT.glob("*.egg-info")) == eggs
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
@@ -134,6 +138,9 @@ def test_wheel_holds_the_package_and_the_pins(tmp_path):
                if ln.strip() and not ln.startswith("#")]
     assert [r for r in requires if "extra ==" not in r] == runtime
     assert any(r.startswith("unsloth==") and 'extra == "train"' in r for r in requires)
+    # The other extras come from their requirements files too: the CPU training stack and the dev tools.
+    assert any(r.startswith("trl==") and 'extra == "train-cpu"' in r for r in requires)
+    assert any(r.startswith("ruff==") and 'extra == "dev"' in r for r in requires)
 
 
 def _hide_llama_cpp(root: Path) -> Path:

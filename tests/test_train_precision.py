@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import make_toy_dataset, tiny_model_folder
 
 from distill.io import StageError
 from distill.train import precision
 from distill.train.config import TrainConfig
+from train_helpers import make_toy_dataset, tiny_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

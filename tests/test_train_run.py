@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from train_helpers import make_toy_dataset, smollm2_folder, tiny_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,19 +175,15 @@ def test_padding_free_batches_train_through_each_backend(workdir, backend):
 
 
 def _gguf_vocab(path):
-    import importlib
-    import sys as _sys
+    """The GGUF's token strings, read by llama.cpp's own gguf-py (the converter's; PyPI's is older)."""
+    from distill.llamacpp import llama_cpp_dir
 
-    from distill.llamacpp import converter_dir
-
-    _sys.path.insert(0, str(converter_dir() / "gguf-py"))  # the converter's own gguf-py reads new GGUFs
-    try:
-        gguf = importlib.import_module("gguf")
-        reader = gguf.GGUFReader(str(path))
-        field = reader.fields["tokenizer.ggml.tokens"]
-        return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
-    finally:
-        _sys.path.remove(str(converter_dir() / "gguf-py"))
+    code = ("import json, sys, gguf\n"
+            "field = gguf.GGUFReader(sys.argv[1]).fields['tokenizer.ggml.tokens']\n"
+            "print(json.dumps([bytes(field.parts[i]).decode('utf-8', 'replace') for i in field.data]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(llama_cpp_dir() / "gguf-py")))
+    return json.loads(proc.stdout)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from train_helpers import make_toy_dataset, tiny_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent

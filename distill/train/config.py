@@ -2,7 +2,7 @@
 
 Litgpt-style: every field documents itself (``metadata["help"]``), ``__post_init__``
 rejects impossible combinations with a message that says which flag to change, and
-:func:`make_parser` builds the argparse flags from the fields, so a new setting is one
+:func:`add_config_args` builds the argparse flags from the fields, so a new setting is one
 new field. Flags are kebab-case (``--lora-rank``) and also accept the snake_case form
 (``--lora_rank=64``) that ``wandb agent`` passes to the program.
 """
@@ -57,7 +57,8 @@ class TrainConfig:
     weight_decay: float = _f(0.001, "AdamW weight decay", "train")
     warmup_steps: int = _f(5, "linear warm-up updates", "train")
     lr_scheduler_type: str = _f("linear", "learning-rate schedule", "train", SCHEDULERS)
-    optimizer: str = _f("adamw_8bit", "optimiser; adamw_8bit needs CUDA + bitsandbytes (mapped to adamw_torch elsewhere, with a notice)", "train", OPTIMIZERS)
+    optimizer: str = _f("adamw_8bit", "optimiser; adamw_8bit needs CUDA + bitsandbytes (mapped to adamw_torch elsewhere, "
+                        "with a notice)", "train", OPTIMIZERS)
     precision: str = _f("auto", "number format of the matmuls: auto = bfloat16 on a CPU with native bfloat16 "
                         "(AVX512-BF16, AMX, Arm BF16; weights and optimizer state stay float32), float32 on "
                         "other CPUs; on a GPU what Unsloth/TRL pick (bf16, else fp16); fp32 = float32 everywhere",
@@ -70,10 +71,12 @@ class TrainConfig:
     # -- outputs
     output_dir: str = _f("outputs", "trainer checkpoints and logs", "output")
     save_steps: int = _f(0, "write a checkpoint to --output-dir every N updates (0 = none; the last 2 are kept)", "output")
-    resume: bool = _f(False, "continue from the newest checkpoint in --output-dir (e.g. after a Colab disconnect); none there = a fresh start", "output")
+    resume: bool = _f(False, "continue from the newest checkpoint in --output-dir (e.g. after a Colab disconnect); "
+                      "none there = a fresh start", "output")
     save_dir: str = _f("gemma-3", "final LoRA adapter, tokenizer, distill_config.json, history.json, loss.png", "output")
     save_merged: bool = _f(False, "also save the merged 16-bit model in <save-dir>/merged", "output")
-    save_gguf: bool = _f(False, "also export a GGUF to <save-dir>/gguf (+ an Ollama Modelfile; llama.cpp's converter, or Unsloth's exporter where no local llama.cpp is installed)", "output")
+    save_gguf: bool = _f(False, "also export a GGUF to <save-dir>/gguf (+ an Ollama Modelfile; llama.cpp's converter, "
+                         "or Unsloth's exporter where no local llama.cpp is installed)", "output")
     gguf_quantization: str = _f("Q8_0", "GGUF type written by --save-gguf", "output", GGUF_QUANTS)
     skip_inference_test: bool = _f(False, "skip the post-training test on a few test.jsonl examples", "output")
     inference_examples: int = _f(3, "how many test.jsonl examples the inference test runs", "output")
@@ -200,7 +203,3 @@ def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = No
     if base is not None and "lora_rank" in values and "lora_alpha" not in values and base.lora_alpha == base.lora_rank:
         kw["lora_alpha"] = None  # alpha follows rank unless it was set on its own
     return TrainConfig(**kw)
-
-
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]

