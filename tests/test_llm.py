@@ -114,18 +114,12 @@ def test_plain_completion_fields_and_request_body(fake_server):
 
 
 def test_api_key_sent_as_bearer_token(monkeypatch):
-    seen = {}
-
-    def handler(body):
-        return "ok"
-
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
-    with FakeOpenAIServer(handler) as srv:
-        client = make_client(srv.url)
-        # capture the header through httpx's event hook: the fake server only records bodies
-        client._http.event_hooks["request"].append(lambda r: seen.update(auth=r.headers["authorization"]))
-        client.complete(MSGS)
-    assert seen["auth"] == "Bearer sk-local-test"
+    # the server answers 401 unless the header is exactly "Authorization: Bearer sk-local-test"
+    with FakeOpenAIServer(api_key="sk-local-test") as srv:
+        assert make_client(srv.url).complete(MSGS).content
+        with pytest.raises(LLMAuthError):
+            make_client(srv.url, api_key="sk-other").complete(MSGS)
     monkeypatch.delenv("OPENAI_API_KEY")
     assert LLMConfig().api_key == "lm-studio"
 
