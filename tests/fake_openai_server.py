@@ -103,6 +103,12 @@ def echo_handler(body: dict) -> str:
     return str(users[-1]) if users else ""
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a client opening hundreds of connections at once would
+    # see refused connections a real server (uvicorn: 2048) never gives.
+    request_queue_size = 1024
+
+
 class FakeOpenAIServer:
     """Context manager running the fake server; ``url`` is the OpenAI base URL (ends in /v1)."""
 
@@ -229,7 +235,7 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): nothing to do
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True  # a hanging handler never blocks teardown
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
