@@ -377,6 +377,18 @@ class _OpenAI(openai.AsyncOpenAI):
         return delay
 
 
+_LANE = 8  # connections per lane (see LLMClient.__init__)
+
+
+@dataclass(eq=False)
+class _Lane:
+    sdk: "_OpenAI"
+    active: int = 0  # requests in flight
+
+    def load(self) -> int:
+        return self.active
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether a connect error was a refused connection (nothing listens on the port). The async
     transport wraps the OSError ("All connection attempts failed"), so the chain is searched."""
@@ -407,32 +419,48 @@ class LLMClient:
         self.config = config or LLMConfig()
         self.model = self.config.model
         cfg = self.config
-        # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is a
-        # classic cause of baffling 502s, so the environment is only trusted for remote servers.
+        # Requests in flight are spread over lanes of at most _LANE connections, each lane its own
+        # AsyncOpenAI with its own connection pool: httpcore's pool scans all its connections
+        # for every request and every reply (work quadratic in the pool's size: 64 connections
+        # in one pool cost ~25 ms of CPU per request), so many small pools beat one large one.
         n = max(int(cfg.concurrency), 1)
-        self._sdk = _OpenAI(
-            distill_config=cfg,
-            base_url=cfg.base_url,
-            api_key=cfg.api_key,
-            timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
-            max_retries=cfg.retries,
-            http_client=openai.DefaultAsyncHttpxClient(
-                trust_env=not _is_local(cfg.base_url),
-                # every request in flight keeps its connection alive for the next one: opening
-                # connections again costs more client CPU than the request itself
-                limits=httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8),
-            ),
-        )
+        self._lanes = [_Lane(self._sdk_client(min(_LANE, n))) for _ in range(-(-n // _LANE))]
         self._http_sync: httpx.Client | None = None
         # The response_format mode that works on this server; None until the first probe.
         self._mode: str | None = None if cfg.response_format == "auto" else cfg.response_format
         self._mode_lock = asyncio.Lock()  # bound to event_loop() on first use
         self._model_lock = asyncio.Lock()
 
+    def _sdk_client(self, connections: int) -> "_OpenAI":
+        cfg = self.config
+        return _OpenAI(
+            distill_config=cfg,
+            base_url=cfg.base_url,
+            api_key=cfg.api_key,
+            timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
+            max_retries=cfg.retries,
+            http_client=openai.DefaultAsyncHttpxClient(
+                # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is
+                # a classic cause of baffling 502s, so the environment is only trusted for remote servers.
+                trust_env=not _is_local(cfg.base_url),
+                # every connection stays open for the lane's next request: opening one costs more
+                # client CPU than the request itself
+                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            ),
+        )
+
+    def _lane(self) -> "_Lane":
+        """The lane with the fewest requests in flight (only touched on the event loop thread)."""
+        return min(self._lanes, key=_Lane.load)
+
     # -- lifecycle
 
     def close(self) -> None:
-        run_sync(self._sdk.close())
+        async def close_all() -> None:
+            for lane in self._lanes:
+                await lane.sdk.close()
+
+        run_sync(close_all())
         if self._http_sync is not None:
             self._http_sync.close()
 
@@ -490,7 +518,7 @@ class LLMClient:
     async def amodels(self) -> list[str]:
         """Model ids the server lists (GET /models). Raises LLMUnavailable if it is down."""
         try:
-            resp = await self._sdk.get("/models", cast_to=httpx.Response)
+            resp = await self._lanes[0].sdk.get("/models", cast_to=httpx.Response)
         except openai.OpenAIError as exc:
             raise self._error(exc, "GET", "/models") from None
         try:
@@ -550,8 +578,10 @@ class LLMClient:
         state = _ProbeState() if probing and schema is not None and mode != "prompt" else None
         token = _probe.set(state)
         started = time.monotonic()
+        lane = self._lane()
+        lane.active += 1
         try:
-            raw = await self._sdk.chat.completions.with_raw_response.create(
+            raw = await lane.sdk.chat.completions.with_raw_response.create(
                 model=self.model or "default", messages=messages, temperature=cfg.temperature,
                 max_tokens=cfg.max_tokens, stream=False, extra_body=extra, **optional)
         except openai.APIStatusError as exc:
@@ -569,6 +599,7 @@ class LLMClient:
         except openai.OpenAIError as exc:
             raise self._error(exc, "POST", "/chat/completions") from None
         finally:
+            lane.active -= 1
             _probe.reset(token)
         data, choice, message = _parse_chat_response(raw.http_response)
         if probing and schema is not None and self._mode is None:

@@ -314,3 +314,23 @@ def fake_server() -> Iterator[FakeOpenAIServer]:
     """A started FakeOpenAIServer in echo mode; set ``.handler`` or ``push()`` behaviours in the test."""
     with FakeOpenAIServer() as srv:
         yield srv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve in a process of its own (bench/bench_concurrency.py: the client's CPU is then its own):
+    prints the base URL on one line, serves until stdin closes."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="the fake OpenAI-compatible server, echoing")
+    p.add_argument("--slots", type=int, default=None, help="requests served at once (default: unbounded)")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds each request takes")
+    args = p.parse_args(argv)
+    with FakeOpenAIServer(slots=args.slots, delay=args.delay) as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()  # the parent closes our stdin (or exits) to stop us
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
