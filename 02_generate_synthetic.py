@@ -99,9 +99,8 @@ def _main(args) -> int:
         if todo:
             client.ping()
 
-            def work(item):
-                c = client.complete(item.messages, seed=item.seed)
-                return c
+            async def work(item):  # on the client's event loop: --concurrency requests in flight
+                return await client.acomplete(item.messages, seed=item.seed)
 
             for item, res in run_concurrently(todo, work, concurrency=args.concurrency, desc="02 synthesize"):
                 if isinstance(res, LLMError):

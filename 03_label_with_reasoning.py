@@ -134,8 +134,9 @@ def _main(args) -> int:
             labeling.write_label(out, labeling.label_from_record(it, task))
         if todo:
             client.ping()
-            def label(it):
-                return labeling.label_item(client, task, it, args.feedback_rounds, previous=previous[it.id])
+
+            async def label(it):  # on the client's event loop: --concurrency labels in flight
+                return await labeling.label_item(client, task, it, args.feedback_rounds, previous=previous[it.id])
 
             for item, res in run_concurrently(todo, label, concurrency=args.concurrency, desc="03 label"):
                 if isinstance(res, LLMError):

@@ -1,27 +1,31 @@
-"""Benchmark: does distill.llm's bounded thread pool actually use a server's parallel slots?
+"""Benchmark: does distill.llm keep a server's parallel slots busy, and at what client CPU cost?
 
-Times M requests at concurrency 1 and at concurrency N through the real client path
-(LLMClient.complete inside run_concurrently), repeats a few times, prints the medians and the
-speed-up, and writes a section into BENCHMARKS.md (other sections are kept).
+For each server size (--slots) and each --concurrency, times M chat requests through the real
+client path (``LLMClient.acomplete`` in ``run_concurrently``, as 02/03/07/08 run them) and
+reports the wall time against the ideal, and the client's CPU time per request.
 
-By default it runs against the fault-injecting fake server (tests/fake_openai_server.py) with
-N slots and a fixed delay per request, so the ideal speed-up is exactly N and anything below it
-is client overhead. Point --base-url at a real server to measure that instead
-(e.g. llama-server -np 4 → --slots 4); the fake server is then not started.
+By default it runs against the fake server (tests/fake_openai_server.py) started in a process
+of its own, with N slots and a fixed latency per request. The ideal time is then exact:
+ceil(M / min(concurrency, slots)) x latency, and "capacity used" = ideal / wall time is what the
+client achieves of what the server offers. Client CPU = this process's CPU time (both threads:
+the caller and the event loop) over the run, per request; the server's CPU is not in it.
+M defaults to --waves x concurrency (at least --min-requests), so every point takes about
+--waves latencies when the client keeps up. Point --base-url at a real server to measure that
+instead (one --slots value: what the server was started with); the fake server is not started.
 
 Usage:
-    python bench/bench_concurrency.py                       # fake server, 4 slots, 40 requests x 3
-    python bench/bench_concurrency.py --slots 8 --requests 80 --delay 0.1
-    python bench/bench_concurrency.py --base-url http://localhost:8080/v1 --slots 4 --requests 16 --no-write
+    python bench/bench_concurrency.py                       # the grid: 256 and 512 slots, 1 s, c=1..512
+    python bench/bench_concurrency.py --slots 64 --concurrency 64 --delay 0.2 --requests 64 --no-write
+    python bench/bench_concurrency.py --base-url http://localhost:8000/v1 --slots 256 --concurrency 1 64 256 --no-write
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import re
-import runpy
-import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -36,10 +40,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("Usage:")[1])
     g = p.add_argument_group("workload")
-    g.add_argument("--requests", type=int, default=40, help="requests per timed run (M)")
-    g.add_argument("--slots", type=int, default=4, help="server parallel slots = the concurrency compared with 1 (N)")
-    g.add_argument("--delay", type=float, default=0.05, help="fake server: seconds each request takes")
-    g.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the median is reported")
+    g.add_argument("--slots", type=int, nargs="+", default=[256, 512], help="server parallel slots, one grid row each")
+    g.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256, 512],
+                   help="requests in flight, one grid column each")
+    g.add_argument("--delay", type=float, default=1.0, help="fake server: seconds each request takes")
+    g.add_argument("--requests", type=int, default=0, help="requests per point (0 = --waves x concurrency)")
+    g.add_argument("--waves", type=int, default=2, help="with --requests 0: requests = waves x concurrency")
+    g.add_argument("--min-requests", type=int, default=16, help="with --requests 0: at least this many per point")
     g = p.add_argument_group("server")
     g.add_argument("--base-url", default="", help="a real OpenAI-compatible server ('' = start the fake server)")
     g.add_argument("--model", default="", help="model id for --base-url ('' = the first one the server lists)")
@@ -51,20 +58,45 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def time_run(client, requests: int, concurrency: int) -> float:
+class FakeServerProcess:
+    """tests/fake_openai_server.py in a child process: its threads' CPU is not the client's."""
+
+    def __init__(self, slots: int, delay: float):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "fake_openai_server.py"), "--slots", str(slots), "--delay", str(delay)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = (self.proc.stdout.readline() if self.proc.stdout else "").strip()
+        if not self.url.startswith("http"):
+            self.stop()
+            raise RuntimeError("the fake server did not start (see its error above)")
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()  # it serves until stdin closes
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def time_run(client, requests: int, concurrency: int) -> tuple[float, float, Counter]:
+    """(wall s, client CPU s, failures by reason) for ``requests`` requests, ``concurrency`` in flight."""
     from distill.llm import LLMError, run_concurrently
 
     # A prompt no model finishes within a small max_tokens: every real reply is exactly max_tokens
     # long ("length"), so runs compare the same amount of generation. The fake server just echoes.
     msgs = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
-    t0 = time.perf_counter()
+
+    async def ask(i: int):
+        return await client.acomplete(msgs)
+
     failed: Counter = Counter()
-    for _, res in run_concurrently(range(requests), lambda i: client.complete(msgs), concurrency, desc=f"c={concurrency}"):
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for _, res in run_concurrently(range(requests), ask, concurrency, desc=f"c={concurrency}", progress=False):
         if isinstance(res, LLMError) and res.reason != "length":
             failed[res.reason] += 1
-    if failed:
-        print(f"  warning: failed requests at concurrency {concurrency}: {dict(failed)}", file=sys.stderr)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - cpu0, failed
 
 
 def update_section(path: Path, title: str, body: str) -> None:
@@ -85,71 +117,66 @@ def update_section(path: Path, title: str, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    if min(args.requests, args.slots, args.repeats) < 1 or args.delay < 0:
-        print("error: --requests, --slots and --repeats must be >= 1, --delay >= 0", file=sys.stderr)
+    if min(*args.slots, *args.concurrency, args.waves, args.min_requests) < 1 or args.delay < 0 or args.requests < 0:
+        print("error: --slots, --concurrency, --waves and --min-requests must be >= 1, --delay and --requests >= 0",
+              file=sys.stderr)
         return 1
-    os.environ.setdefault("TQDM_DISABLE", "1")  # bars would interleave with the timing lines
+    if args.base_url and len(args.slots) != 1:
+        print("error: with --base-url give one --slots value (what the server runs with)", file=sys.stderr)
+        return 1
 
     from distill.llm import LLMClient, LLMConfig, LLMUnavailable
 
-    server = None
-    if args.base_url:
-        base_url, target = args.base_url, f"server at {args.base_url} ({args.max_tokens} tokens per reply)"
-    else:
-        # tests/ is not a package: the fake server's module is run from its path
-        FakeOpenAIServer = runpy.run_path(str(ROOT / "tests" / "fake_openai_server.py"))["FakeOpenAIServer"]
-        server = FakeOpenAIServer(slots=args.slots, delay=args.delay).start()
-        base_url = server.url
-        target = f"fake server, {args.slots} slots, {args.delay * 1000:.0f} ms per request"
-    try:
-        client = LLMClient(LLMConfig(base_url=base_url, model=args.model, max_tokens=args.max_tokens,
-                                     temperature=0.0, concurrency=args.slots, retries=1, timeout=120))
-        client.ping()
-        time_run(client, min(args.requests, 2 * args.slots), args.slots)  # warm up connections / server
-        results: dict[int, list[float]] = {}
-        for conc in (1, args.slots):
-            results[conc] = []
-            for r in range(args.repeats):
-                s = time_run(client, args.requests, conc)
-                results[conc].append(s)
-                print(f"concurrency {conc:>2}  run {r + 1}: {s:6.2f} s  ({args.requests / s:6.1f} req/s)")
-        client.close()
-    except LLMUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if server is not None:
-            server.stop()
+    rows = []  # (slots, concurrency, requests, ideal s or None, wall s, cpu s, failures)
+    for slots in args.slots:
+        server = None if args.base_url else FakeServerProcess(slots, args.delay)
+        base_url = args.base_url or server.url
+        try:
+            client = LLMClient(LLMConfig(base_url=base_url, model=args.model, max_tokens=args.max_tokens,
+                                         temperature=0.0, concurrency=max(args.concurrency), retries=1, timeout=120))
+            client.ping()
+            warm = min(max(args.concurrency), slots)
+            time_run(client, warm, warm)  # open the connections, import everything once
+            for conc in args.concurrency:
+                n = args.requests or max(args.waves * conc, args.min_requests)
+                wall, cpu, failed = time_run(client, n, conc)
+                ideal = None if args.base_url else math.ceil(n / min(conc, slots)) * args.delay
+                rows.append((slots, conc, n, ideal, wall, cpu, failed))
+                used = f", capacity used {ideal / wall:.2f}x (ideal {ideal:.2f} s)" if ideal else ""
+                print(f"slots {slots:>4}  concurrency {conc:>4}  {n:>5} requests: {wall:7.2f} s{used}, "
+                      f"client CPU {cpu / n * 1000:.2f} ms/request" + (f"  FAILED {dict(failed)}" if failed else ""),
+                      flush=True)
+            client.close()
+        except LLMUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if server is not None:
+                server.stop()
 
-    med1 = statistics.median(results[1])
-    medn = statistics.median(results[args.slots])
-    ratio = med1 / medn
-    ideal = ""
-    if server:
-        overhead_ms = (med1 - args.requests * args.delay) / args.requests * 1000
-        ideal = (f" (ideal {args.slots}.0x, client efficiency {ratio / args.slots:.0%}; "
-                 f"overhead {overhead_ms:.1f} ms per request over the server's {args.delay * 1000:.0f} ms)")
-    print(f"median: concurrency 1 {med1:.2f} s, concurrency {args.slots} {medn:.2f} s -> speed-up {ratio:.2f}x{ideal}")
-
-    reproduce = f"--slots {args.slots} --requests {args.requests} --repeats {args.repeats}" + (
-        f" --base-url {args.base_url}" if args.base_url else f" --delay {args.delay:g}")
+    target = (f"server at {args.base_url} ({args.max_tokens} tokens per reply)" if args.base_url
+              else f"the fake server in its own process, {args.delay * 1000:.0f} ms per request")
+    lines = ["| slots | concurrency | requests | ideal (s) | wall (s) | capacity used | client CPU (ms/request) | failed |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for slots, conc, n, ideal, wall, cpu, failed in rows:
+        lines.append(f"| {slots} | {conc} | {n} | {f'{ideal:.2f}' if ideal else '-'} | {wall:.2f} | "
+                     f"{f'{ideal / wall:.2f}x' if ideal else '-'} | {cpu / n * 1000:.2f} | {sum(failed.values())} |")
+    grid = " ".join(f"--{k} " + " ".join(map(str, getattr(args, k))) for k in ("slots", "concurrency"))
+    reproduce = f"{grid} --delay {args.delay:g}" + (f" --requests {args.requests}" if args.requests else "") + (
+        f" --base-url {args.base_url}" if args.base_url else "")
     body = f"""
-{args.requests} chat requests through `LLMClient.complete` in `run_concurrently`, {target};
-median of {args.repeats} runs (machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()};
+Chat requests through `LLMClient.acomplete` in `run_concurrently` (the openai SDK's `AsyncOpenAI` on one
+event loop), {target}. Capacity used = ideal time / wall time; client CPU = the benchmark process's CPU
+time per request (machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; \
 {time.strftime("%Y-%m-%d")}).
 
-| concurrency | median time (s) | requests/s |
-|---:|---:|---:|
-| 1 | {med1:.2f} | {args.requests / med1:.1f} |
-| {args.slots} | {medn:.2f} | {args.requests / medn:.1f} |
-
-Speed-up {ratio:.2f}x{ideal}.
+{chr(10).join(lines)}
 {("Server: " + args.note) if args.note else ""}
 Reproduce: `python bench/bench_concurrency.py {reproduce}`
 """
     if args.no_write:
         return 0
-    update_section(args.benchmarks_file, f"{SECTION}: {'fake server' if server else 'real server'}", body)
+    update_section(args.benchmarks_file, f"{SECTION}: {'real server' if args.base_url else 'fake server'}", body)
     print(f"wrote section to {args.benchmarks_file}")
     return 0
 

@@ -460,7 +460,8 @@ def _sse_events(resp) -> Any:
 
 
 def stream_post(client, url: str, body: dict, on_event) -> None:
-    """POST ``body`` with ``stream: true`` through ``client``'s HTTP pool; ``on_event(event)`` returning
+    """POST ``body`` with ``stream: true`` through ``client.http`` (llama.cpp's native endpoints are
+    not the OpenAI API, so the SDK is not involved); ``on_event(event)`` returning
     True closes the stream (the server stops generating when the connection drops).
 
     Errors map to the client's own: unreachable -> LLMUnavailable, others -> LLMError(reason)."""
@@ -469,7 +470,7 @@ def stream_post(client, url: str, body: dict, on_event) -> None:
     from .llm import LLMError, LLMUnavailable, _error_detail
 
     try:
-        with client._http.stream("POST", url, json=body | {"stream": True}) as resp:
+        with client.http.stream("POST", url, json=body | {"stream": True}) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 raise LLMError(f"http_{resp.status_code}", _error_detail(resp))

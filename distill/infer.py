@@ -236,7 +236,12 @@ class _Backend:
         """(messages, truncated, characters of the input kept)."""
         raise NotImplementedError
 
+    is_async = False  # True: agenerate() runs on distill.llm's event loop
+
     def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
+        raise NotImplementedError
+
+    async def agenerate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -339,23 +344,33 @@ class _ServerBackend(_Backend):
         cut, truncated = self.trunc(text, self.tok)
         return self.task.student_messages(cut), truncated, len(cut)
 
-    def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
+    @property
+    def is_async(self) -> bool:
+        """openai: replies come from the client's event loop (distill.llm), many in flight at once."""
+        return self.tok is None
+
+    async def agenerate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
+        """openai: the schema goes as response_format (LLMClient probes json_schema, json_object +
+        schema, none). Not streamed: the loop guard classifies the finished reply."""
         from .llm import LLMError
 
+        try:
+            c = await self.client.acomplete(messages, response_schema=self.schema)
+        except LLMError as exc:
+            if exc.completion is not None:  # length / empty: the server did answer
+                c = exc.completion
+                raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
+                # a reply that ran to the limit because it loops is counted as the loop it is
+                return raw, self.guard.check(raw) or c.finish_reason or exc.reason, c.usage
+            raise
+        raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
+        return raw, self.guard.check(raw) or c.finish_reason, c.usage
+
+    def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
         if self.tok is None:
-            # openai: the schema goes as response_format (LLMClient probes json_schema, json_object +
-            # schema, none). Not streamed: the loop guard classifies the finished reply.
-            try:
-                c = self.client.complete(messages, response_schema=self.schema)
-            except LLMError as exc:
-                if exc.completion is not None:  # length / empty: the server did answer
-                    c = exc.completion
-                    raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
-                    # a reply that ran to the limit because it loops is counted as the loop it is
-                    return raw, self.guard.check(raw) or c.finish_reason or exc.reason, c.usage
-                raise
-            raw = (f"<think>{c.reasoning}</think>\n" if c.reasoning else "") + c.content
-            return raw, self.guard.check(raw) or c.finish_reason, c.usage
+            from .llm import run_sync
+
+            return run_sync(self.agenerate(messages))
         # llama.cpp /completion with the training prompt as token ids: exact tokens, no second BOS,
         # no dependence on the GGUF's embedded template.
         # The answer comes back as token ids and is decoded by the training tokenizer, exactly as
@@ -461,23 +476,41 @@ class Predictor:
     def name(self) -> str:
         return self.backend.name
 
-    def _one(self, text: str) -> Prediction:
+    def _start(self, text: str) -> tuple[Prediction, list[dict]]:
         messages, truncated, kept = self.backend.prepare(text)
-        pred = Prediction(text=text, prompt_messages=messages, truncated_input=truncated, kept_chars=kept)
-        t0 = time.monotonic()
-        try:
-            raw, finish, usage = self.backend.generate(messages)
-        except Exception as exc:  # noqa: BLE001 - reported per input; unreachable servers are re-raised below
-            from .llm import LLMError, LLMUnavailable
+        return Prediction(text=text, prompt_messages=messages, truncated_input=truncated, kept_chars=kept), messages
 
-            if isinstance(exc, LLMUnavailable) or not isinstance(exc, LLMError):
-                raise
-            pred.parse_error, pred.latency_s = exc.reason, time.monotonic() - t0
-            return pred
+    def _failed(self, pred: Prediction, t0: float, exc: Exception) -> Prediction:
+        from .llm import LLMError, LLMUnavailable
+
+        if isinstance(exc, LLMUnavailable) or not isinstance(exc, LLMError):
+            raise exc  # unreachable servers and bugs stop the run; request failures are per input
+        pred.parse_error, pred.latency_s = exc.reason, time.monotonic() - t0
+        return pred
+
+    def _finish(self, pred: Prediction, t0: float, raw: str, finish: str | None, usage: dict) -> Prediction:
         pred.latency_s = time.monotonic() - t0
         pred.prompt_tokens, pred.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         pred.output_tokens = usage.get("tokens")
         return complete_prediction(pred, raw, self.task, finish)
+
+    def _one(self, text: str) -> Prediction:
+        pred, messages = self._start(text)
+        t0 = time.monotonic()
+        try:
+            out = self.backend.generate(messages)
+        except Exception as exc:  # noqa: BLE001 - sorted by _failed
+            return self._failed(pred, t0, exc)
+        return self._finish(pred, t0, *out)
+
+    async def _aone(self, text: str) -> Prediction:
+        pred, messages = self._start(text)
+        t0 = time.monotonic()
+        try:
+            out = await self.backend.agenerate(messages)
+        except Exception as exc:  # noqa: BLE001 - sorted by _failed
+            return self._failed(pred, t0, exc)
+        return self._finish(pred, t0, *out)
 
     def predict_iter(self, texts: list[str], progress: bool = True, desc: str = "extracting") -> Iterator[tuple[int, Prediction]]:
         """Yield (index, Prediction) as each input finishes (completion order for servers)."""
@@ -503,37 +536,22 @@ class Predictor:
             finally:
                 bar.close()
             return
-        # Servers: a bounded thread pool, results in completion order (each one can be written at once).
-        from concurrent.futures import FIRST_COMPLETED, wait
+        # Servers: --concurrency requests in flight (coroutines on the client's event loop for
+        # openai:, daemon threads for llama.cpp's streamed endpoint), results in completion order
+        # so each one can be written at once; Ctrl-C abandons what is in flight.
+        from .llm import run_concurrently
 
-        from .llm import DaemonPool  # daemon workers: Ctrl-C does not wait for replies in flight
+        if self.backend.is_async:
+            async def one(item: tuple[int, str]) -> Prediction:
+                return await self._aone(item[1])
+        else:
+            def one(item: tuple[int, str]) -> Prediction:
+                return self._one(item[1])
 
-        n = self.backend.batch
-        pending: dict = {}
-        source = iter(items)
-        bar = tqdm(total=len(items), desc=desc, unit="input", disable=not progress, dynamic_ncols=True)
-        pool = DaemonPool(n, thread_name_prefix="infer")
-        try:
-            def fill() -> None:
-                while len(pending) < 2 * n:
-                    nxt = next(source, None)
-                    if nxt is None:
-                        return
-                    pending[pool.submit(self._one, nxt[1])] = nxt[0]
-
-            fill()
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i = pending.pop(fut)
-                    bar.update(1)
-                    yield i, fut.result()  # errors per input are Predictions; what raises here is fatal
-                fill()
-        finally:
-            for fut in pending:
-                fut.cancel()
-            pool.shutdown()
-            bar.close()
+        # errors per input are Predictions; whatever raises is fatal
+        for (i, _), pred in run_concurrently(items, one, concurrency=self.backend.batch, desc=desc,
+                                             fatal=(Exception,), progress=progress, unit="input"):
+            yield i, pred
 
     def predict(self, texts: list[str], progress: bool = True) -> list[Prediction]:
         out: list[Prediction | None] = [None] * len(texts)

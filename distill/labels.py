@@ -474,9 +474,9 @@ def feedback_message(rec: dict) -> str | None:
             + "\nAnswer again with the corrected JSON object, keeping the fields that were right.")
 
 
-def label_item(client, task: Task, item: LabelItem, feedback_rounds: int = 0,
-               previous: dict | None = None) -> tuple[dict, list]:
-    """Label one input: ask the teacher, verify, and on a rejection give it up to
+async def label_item(client, task: Task, item: LabelItem, feedback_rounds: int = 0,
+                     previous: dict | None = None) -> tuple[dict, list]:
+    """Label one input (a coroutine on the client's event loop, distill.llm): ask the teacher, verify, and on a rejection give it up to
     ``feedback_rounds`` chances to fix the fields that failed (the same conversation plus
     a user turn from ``feedback_message``). Returns (label record, completions).
 
@@ -491,7 +491,7 @@ def label_item(client, task: Task, item: LabelItem, feedback_rounds: int = 0,
     if previous is not None and previous.get("verdict") == "rejected":
         rec = previous
     else:
-        completion = client.complete(item.messages, response_schema=task.schema)
+        completion = await client.acomplete(item.messages, response_schema=task.schema)
         completions.append(completion)
         rec = make_label(item, task, completion)
     rec = {"feedback_rounds": 0, "attempts": []} | rec
@@ -502,7 +502,7 @@ def label_item(client, task: Task, item: LabelItem, feedback_rounds: int = 0,
             break
         msgs = item.messages + [{"role": "assistant", "content": rec["raw_content"]}, {"role": "user", "content": msg}]
         try:
-            completion = client.complete(msgs, response_schema=task.schema)
+            completion = await client.acomplete(msgs, response_schema=task.schema)
         except LLMError as exc:
             rec["feedback_error"] = f"{exc.reason}: {exc.detail[:300]}"
             break

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat client for local servers, plus concurrency helpers.
+"""OpenAI-compatible chat client for local servers, on the ``openai`` SDK, plus concurrency helpers.
 
 Works against any server that speaks ``POST /v1/chat/completions``:
 
@@ -12,8 +12,11 @@ Typical use in a stage::
     client = LLMClient(LLMConfig(base_url=args.base_url, model=args.model))
     client.ping()                                   # clear error if the server is down
     stats = RunStats()
-    for item, result in run_concurrently(items, lambda it: client.complete(msgs(it), response_schema=schema),
-                                         concurrency=client.config.concurrency, desc="labeling"):
+
+    async def ask(item):                            # runs on the one event loop
+        return await client.acomplete(msgs(item), response_schema=schema)
+
+    for item, result in run_concurrently(items, ask, concurrency=client.config.concurrency, desc="labeling"):
         if isinstance(result, LLMError):
             stats.fail(result)                      # counted by result.reason: timeout, length, http_400, ...
             continue
@@ -23,17 +26,26 @@ Typical use in a stage::
 
 Design notes:
 
-* Plain ``httpx`` (one shared, thread-safe ``httpx.Client``) so every request, retry and
-  fallback is visible here rather than hidden inside an SDK's own retry loop.
-* Retries (``tenacity``): exponential backoff with jitter, capped, only for failures that can
-  pass by themselves (connection errors, timeouts, 429, 5xx). Other 4xx fail at once.
+* ``openai.AsyncOpenAI`` does the HTTP, the timeouts and the retries. All requests of the process
+  run on one event loop in a daemon thread (:func:`event_loop`), so ``--concurrency 512`` is 512
+  coroutines, not 512 threads, and Ctrl-C abandons them at once. ``complete()`` is the blocking
+  form of ``acomplete()`` for code that is not async.
+* Retries are the SDK's, configured from ``--retries``; which failures are retried and how long
+  to wait are ours (:class:`_OpenAI`): connection errors, timeouts, 429 and 5xx, with capped
+  exponential backoff and jitter; a server's Retry-After wins if longer. Other 4xx fail at once.
+* Replies are read from the raw HTTP response, not the SDK's models, so a malformed reply is a
+  countable ``bad_response`` naming what was wrong, and odd fields never lose an answer.
 * Structured output: ``json_schema`` first, then ``json_object`` (+ schema, llama.cpp style), then
-  plain prompting. The first mode the server accepts is remembered for the client's lifetime.
+  plain prompting. The first mode the server accepts is remembered for the client's lifetime;
+  only a reply that names the format switches it (a bare 500 only when every attempt was one).
 * Reasoning ("thinking") is separated from the answer whichever channel the server uses; see
   :func:`split_reasoning`.
 """
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import logging
 import os
 import queue
@@ -42,16 +54,19 @@ import re
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
 import httpx
-import tenacity
+import openai
 
 from distill.io import StageError
 
 log = logging.getLogger("distill.llm")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_BASE_URL = "http://localhost:1234/v1"
 RESPONSE_FORMATS = ("json_schema", "json_object", "prompt")
@@ -77,7 +92,7 @@ class LLMConfig:
     max_tokens: int = 4096
     timeout: float = 300.0  # seconds per request (local reasoning models are slow)
     retries: int = 4  # extra attempts after the first, for transient failures only
-    concurrency: int = 4  # parallel requests; match the server's slots / parallel setting
+    concurrency: int = 4  # requests in flight; match the server's slots / parallel setting
     seed: int | None = None
     # "auto" probes json_schema -> json_object -> prompt; or force one of RESPONSE_FORMATS.
     response_format: str = "auto"
@@ -145,16 +160,54 @@ class LLMBadModelList(LLMUnavailable):
     """GET /models answered, but not with an OpenAI model list (``{"data": null}``, HTML, ...)."""
 
 
-class _Transient(Exception):
-    """Internal: a failure worth retrying."""
-
-    def __init__(self, reason: str, detail: str, retry_after: float | None = None, unreachable: bool = False):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.retry_after, self.unreachable = reason, detail, retry_after, unreachable
-
-
 class _FormatRefused(Exception):
     """Internal: the server rejected the response_format we sent."""
+
+
+# --------------------------------------------------------------------------- the event loop
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_thread: threading.Thread | None = None
+_loop_lock = threading.Lock()
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The process's one event loop for server requests, running on a daemon thread (``llm_loop``).
+
+    A daemon thread, so that after Ctrl-C the process exits at once instead of waiting for the
+    requests in flight: their replies were never written, so the next run retries exactly those.
+    """
+    global _loop, _loop_thread
+    with _loop_lock:
+        if _loop is None or not _loop_thread.is_alive():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            _loop_thread = threading.Thread(target=serve, name="llm_loop", daemon=True)
+            _loop_thread.start()
+            ready.wait()
+            _loop = loop
+        return _loop
+
+
+def run_sync(coro: Coroutine[Any, Any, R]) -> R:
+    """Run ``coro`` on :func:`event_loop` and wait for its result (from any thread but the loop's).
+
+    Ctrl-C while waiting cancels the request instead of leaving it running."""
+    if threading.current_thread() is _loop_thread:
+        coro.close()
+        raise RuntimeError("run_sync() called on the event loop thread: await the coroutine instead")
+    fut = asyncio.run_coroutine_threadsafe(coro, event_loop())
+    try:
+        return fut.result()
+    except BaseException:
+        fut.cancel()
+        raise
 
 
 # --------------------------------------------------------------------------- reasoning
@@ -201,7 +254,7 @@ def split_reasoning(message: dict) -> tuple[str | None, str]:
     return (reasoning or None), content.strip()
 
 
-# --------------------------------------------------------------------------- client
+# --------------------------------------------------------------------------- replies
 
 
 def _schema_name(schema: dict) -> str:
@@ -230,13 +283,6 @@ def _error_detail(resp: httpx.Response) -> str:
         text = text if isinstance(text, str) else str(text)
     text = " ".join(text.split())
     return text[:300] or resp.reason_phrase
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return float(resp.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
 
 
 def _parse_chat_response(resp: httpx.Response) -> tuple[dict, dict, dict]:
@@ -276,31 +322,147 @@ def _count(value: Any) -> int:
         return 0  # a server's odd usage field must not fail an answer that arrived
 
 
+
+# --------------------------------------------------------------------------- client
+
+# Set for the duration of one request made while probing the response_format: the SDK's retry
+# hooks (run inside that request's task) read it to tell a refused format from a hiccup.
+_probe: contextvars.ContextVar["_ProbeState | None"] = contextvars.ContextVar("distill_llm_probe", default=None)
+
+
+@dataclass
+class _ProbeState:
+    bare_500s: int = 0  # attempts answered with a 500 that does not name the format
+
+
+def _names_format(detail: str) -> bool:
+    return any(w in detail.lower() for w in _FORMAT_WORDS)
+
+
+class _OpenAI(openai.AsyncOpenAI):
+    """``AsyncOpenAI`` whose retries follow our flags: what is retried and how long to wait.
+
+    The SDK retries connection errors and timeouts itself; of the answered requests only 429
+    and 5xx are retried (the SDK would also retry 408 and 409 and obey ``x-should-retry``), and
+    while probing, a 5xx that names the response_format is a refusal to fall back on, not a
+    failure to retry. Waits: ``backoff`` doubling per retry up to ``backoff_max``, jittered within
+    the upper half so parallel requests don't retry in lockstep; a longer Retry-After wins
+    (capped at ``backoff_max``)."""
+
+    def __init__(self, *, distill_config: LLMConfig, **kw: Any):
+        super().__init__(**kw)
+        self._distill_config = distill_config
+
+    def _should_retry(self, response: httpx.Response) -> bool:
+        status = response.status_code
+        if status != 429 and status < 500:
+            return False
+        state = _probe.get()
+        if state is not None:
+            if _names_format(_error_detail(response)):
+                return False
+            state.bare_500s += status == 500
+        return True
+
+    def _calculate_retry_timeout(self, remaining_retries: int, options: Any,
+                                 response_headers: httpx.Headers | None = None) -> float:
+        cfg = self._distill_config
+        retry = cfg.retries - remaining_retries  # 0 for the first retry
+        delay = min(cfg.backoff_max, cfg.backoff * 2 ** retry)
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        after = self._parse_retry_after_header(response_headers)
+        if after is not None and after > 0:
+            delay = max(delay, min(after, cfg.backoff_max))
+        log.warning("%s %s: retry %d/%d in %.2fs", options.method.upper(), options.url, retry + 1, cfg.retries, delay)
+        return delay
+
+
+_LANE = 8  # connections per lane (see LLMClient.__init__)
+
+
+@dataclass(eq=False)
+class _Lane:
+    sdk: "_OpenAI"
+    active: int = 0  # requests in flight
+
+    def load(self) -> int:
+        return self.active
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect error was a refused connection (nothing listens on the port). The async
+    transport wraps the OSError ("All connection attempts failed"), so the chain is searched."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
+            return True
+        todo.extend(x for x in (e.__cause__, e.__context__, *getattr(e, "exceptions", ())) if x is not None)
+    return False
+
+
+def _is_local(url: str) -> bool:
+    return httpx.URL(url).host in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
 class LLMClient:
-    """A thread-safe client for one OpenAI-compatible server. Share one per stage run."""
+    """A client for one OpenAI-compatible server. Share one per stage run.
+
+    ``acomplete``/``amodels``/``aping`` are coroutines for :func:`event_loop`; ``complete``/``models``/
+    ``ping`` are their blocking forms, safe to call from any number of threads."""
 
     def __init__(self, config: LLMConfig | None = None):
         self.config = config or LLMConfig()
         self.model = self.config.model
         cfg = self.config
-        # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is a
-        # classic cause of baffling 502s, so the environment is only trusted for remote servers.
-        local = httpx.URL(cfg.base_url).host in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
-        self._http = httpx.Client(
-            base_url=cfg.base_url,
-            trust_env=not local,
-            headers={"Authorization": f"Bearer {cfg.api_key}"},
-            timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=max(cfg.concurrency * 2, 10)),
-        )
+        # Requests in flight are spread over lanes of at most _LANE connections, each lane its own
+        # AsyncOpenAI with its own connection pool: httpcore's pool scans all its connections
+        # for every request and every reply (work quadratic in the pool's size: 64 connections
+        # in one pool cost ~25 ms of CPU per request), so many small pools beat one large one.
+        n = max(int(cfg.concurrency), 1)
+        self._lanes = [_Lane(self._sdk_client(min(_LANE, n))) for _ in range(-(-n // _LANE))]
+        self._http_sync: httpx.Client | None = None
         # The response_format mode that works on this server; None until the first probe.
         self._mode: str | None = None if cfg.response_format == "auto" else cfg.response_format
-        self._mode_lock = threading.Lock()
+        self._mode_lock = asyncio.Lock()  # bound to event_loop() on first use
+        self._model_lock = asyncio.Lock()
+
+    def _sdk_client(self, connections: int) -> "_OpenAI":
+        cfg = self.config
+        return _OpenAI(
+            distill_config=cfg,
+            base_url=cfg.base_url,
+            api_key=cfg.api_key,
+            timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
+            max_retries=cfg.retries,
+            http_client=openai.DefaultAsyncHttpxClient(
+                # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is
+                # a classic cause of baffling 502s, so the environment is only trusted for remote servers.
+                trust_env=not _is_local(cfg.base_url),
+                # every connection stays open for the lane's next request: opening one costs more
+                # client CPU than the request itself
+                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            ),
+        )
+
+    def _lane(self) -> "_Lane":
+        """The lane with the fewest requests in flight (only touched on the event loop thread)."""
+        return min(self._lanes, key=_Lane.load)
 
     # -- lifecycle
 
     def close(self) -> None:
-        self._http.close()
+        async def close_all() -> None:
+            for lane in self._lanes:
+                await lane.sdk.close()
+
+        run_sync(close_all())
+        if self._http_sync is not None:
+            self._http_sync.close()
 
     def __enter__(self) -> "LLMClient":
         return self
@@ -313,97 +475,52 @@ class LLMClient:
         """The remembered structured-output mode (None until a schema request succeeded)."""
         return self._mode
 
-    # -- HTTP with retries
+    @property
+    def http(self) -> httpx.Client:
+        """A blocking ``httpx.Client`` with this server's key and timeouts, for the endpoints the
+        SDK does not cover (llama.cpp's native streamed ``/completion``, see distill.constrain)."""
+        if self._http_sync is None:
+            cfg = self.config
+            self._http_sync = httpx.Client(
+                base_url=cfg.base_url, trust_env=not _is_local(cfg.base_url),
+                headers={"Authorization": f"Bearer {cfg.api_key}"},
+                timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=max(cfg.concurrency * 2, 10)))
+        return self._http_sync
+
+    # -- errors
 
     def _unreachable_message(self, why: str) -> str:
         return f"cannot reach {self.config.base_url} — is LM Studio / llama-server running? ({why})"
 
-    def _send(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
-        """One HTTP request; transient failures raise _Transient, the rest return the response."""
-        try:
-            resp = self._http.request(method, path, json=body)
-        except httpx.ConnectError as exc:
-            why = "connection refused" if "refused" in str(exc).lower() else f"connect error: {exc}"
-            raise _Transient("unreachable", why, unreachable=True) from exc
-        except httpx.ConnectTimeout as exc:
-            raise _Transient("unreachable", "connect timeout", unreachable=True) from exc
-        except httpx.TimeoutException as exc:
-            raise _Transient("timeout", f"no answer within {self.config.timeout:g}s") from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise _Transient("disconnected", str(exc) or type(exc).__name__) from exc
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise _Transient(f"http_{resp.status_code}", _error_detail(resp), retry_after=_retry_after(resp))
-        return resp
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        # Exponential backoff, capped, with jitter (a random half of the step) so parallel workers
-        # don't retry in lockstep; a server's Retry-After wins if longer.
-        cfg = self.config
-        delay = min(cfg.backoff_max, cfg.backoff * 2 ** (state.attempt_number - 1))
-        delay = delay / 2 + random.uniform(0, delay / 2)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after:
-            delay = max(delay, min(exc.retry_after, cfg.backoff_max))
-        return delay
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "%s; retry %d/%d in %.1fs",
-            exc, state.attempt_number, self.config.retries, state.next_action.sleep if state.next_action else 0,
-        )
-
-    def _request(self, method: str, path: str, body: dict | None = None, fallback_on: Callable | None = None):
-        """Send with retries. Returns (response, attempts). Raises LLMUnavailable / LLMError / _FormatRefused.
-
-        ``fallback_on(status, detail, every_attempt) -> bool`` marks responses that mean
-        "response_format refused": those are not retried even when they are 500s.
-        ``every_attempt`` is True once the retries are used up and every attempt was a 500.
-        """
-        attempts = 0
-        bare_500s = 0
-
-        def once() -> httpx.Response:
-            nonlocal attempts, bare_500s
-            attempts += 1
-            try:
-                return self._send(method, path, body)
-            except _Transient as exc:
-                if fallback_on and exc.reason.startswith("http_5") and fallback_on(int(exc.reason[5:]), exc.detail, False):
-                    raise _FormatRefused(str(exc)) from exc
-                bare_500s += exc.reason == "http_500"
-                raise
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.config.retries + 1),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type(_Transient),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        try:
-            resp = retrying(once)
-        except _Transient as exc:
-            if exc.unreachable:
-                raise LLMUnavailable(self._unreachable_message(exc.detail)) from None
-            if fallback_on and bare_500s == attempts and fallback_on(500, exc.detail, True):
-                raise _FormatRefused(f"http_500 on all {attempts} attempts: {exc.detail}") from None
-            raise LLMError(exc.reason, exc.detail) from None
-        if resp.status_code >= 400:
-            detail = _error_detail(resp)
-            if fallback_on and fallback_on(resp.status_code, detail, False):
-                raise _FormatRefused(f"http_{resp.status_code}: {detail}")
-            if resp.status_code in (401, 403):
-                raise LLMAuthError(f"{self.config.base_url} answered {method} {path} with http {resp.status_code} "
-                                   f"({detail}): check --api-key (or OPENAI_API_KEY)")
-            raise LLMError(f"http_{resp.status_code}", detail)
-        return resp, attempts
+    def _error(self, exc: openai.OpenAIError, method: str, path: str) -> Exception:
+        """The SDK's exception as ours: LLMUnavailable (stop the stage) or LLMError (count it)."""
+        cause = exc.__cause__
+        if isinstance(exc, openai.APITimeoutError):
+            if isinstance(cause, httpx.ConnectTimeout):
+                return LLMUnavailable(self._unreachable_message("connect timeout"))
+            return LLMError("timeout", f"no answer within {self.config.timeout:g}s")
+        if isinstance(exc, openai.APIConnectionError):
+            if isinstance(cause, httpx.ConnectError):
+                why = "connection refused" if _refused(cause) else f"connect error: {cause}"
+                return LLMUnavailable(self._unreachable_message(why))
+            return LLMError("disconnected", str(cause or exc) or type(cause or exc).__name__)
+        if isinstance(exc, openai.APIStatusError):
+            status, detail = exc.status_code, _error_detail(exc.response)
+            if status in (401, 403):
+                return LLMAuthError(f"{self.config.base_url} answered {method} {path} with http {status} "
+                                    f"({detail}): check --api-key (or OPENAI_API_KEY)")
+            return LLMError(f"http_{status}", detail)
+        return LLMError("bad_response", f"{type(exc).__name__}: {exc}")
 
     # -- public API
 
-    def models(self) -> list[str]:
+    async def amodels(self) -> list[str]:
         """Model ids the server lists (GET /models). Raises LLMUnavailable if it is down."""
-        resp, _ = self._request("GET", "/models")
+        try:
+            resp = await self._lanes[0].sdk.get("/models", cast_to=httpx.Response)
+        except openai.OpenAIError as exc:
+            raise self._error(exc, "GET", "/models") from None
         try:
             data = resp.json().get("data", [])
         except (ValueError, AttributeError):
@@ -416,7 +533,10 @@ class LLMClient:
             )
         return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
-    def ping(self) -> list[str]:
+    def models(self) -> list[str]:
+        return run_sync(self.amodels())
+
+    async def aping(self) -> list[str]:
         """Check the server at stage start; picks the first listed model when none was configured.
 
         ``complete()`` calls it by itself when no model is set. A configured model missing
@@ -424,7 +544,7 @@ class LLMClient:
         and llama.cpp serves its one model under any name.
         """
         try:
-            ids = self.models()
+            ids = await self.amodels()
         except LLMBadModelList as exc:
             if not self.model:
                 raise
@@ -442,41 +562,47 @@ class LLMClient:
             self.model = ids[0]
         return ids
 
-    def _body(self, messages: list[dict], schema: dict | None, mode: str, seed: int | None = None) -> dict:
+    def ping(self) -> list[str]:
+        return run_sync(self.aping())
+
+    async def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool,
+                    seed: int | None = None) -> Completion:
         cfg = self.config
-        body: dict[str, Any] = {
-            "model": self.model or "default",
-            "messages": messages,
-            "temperature": cfg.temperature,
-            "max_tokens": cfg.max_tokens,
-            "stream": False,
-        }
-        if (seed if seed is not None else cfg.seed) is not None:
-            body["seed"] = seed if seed is not None else cfg.seed
-        body.update(cfg.extra_body)
+        extra: dict[str, Any] = dict(cfg.extra_body)
         rf = _response_format(mode, schema)
         if rf is not None:
-            body["response_format"] = rf
-        return body
-
-    def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool,
-              seed: int | None = None) -> Completion:
-        def refused(status: int, detail: str, every_attempt: bool) -> bool:
-            # Only while probing: once a mode works (or was forced), errors are plain LLMErrors.
-            # A reply that names the format means refused. A bare 500 (a hiccup, a busy slot) is
-            # retried like any 5xx, so one unlucky first request does not switch json_schema off
-            # for the whole run; only a 500 on every attempt does (llama-cpp-python answers an
-            # unsupported response_format with a bare 500, every time).
-            if not probing or mode == "prompt" or schema is None:
-                return False
-            if status in (400, 422, 500) and any(w in detail.lower() for w in _FORMAT_WORDS):
-                return True
-            return every_attempt and status == 500 and self.config.retries > 0
-
+            # as extra body: the SDK would reshape a json_object response_format with a "schema" beside it
+            extra["response_format"] = rf
+        seed = seed if seed is not None else cfg.seed
+        optional = {"seed": seed} if seed is not None else {}
+        state = _ProbeState() if probing and schema is not None and mode != "prompt" else None
+        token = _probe.set(state)
         started = time.monotonic()
-        resp, attempts = self._request("POST", "/chat/completions", self._body(messages, schema, mode, seed), refused)
-        data, choice, message = _parse_chat_response(resp)
-        if schema is not None and probing and self._mode is None:
+        lane = self._lane()
+        lane.active += 1
+        try:
+            raw = await lane.sdk.chat.completions.with_raw_response.create(
+                model=self.model or "default", messages=messages, temperature=cfg.temperature,
+                max_tokens=cfg.max_tokens, stream=False, extra_body=extra, **optional)
+        except openai.APIStatusError as exc:
+            if state is not None:
+                detail = _error_detail(exc.response)
+                if exc.status_code in (400, 422, 500) and _names_format(detail):
+                    raise _FormatRefused(f"http_{exc.status_code}: {detail}") from None
+                # A bare 500 (a hiccup, a busy slot) is retried like any 5xx, so one unlucky first
+                # request does not switch json_schema off for the whole run; only a 500 on every
+                # attempt does (llama-cpp-python answers an unsupported response_format with a
+                # bare 500, every time).
+                if exc.status_code == 500 and cfg.retries > 0 and state.bare_500s == cfg.retries:
+                    raise _FormatRefused(f"http_500 on all {cfg.retries + 1} attempts: {detail}") from None
+            raise self._error(exc, "POST", "/chat/completions") from None
+        except openai.OpenAIError as exc:
+            raise self._error(exc, "POST", "/chat/completions") from None
+        finally:
+            lane.active -= 1
+            _probe.reset(token)
+        data, choice, message = _parse_chat_response(raw.http_response)
+        if probing and schema is not None and self._mode is None:
             self._mode = mode  # the server accepted this response_format: remember it
         reasoning, content = split_reasoning(message)
         usage = data.get("usage") or {}
@@ -491,17 +617,17 @@ class LLMClient:
             model=data.get("model"),
             raw=data,
             response_format_used=mode if schema is not None else "prompt",
-            attempts=attempts,
+            attempts=raw.retries_taken + 1,
             elapsed=time.monotonic() - started,
         )
         if completion.finish_reason == "length":
-            raise LLMError("length", f"truncated at max_tokens={self.config.max_tokens}", completion)
+            raise LLMError("length", f"truncated at max_tokens={cfg.max_tokens}", completion)
         if not content:
             raise LLMError("empty", "the answer was empty" + (" (only reasoning)" if reasoning else ""), completion)
         return completion
 
-    def complete(self, messages: list[dict], response_schema: dict | None = None,
-                 seed: int | None = None) -> Completion:
+    async def acomplete(self, messages: list[dict], response_schema: dict | None = None,
+                        seed: int | None = None) -> Completion:
         """Send one chat request; returns a Completion or raises LLMError / LLMUnavailable.
 
         With ``response_schema`` the server is asked for JSON matching it, using the best
@@ -509,23 +635,28 @@ class LLMClient:
         in ``prompt`` mode (and on servers that ignore the schema) nothing is enforced.
         """
         if not self.model:
-            with self._mode_lock:  # resolve the server's model once, before the first request
+            async with self._model_lock:  # resolve the server's model once, before the first request
                 if not self.model:
-                    self.ping()
+                    await self.aping()
         if response_schema is None:
-            return self._chat(messages, None, "prompt", probing=False, seed=seed)
+            return await self._chat(messages, None, "prompt", probing=False, seed=seed)
         if self._mode is None:
             # Probe once, under a lock: concurrent first requests wait instead of all paying the
             # fallback chain. Once the mode is known the lock is never taken again.
-            with self._mode_lock:
+            async with self._mode_lock:
                 if self._mode is None:
-                    return self._probe(messages, response_schema, seed)
-        return self._chat(messages, response_schema, self._mode, probing=False, seed=seed)
+                    return await self._probe(messages, response_schema, seed)
+        return await self._chat(messages, response_schema, self._mode, probing=False, seed=seed)
 
-    def _probe(self, messages: list[dict], schema: dict, seed: int | None = None) -> Completion:
+    def complete(self, messages: list[dict], response_schema: dict | None = None,
+                 seed: int | None = None) -> Completion:
+        """The blocking form of :meth:`acomplete`."""
+        return run_sync(self.acomplete(messages, response_schema, seed))
+
+    async def _probe(self, messages: list[dict], schema: dict, seed: int | None = None) -> Completion:
         for mode in RESPONSE_FORMATS:
             try:
-                return self._chat(messages, schema, mode, probing=True, seed=seed)
+                return await self._chat(messages, schema, mode, probing=True, seed=seed)
             except _FormatRefused as exc:
                 log.warning("server refused response_format %s (%s); trying the next mode", mode, exc)
         raise AssertionError("unreachable: prompt mode is never refused")
@@ -533,17 +664,14 @@ class LLMClient:
 
 # --------------------------------------------------------------------------- concurrency
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 class DaemonPool:
     """A minimal thread pool (``submit`` -> ``Future``) whose workers are daemon threads.
 
-    ``ThreadPoolExecutor`` joins its workers when the interpreter exits, so after Ctrl-C a stage
-    would sit there until every in-flight request answered or hit ``--timeout``. Daemon workers
-    are abandoned instead: their replies were never written, so the next run retries exactly
-    those items.
+    For blocking work (llama.cpp's streamed native endpoint, plain functions handed to
+    :func:`run_concurrently`). ``ThreadPoolExecutor`` joins its workers when the interpreter
+    exits, so after Ctrl-C a stage would sit there until every in-flight request answered or hit
+    ``--timeout``. Daemon workers are abandoned instead.
     """
 
     def __init__(self, max_workers: int, thread_name_prefix: str = "worker"):
@@ -586,57 +714,88 @@ class DaemonPool:
             self._jobs.put(None)
 
 
+def _blocking(fn: Callable[[T], R]) -> Callable[[T], R]:
+    def call(item: T) -> R:
+        result = fn(item)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError("run_concurrently: fn returned a coroutine; pass an `async def` function instead")
+        return result
+    return call
+
+
 def run_concurrently(
     items: Iterable[T],
-    fn: Callable[[T], R],
+    fn: Callable[[T], R] | Callable[[T], Awaitable[R]],
     concurrency: int = 4,
     desc: str = "requests",
     fatal: tuple[type[BaseException], ...] = (LLMUnavailable,),
+    progress: bool = True,
+    unit: str = "item",
 ) -> Iterator[tuple[T, R | Exception]]:
-    """Run ``fn(item)`` on a bounded thread pool; yield ``(item, result_or_exception)`` as each finishes.
+    """Run ``fn(item)`` with ``concurrency`` calls in flight; yield ``(item, result_or_exception)``
+    as each finishes.
 
+    An ``async def`` ``fn`` runs on :func:`event_loop`: ``concurrency`` coroutines, no threads, so
+    hundreds of requests in flight cost little. A plain function runs on ``concurrency`` daemon
+    threads (with ``concurrency`` more items queued ahead).
     Results arrive in completion order so the caller can write each one atomically straight away.
-    At most ``2 * concurrency`` items are submitted ahead, so a huge or lazy ``items`` is fine.
+    Items are taken from ``items`` only as slots free up, so a huge or lazy ``items`` is fine.
     An exception of a ``fatal`` type (default: server unreachable) stops the run and is raised.
-    On Ctrl-C, a fatal error or the caller leaving the loop, work not yet started is cancelled;
-    requests already in flight are abandoned on daemon threads (the process can exit at once)
-    and their results dropped — everything yielded before is already in the caller's hands.
+    On Ctrl-C, a fatal error or the caller leaving the loop, work not yet started is never
+    started, and requests in flight are cancelled (coroutines) or abandoned on daemon threads,
+    so the process can exit at once; everything yielded before is already in the caller's hands.
     """
     from tqdm.auto import tqdm  # imported here: only stages with long loops need it
 
     concurrency = max(1, int(concurrency))
     total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
     source = iter(items)
-    pool = DaemonPool(concurrency, thread_name_prefix="llm")
+    if inspect.iscoroutinefunction(fn):
+        loop, pool, window = event_loop(), None, concurrency
+
+        def submit(item: T) -> Future:
+            return asyncio.run_coroutine_threadsafe(fn(item), loop)  # type: ignore[arg-type]
+    else:
+        pool, window = DaemonPool(concurrency, thread_name_prefix="llm"), 2 * concurrency
+        call = _blocking(fn)  # type: ignore[arg-type]
+
+        def submit(item: T) -> Future:
+            return pool.submit(call, item)
+
+    finished: queue.SimpleQueue = queue.SimpleQueue()  # futures, in the order they finish
     pending: dict[Future, T] = {}
-    bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not progress)
 
     def fill() -> None:
-        while len(pending) < 2 * concurrency:
+        while len(pending) < window:
             try:
                 item = next(source)
             except StopIteration:
                 return
-            pending[pool.submit(fn, item)] = item
+            fut = submit(item)
+            pending[fut] = item
+            fut.add_done_callback(finished.put)
 
     try:
         fill()
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                item = pending.pop(fut)
-                exc = fut.exception()
-                bar.update(1)
-                if exc is not None and isinstance(exc, fatal):
-                    raise exc
-                if exc is not None and not isinstance(exc, Exception):
-                    raise exc  # KeyboardInterrupt/SystemExit inside fn
-                yield item, (exc if exc is not None else fut.result())
+            fut = finished.get()  # Ctrl-C interrupts this wait
+            item = pending.pop(fut)
+            exc = fut.exception()
+            bar.update(1)
+            if exc is not None and isinstance(exc, fatal):
+                raise exc
+            if exc is not None and not isinstance(exc, Exception):
+                raise exc  # KeyboardInterrupt/SystemExit inside fn
             fill()
+            yield item, (exc if exc is not None else fut.result())
     finally:
         for fut in pending:
             fut.cancel()
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
         bar.close()
 
 

@@ -103,6 +103,12 @@ def echo_handler(body: dict) -> str:
     return str(users[-1]) if users else ""
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a client opening hundreds of connections at once would
+    # see refused connections a real server (uvicorn: 2048) never gives.
+    request_queue_size = 1024
+
+
 class FakeOpenAIServer:
     """Context manager running the fake server; ``url`` is the OpenAI base URL (ends in /v1)."""
 
@@ -229,7 +235,7 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): nothing to do
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True  # a hanging handler never blocks teardown
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -308,3 +314,23 @@ def fake_server() -> Iterator[FakeOpenAIServer]:
     """A started FakeOpenAIServer in echo mode; set ``.handler`` or ``push()`` behaviours in the test."""
     with FakeOpenAIServer() as srv:
         yield srv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve in a process of its own (bench/bench_concurrency.py: the client's CPU is then its own):
+    prints the base URL on one line, serves until stdin closes."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="the fake OpenAI-compatible server, echoing")
+    p.add_argument("--slots", type=int, default=None, help="requests served at once (default: unbounded)")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds each request takes")
+    args = p.parse_args(argv)
+    with FakeOpenAIServer(slots=args.slots, delay=args.delay) as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()  # the parent closes our stdin (or exits) to stop us
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -114,18 +114,12 @@ def test_plain_completion_fields_and_request_body(fake_server):
 
 
 def test_api_key_sent_as_bearer_token(monkeypatch):
-    seen = {}
-
-    def handler(body):
-        return "ok"
-
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
-    with FakeOpenAIServer(handler) as srv:
-        client = make_client(srv.url)
-        # capture the header through httpx's event hook: the fake server only records bodies
-        client._http.event_hooks["request"].append(lambda r: seen.update(auth=r.headers["authorization"]))
-        client.complete(MSGS)
-    assert seen["auth"] == "Bearer sk-local-test"
+    # the server answers 401 unless the header is exactly "Authorization: Bearer sk-local-test"
+    with FakeOpenAIServer(api_key="sk-local-test") as srv:
+        assert make_client(srv.url).complete(MSGS).content
+        with pytest.raises(LLMAuthError):
+            make_client(srv.url, api_key="sk-other").complete(MSGS)
     monkeypatch.delenv("OPENAI_API_KEY")
     assert LLMConfig().api_key == "lm-studio"
 
@@ -631,3 +625,93 @@ def test_run_stats_counts_and_summary():
     nothing.fail(LLMError("timeout"))
     nothing.fail(LLMError("timeout"))
     assert nothing.all_failed() == "error: all 2 requests failed (timeout 2); nothing new was written"
+
+
+# --------------------------------------------------------------------------- coroutines on the event loop
+
+
+def test_async_fn_keeps_exactly_concurrency_requests_in_flight_on_one_thread():
+    import threading
+
+    with FakeOpenAIServer(slots=64, delay=0.3) as srv:
+        client = make_client(srv.url, concurrency=32)
+
+        async def ask(i):
+            return await client.acomplete([{"role": "user", "content": str(i)}])
+
+        t0 = time.monotonic()
+        out = dict(run_concurrently(range(64), ask, concurrency=32, desc="t"))
+        elapsed = time.monotonic() - t0
+        assert sorted(out) == list(range(64)) and all(out[i].content == str(i) for i in out)
+        assert srv.max_active == 32  # the window filled the server, and never more than it
+        assert elapsed < 0.3 * 64 / 4  # two waves of 0.3 s, far from one at a time
+        # one event loop thread, no pool of workers
+        assert [t.name for t in threading.enumerate() if t.name.startswith("llm_")] == ["llm_loop"]
+
+
+def test_async_fn_errors_are_yielded_and_fatal_ones_raised():
+    def handler(body):
+        return error(400, "bad item") if body["messages"][-1]["content"] == "3" else "fine"
+
+    with FakeOpenAIServer(handler) as srv:
+        client = make_client(srv.url)
+
+        async def ask(i):
+            return await client.acomplete([{"role": "user", "content": str(i)}])
+
+        out = dict(run_concurrently(range(6), ask, concurrency=3, desc="t"))
+        assert isinstance(out[3], LLMError) and out[3].reason == "http_400"
+        assert all(isinstance(out[i], Completion) for i in (0, 1, 2, 4, 5))
+    down = make_client(f"http://127.0.0.1:{free_port()}/v1", retries=0)
+
+    async def ask_down(i):
+        return await down.acomplete(MSGS)
+
+    with pytest.raises(LLMUnavailable, match="cannot reach"):
+        for _ in run_concurrently(range(50), ask_down, concurrency=2, desc="t"):
+            pass
+
+
+def test_a_plain_function_returning_a_coroutine_is_refused():
+    client = make_client(f"http://127.0.0.1:{free_port()}/v1")
+    out = list(run_concurrently([1], lambda i: client.acomplete(MSGS), concurrency=1, desc="t"))
+    assert isinstance(out[0][1], TypeError) and "async def" in str(out[0][1])
+
+
+def test_ctrl_c_abandons_hundreds_of_coroutines_in_flight_within_a_second():
+    import threading
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with FakeOpenAIServer(lambda body: hang(60)) as srv:
+            client = make_client(srv.url, timeout=60, retries=0, concurrency=200)
+            sent = []
+
+            async def ask(i):
+                return await client.acomplete(MSGS)
+
+            def ctrl_c_when_all_hang():
+                deadline = time.monotonic() + 30
+                while len(srv.history) < 200 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+            threading.Thread(target=ctrl_c_when_all_hang, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                for _ in run_concurrently(range(1000), ask, concurrency=200, desc="t"):
+                    pass
+            assert time.monotonic() - sent[0] < 1.0
+            assert len(srv.history) == 200  # nothing queued was started after Ctrl-C
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_blocking_complete_works_from_many_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeOpenAIServer(slots=8, delay=0.05) as srv:
+        client = make_client(srv.url)
+        with ThreadPoolExecutor(8) as ex:
+            got = list(ex.map(lambda i: client.complete([{"role": "user", "content": str(i)}]).content, range(16)))
+        assert got == [str(i) for i in range(16)]
