@@ -7,7 +7,8 @@ One module per concern:
   source    the source datasets (kagglehub download, CSV cleaning)
   pages     saved web pages: the reader, schema.org markup, references, 01 --from-pages
   synth     stage 02: messy inputs written by the teacher
-  labels    stage 03: reasoning + JSON parsing, repair, schema validation, verification
+  answers   the one answer parser: reasoning, JSON out of fences and prose, safe repair
+  labels    stage 03: teacher replies to labels: schema validation, verification
   dataset   stage 04: chat-format splits
   fields    field normalisation and fuzzy comparison (shared by 03 and 07)
   menu      the coffee_order task's record generator (orders drawn from a menu)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -23,7 +22,6 @@ from .synth import text_sha256
 from .tasks import Task
 
 SPLITS = ("train", "val", "test")
-THINK_RE = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
 
 
 def parse_split(spec: str) -> dict[str, float]:
@@ -42,15 +40,12 @@ def parse_split(spec: str) -> dict[str, float]:
 
 
 def assistant_content(label: dict, reasoning: str | None, keep_reasoning: bool) -> str:
-    """The assistant turn: '<think>reasoning</think>' + JSON, or the JSON alone."""
+    """The assistant turn: '<think>reasoning</think>' + JSON, or the JSON alone
+    (read back by :func:`distill.answers.drop_reasoning_block`)."""
     answer = json.dumps(label, ensure_ascii=False)
     if keep_reasoning and reasoning and reasoning.strip():
         return f"<think>\n{reasoning.strip()}\n</think>\n\n{answer}"
     return answer
-
-
-def strip_reasoning(content: str) -> str:
-    return THINK_RE.sub("", content, count=1).strip()
 
 
 def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[dict]]:

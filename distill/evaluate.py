@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import fields as F
+from .answers import drop_reasoning_block, parse_answer
 from .constrain import STOP_REASONS
 from .io import StageError, atomic_write_text, read_json, read_jsonl, write_json
 from .tasks import SCORE_METHODS, FieldRule, Task
@@ -82,17 +83,14 @@ LIST_METHODS = {"list_f1", "set_f1"}
 NUMERIC_METHODS = {"minutes", "number"}
 EVAL_FILE = "eval.json"
 
-_THINK_CLOSE = re.compile(r"^.*</think>", re.S)
-
-
 # ============================================================== parsing a prediction
 
 def parse_prediction(pred: Any) -> tuple[dict | None, dict]:
     """A prediction as (object or None, info).
 
-    ``pred`` is a parsed dict, a raw reply string (reasoning and code fences are
-    stripped, broken JSON repaired as in stage 03), or None (no usable reply).
-    JSON ``null`` or ``{}`` is a valid, empty answer (the right reply to a text
+    ``pred`` is a parsed dict, a raw reply string (read by :func:`distill.answers.parse_answer`
+    as in stage 03: reasoning and code fences stripped, broken JSON repaired), or None (no
+    usable reply). JSON ``null`` or ``{}`` is a valid, empty answer (the right reply to a text
     with nothing to extract); anything else that is not an object is invalid.
     """
     info = {"json_valid": False, "repaired": False, "parse_error": None}
@@ -102,18 +100,10 @@ def parse_prediction(pred: Any) -> tuple[dict | None, dict]:
         return None, info | {"parse_error": "no_output"}
     if not isinstance(pred, str):
         return None, info | {"parse_error": "not_object"}
-    from .labels import LabelError, parse_answer
-
-    answer = _THINK_CLOSE.sub("", pred, count=1) if "</think>" in pred else pred
-    try:
-        obj, repaired = parse_answer(answer)
-    except LabelError as exc:
-        return None, info | {"parse_error": exc.reason}
-    if obj is None:
-        obj = {}
-    if not isinstance(obj, dict):
-        return None, info | {"parse_error": "not_object"}
-    return obj, info | {"json_valid": True, "repaired": repaired}
+    answer = parse_answer(pred, expect="object_or_null")
+    if not answer.ok:
+        return None, info | {"parse_error": answer.error}
+    return answer.value, info | {"json_valid": True, "repaired": answer.repaired}
 
 
 # ============================================================== one field
@@ -1019,7 +1009,6 @@ def resolve_eval_task(spec: str, task: "Task | str | None", dataset_manifest: di
 
 def load_split(dataset_dir: str | Path, split: str, task: Task, limit: int = 0) -> tuple[list[dict], dict]:
     """Rows of one split of a 04 dataset with text and reference; --limit draws a style-balanced sample."""
-    from .dataset import strip_reasoning
     from .io import require_manifest
     from .labels import stratified_sample
 
@@ -1041,7 +1030,7 @@ def load_split(dataset_dir: str | Path, split: str, task: Task, limit: int = 0) 
         ref = r.get("reference")
         if ref is None:
             try:
-                ref = json.loads(strip_reasoning(r["messages"][-1]["content"]))
+                ref = json.loads(drop_reasoning_block(r["messages"][-1]["content"]))
             except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
                 raise StageError(f"{path} row {i} has no 'reference' label and no parseable assistant turn") from exc
         if ref is None:   # a JSON null label: nothing to extract, every field's reference is empty

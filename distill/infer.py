@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .answers import parse_answer, split_reasoning
 from .io import StageError
 from .tasks import Task, load_task
 
@@ -153,12 +154,11 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
     one keeps ``parse_error`` = the reason (with the closed answer's schema errors).
     """
     from .constrain import STOP_REASONS
-    from .labels import LabelError, parse_answer, validate
-    from .llm import split_reasoning
+    from .labels import validate
 
     pred.raw = raw
     pred.finish_reason = finish_reason
-    pred.reasoning, pred.answer = split_reasoning({"content": raw})
+    pred.reasoning, pred.answer = split_reasoning(raw or "")
     if finish_reason == "length":
         pred.parse_error = pred.stopped = finish_reason
         return pred
@@ -168,16 +168,14 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
         if pred.output is None:
             pred.parse_error = finish_reason
         return pred
-    try:
-        obj, pred.repaired = parse_answer(pred.answer)
-    except LabelError as exc:
-        pred.parse_error = exc.reason
+    # Only an object is a result 08 writes; a JSON null stays ``not_object`` here and 07 reads it
+    # again as the empty answer (distill.evaluate._pred_output).
+    answer = parse_answer(pred.answer, expect="object")
+    if not answer.ok:
+        pred.parse_error = answer.error
         return pred
-    if not isinstance(obj, dict):
-        pred.parse_error = "not_object"
-        return pred
-    pred.output = obj
-    pred.schema_errors = validate(obj, task.schema)
+    pred.output, pred.repaired = answer.value, answer.repaired
+    pred.schema_errors = validate(pred.output, task.schema)
     return pred
 
 

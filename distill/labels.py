@@ -1,8 +1,7 @@
 """Stage 03 logic: turn a teacher reply into a checked label.
 
-parse_answer   strip ``` fences and surrounding prose, parse the JSON, repair
-               only what is safe (json-repair on a syntactically broken object,
-               never on a reply cut off by the token limit)
+make_label     a teacher reply read by distill.answers.parse_answer (fences, prose, json-repair
+               where safe; never a reply cut off by the token limit), validated and verified
 validate       JSON Schema validation with readable error paths
 verify         per-field checks against the source record and the input text,
                declared in the task's ``fields:`` rules, giving a verdict
@@ -14,55 +13,12 @@ label_from_record
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from typing import Any
 
 from . import fields as F
+from .answers import parse_answer
 from .tasks import Task
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
-
-
-class LabelError(ValueError):
-    """A reply that cannot become a label; ``reason`` is a short machine-readable tag."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def _json_candidate(content: str) -> str:
-    m = _FENCE.search(content)
-    if m:
-        return m.group(1).strip()
-    # An opening fence with no closing one: drop the fence line.
-    content = re.sub(r"^\s*```(?:json|JSON)?\s*\n", "", content)
-    start = content.find("{")
-    if start < 0:
-        return content.strip()
-    end = content.rfind("}")
-    return content[start:end + 1] if end > start else content[start:]
-
-
-def parse_answer(content: str | None) -> tuple[Any, bool]:
-    """Parse the JSON answer of a reply. Returns (object, repaired)."""
-    if content is None or not content.strip():
-        raise LabelError("empty", "no content in the reply")
-    cand = _json_candidate(content)
-    try:
-        return json.loads(cand), False
-    except json.JSONDecodeError:
-        pass
-    if "{" not in cand:
-        raise LabelError("no_json", "the reply contains no JSON object")
-    import json_repair  # only needed for broken replies
-
-    repaired = json_repair.loads(cand)
-    if not isinstance(repaired, dict) or not repaired:
-        raise LabelError("bad_json", "the JSON could not be repaired safely")
-    return repaired, True
 
 
 @lru_cache(maxsize=32)
@@ -419,11 +375,10 @@ def make_label(item: LabelItem, task: Task, completion) -> dict:
                          "output": None, "repaired": False, "schema_errors": [], "checks": {}}
     if completion.finish_reason == "length":
         return rec | {"verdict": "failed", "reason": "length"}
-    try:
-        obj, repaired = parse_answer(completion.content)
-    except LabelError as exc:
-        return rec | {"verdict": "rejected", "reason": exc.reason, "detail": exc.detail}
-    rec["repaired"] = repaired
+    answer = parse_answer(completion.content)
+    if not answer.ok:
+        return rec | {"verdict": "rejected", "reason": answer.error, "detail": answer.detail}
+    obj, rec["repaired"] = answer.value, answer.repaired
     errors = validate(obj, task.schema)
     if errors:
         return rec | {"output": obj, "verdict": "rejected", "reason": "schema", "schema_errors": errors[:10]}

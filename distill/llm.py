@@ -61,6 +61,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Iterable, Iterator, Type
 import httpx
 import openai
 
+from distill import answers
 from distill.io import StageError
 
 log = logging.getLogger("distill.llm")
@@ -212,9 +213,6 @@ def run_sync(coro: Coroutine[Any, Any, R]) -> R:
 
 # --------------------------------------------------------------------------- reasoning
 
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-
-
 def split_reasoning(message: dict) -> tuple[str | None, str]:
     """Split an assistant ``message`` dict into ``(reasoning, content)``.
 
@@ -222,36 +220,22 @@ def split_reasoning(message: dict) -> tuple[str | None, str]:
 
     * ``message.reasoning_content`` (llama.cpp ``--reasoning-format``, vLLM, DeepSeek API)
     * ``message.reasoning`` (Ollama, LM Studio's separate reasoning setting, newer vLLM)
-    * ``<think>...</think>`` inside ``content``
-    * only ``</think>`` in ``content``: Qwen3-style templates put ``<think>`` into the prompt,
-      so everything before the closing tag is reasoning
-    * only ``<think>`` (unterminated, usually cut off by max_tokens): everything after it is
-      reasoning and there is no answer yet
+    * think tags inside ``content``: read by :func:`distill.answers.split_reasoning` (blocks, a
+      lone ``</think>`` of a Qwen3-style template, an unterminated ``<think>``)
 
     Returns ``reasoning`` as None when there is none, ``content`` stripped ("" if absent).
     """
-    parts: list[str] = []
+    given = None
     for key in ("reasoning_content", "reasoning"):
         value = message.get(key)
         if isinstance(value, str) and value.strip():
-            parts.append(value.strip())
+            given = value.strip()
             break  # some servers fill both with the same text
 
     content = message.get("content") or ""
     if isinstance(content, list):  # content parts: keep the text ones
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-
-    parts.extend(m.strip() for m in _THINK_BLOCK.findall(content))
-    content = _THINK_BLOCK.sub("", content)
-    if "</think>" in content:
-        before, _, content = content.rpartition("</think>")
-        parts.insert(0, before.replace("<think>", "").strip())
-    if "<think>" in content:
-        content, _, after = content.partition("<think>")
-        parts.append(after.strip())
-
-    reasoning = "\n\n".join(p for p in parts if p)
-    return (reasoning or None), content.strip()
+    return answers.split_reasoning(content, given)
 
 
 # --------------------------------------------------------------------------- replies

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from distill import dataset as D
+from distill.answers import drop_reasoning_block
 from distill.io import StageError
 from distill.tasks import list_tasks, load_task
 
@@ -52,7 +53,7 @@ def test_assistant_content_keep_and_strip():
     lab = {"name": "x"}
     kept = D.assistant_content(lab, "because", keep_reasoning=True)
     assert kept == '<think>\nbecause\n</think>\n\n{"name": "x"}'
-    assert D.strip_reasoning(kept) == '{"name": "x"}'
+    assert drop_reasoning_block(kept) == '{"name": "x"}'  # 07 and --reasoning strip read it back
     assert D.assistant_content(lab, "because", keep_reasoning=False) == '{"name": "x"}'
     assert D.assistant_content(lab, None, keep_reasoning=True) == '{"name": "x"}'
 

@@ -15,8 +15,8 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
+from distill.answers import parse_answer
 from distill.io import StageError, write_json, write_manifest
 
 from .config import TrainConfig
@@ -124,19 +124,6 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def parse_answer(text: str) -> tuple[bool, Any]:
-    """Does the answer (after an optional <think> block) parse as JSON?"""
-    from .data import strip_reasoning
-
-    body = strip_reasoning(text).strip()
-    if body.startswith("```"):
-        body = body.strip("`").removeprefix("json").strip()
-    try:
-        return True, json.loads(body)
-    except json.JSONDecodeError:
-        return False, None
-
-
 def generate(model, tok, prompt: str, max_new_tokens: int = 512) -> str:
     import torch
 
@@ -157,10 +144,13 @@ def inference_test(model, tok, rows: list[dict], n: int, template: str) -> list[
         ref = r["messages"][-1]["content"]
         max_new = min(1024, len(tok(ref, add_special_tokens=False)["input_ids"]) * 2 + 32)
         out = generate(model, tok, prompt, max_new)
-        ok, parsed = parse_answer(out)
+        # repair=False: this check asks whether the model writes JSON by itself; json-repair would
+        # close a half-trained model's fragments into objects (07 reports repaired answers apart).
+        got = parse_answer(out, repair=False)
         user = next(m["content"] for m in r["messages"] if m["role"] == "user")
-        print(f"--- input: {user[:200]!r}\n    output: {out[:300]!r}\n    JSON parses: {ok}")
-        results.append({"id": r.get("id"), "output": out, "json_ok": ok, "exact_match": ok and parsed == parse_answer(ref)[1]})
+        print(f"--- input: {user[:200]!r}\n    output: {out[:300]!r}\n    JSON parses: {got.ok}")
+        results.append({"id": r.get("id"), "output": out, "json_ok": got.ok,
+                        "exact_match": got.ok and got.value == parse_answer(ref, repair=False).value})
     return results
 
 

@@ -1,4 +1,5 @@
-"""Chat JSONL loading, reasoning stripping, training chat templates and the label mask.
+"""Chat JSONL loading (``--reasoning strip`` through distill.answers.drop_reasoning_block), training chat
+templates and the label mask.
 
 Loss goes on the assistant turn only. We render each conversation with the model
 family's own chat template in a *training variant* that wraps the assistant turn in
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.answers import drop_reasoning_block
 from distill.io import StageError, read_jsonl, read_manifest
-
-THINK_RE = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 
 # ChatML (SmolLM2, and Qwen-style templates without tools) with generation markers.
 # The default system line is SmolLM2's; it only appears when a conversation has no system turn.
@@ -40,11 +40,6 @@ _PROBES = [
 ]
 
 
-def strip_reasoning(text: str) -> str:
-    """Remove a leading <think>...</think> block from an assistant turn."""
-    return THINK_RE.sub("", text, count=1)
-
-
 def load_split(path: Path, reasoning: str = "keep") -> list[dict]:
     """Read one split; validate the chat shape; apply --reasoning. Errors name file and line."""
     rows = read_jsonl(path)
@@ -59,7 +54,7 @@ def load_split(path: Path, reasoning: str = "keep") -> list[dict]:
         if msgs[-1]["role"] != "assistant":
             raise StageError(f"{path}: row {i}: the last message must be the assistant's answer")
         if reasoning == "strip":
-            msgs = [dict(m, content=strip_reasoning(m["content"])) if m["role"] == "assistant" else m for m in msgs]
+            msgs = [dict(m, content=drop_reasoning_block(m["content"])) if m["role"] == "assistant" else m for m in msgs]
         out.append(dict(row, messages=msgs))
     return out
 
