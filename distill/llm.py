@@ -26,7 +26,8 @@ Typical use in a stage::
 
 Design notes:
 
-* ``openai.AsyncOpenAI`` does the HTTP, the timeouts and the retries. All requests of the process
+* ``openai.AsyncOpenAI`` builds the requests and does the timeouts and the retries; the bytes go
+  over aiohttp (:class:`_AiohttpTransport`). All requests of the process
   run on one event loop in a daemon thread (:func:`event_loop`), so ``--concurrency 512`` is 512
   coroutines, not 512 threads, and Ctrl-C abandons them at once. ``complete()`` is the blocking
   form of ``acomplete()`` for code that is not async.
@@ -50,6 +51,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import inspect
 import logging
@@ -59,6 +61,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -406,26 +409,82 @@ class _OpenAI(openai.AsyncOpenAI):
         return delay
 
 
-_LANE = 8  # connections per lane (see LLMClient.__init__)
+class _AiohttpTransport(httpx.AsyncBaseTransport):
+    """The SDK's HTTP on aiohttp: the SDK keeps building requests, retrying and timing out, this
+    only moves the bytes. httpx's own transport (httpcore) scans every connection of its pool for
+    each request and reply, and at hundreds in flight that bookkeeping cost more client CPU than
+    everything else together; with aiohttp's pool and C parser the client needs about half
+    (``bench/bench_concurrency.py --slots 256 --concurrency 256 --delay 0.2 --requests 512``, 2 busy
+    cores: 1.6-2.0 ms per request against 3.7-3.8). aiohttp's errors become the httpx ones the SDK
+    and :meth:`LLMClient._error` know: ConnectError, ConnectTimeout, ReadTimeout, RemoteProtocolError."""
+
+    def __init__(self, connections: int, trust_env: bool):
+        self._connections, self._trust_env = connections, trust_env
+        self._session: Any = None  # an aiohttp.ClientSession, made on the event loop at first use
+        _transports.add(self)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
+                trust_env=self._trust_env,
+                auto_decompress=False,  # httpx decodes by Content-Encoding, once
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))  # the SDK sets them
+        t = request.extensions.get("timeout") or {}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.get("connect"), sock_read=t.get("read"))
+        try:
+            async with self._session.request(request.method, str(request.url), headers=request.headers.multi_items(),
+                                             data=request.content, timeout=timeout, allow_redirects=False) as r:
+                content = await r.read()
+                return httpx.Response(r.status, headers=r.raw_headers, content=content, request=request)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
+        except aiohttp.ServerTimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            # the server closed or reset the connection before a whole reply
+            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
-@dataclass(eq=False)
-class _Lane:
-    sdk: "_OpenAI"
-    active: int = 0  # requests in flight
+_transports: "weakref.WeakSet[_AiohttpTransport]" = weakref.WeakSet()
 
-    def load(self) -> int:
-        return self.active
+
+@atexit.register
+def _close_transports() -> None:
+    """At exit, close the sessions of clients nobody closed (a stage's client lives as long as the
+    process), so aiohttp does not print "Unclosed client session" for each. Runs on the event
+    loop, which is still alive then (daemon threads stop after atexit); waits at most a second,
+    so Ctrl-C with requests in flight still exits at once."""
+    if _loop is None or _loop_thread is None or not _loop_thread.is_alive() or not _transports:
+        return
+
+    async def close_all() -> None:
+        for transport in list(_transports):
+            await transport.aclose()
+
+    try:
+        asyncio.run_coroutine_threadsafe(close_all(), _loop).result(timeout=1)
+    except (TimeoutError, RuntimeError):
+        pass  # the process is exiting either way: nothing is lost, only the warning is not avoided
 
 
 @dataclass(eq=False)
 class _Endpoint:
-    """One server of the client: its lanes, its structured-output mode and its health.
+    """One server of the client: its SDK client, its structured-output mode and its health.
 
     Only touched on the event loop thread (the counters are read elsewhere once a run is over)."""
 
     url: str
-    lanes: list[_Lane]
+    sdk: "_OpenAI"
     mode: str | None  # the response_format mode that works here; None until the first probe
     mode_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     active: int = 0  # chat requests in flight
@@ -436,10 +495,6 @@ class _Endpoint:
     cool_until: float = 0.0  # skipped until this time.monotonic() ...
     suspect: bool = False  # ... and then given one request at a time until one is answered
     last_fault: Exception | None = None
-
-    def lane(self) -> _Lane:
-        """The lane with the fewest requests in flight."""
-        return min(self.lanes, key=_Lane.load)
 
     def ready(self, now: float) -> bool:
         return now >= self.cool_until and not (self.suspect and self.active)
@@ -495,17 +550,11 @@ class LLMClient:
         self.config = config or LLMConfig()
         self.model = self.config.model
         cfg = self.config
-        # Requests in flight are spread over lanes of at most _LANE connections, each lane its own
-        # AsyncOpenAI with its own connection pool: httpcore's pool scans all its connections
-        # for every request and every reply (work quadratic in the pool's size: 64 connections
-        # in one pool cost ~25 ms of CPU per request), so many small pools beat one large one.
-        # Every endpoint gets lanes for all of --concurrency: when the others fail, one carries
-        # the run (connections are only opened when used).
+        # Every endpoint gets connections for all of --concurrency: when the others fail, one
+        # carries the run (connections are only opened when used).
         n = max(int(cfg.concurrency), 1)
         mode = None if cfg.response_format == "auto" else cfg.response_format
-        self._endpoints = [
-            _Endpoint(url, [_Lane(self._sdk_client(url, min(_LANE, n))) for _ in range(-(-n // _LANE))], mode)
-            for url in cfg.base_urls]
+        self._endpoints = [_Endpoint(url, self._sdk_client(url, n), mode) for url in cfg.base_urls]
         self._http_sync: httpx.Client | None = None
         self._model_lock = asyncio.Lock()  # bound to event_loop() on first use
 
@@ -517,14 +566,12 @@ class LLMClient:
             api_key=cfg.api_key,
             timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
             max_retries=cfg.retries,
+            # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is a
+            # classic cause of baffling 502s, so the environment is only trusted for remote servers.
+            # Every connection stays open for the next request: opening one costs more client CPU
+            # than the request itself.
             http_client=openai.DefaultAsyncHttpxClient(
-                # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is
-                # a classic cause of baffling 502s, so the environment is only trusted for remote servers.
-                trust_env=not _is_local(url),
-                # every connection stays open for the lane's next request: opening one costs more
-                # client CPU than the request itself
-                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            ),
+                transport=_AiohttpTransport(connections, trust_env=not _is_local(url))),
         )
 
     def _pick(self, tried: list[_Endpoint] = ()) -> _Endpoint | None:
@@ -559,8 +606,7 @@ class LLMClient:
     def close(self) -> None:
         async def close_all() -> None:
             for ep in self._endpoints:
-                for lane in ep.lanes:
-                    await lane.sdk.close()
+                await ep.sdk.close()
 
         run_sync(close_all())
         if self._http_sync is not None:
@@ -589,8 +635,9 @@ class LLMClient:
             return None
         parts = []
         for ep in self._endpoints:
-            extra = [f"{n} {what}" for n, what in ((ep.errors, "errors"), (ep.moved, "moved on"),
-                                                    (ep.cooldowns, "times skipped")) if n]
+            extra = [f"{n} {what}" for n, what in ((ep.errors, "errors"), (ep.moved, "moved on")) if n]
+            if ep.cooldowns:
+                extra.append(f"skipped {ep.cooldowns} time{'s' if ep.cooldowns > 1 else ''}")
             parts.append(f"{ep.url} {ep.requests} requests" + (f" ({', '.join(extra)})" if extra else ""))
         return "endpoints: " + "; ".join(parts)
 
@@ -637,7 +684,7 @@ class LLMClient:
 
     async def _models_on(self, ep: _Endpoint) -> list[str]:
         try:
-            resp = await ep.lanes[0].sdk.get("/models", cast_to=httpx.Response)
+            resp = await ep.sdk.get("/models", cast_to=httpx.Response)
         except openai.OpenAIError as exc:
             raise self._error(exc, "GET", "/models", ep.url) from None
         try:
@@ -738,15 +785,13 @@ class LLMClient:
         state = _ProbeState() if probing and schema is not None and mode != "prompt" else None
         token = _probe.set(state)
         started = time.monotonic()
-        lane = ep.lane()
-        lane.active += 1
         ep.active += 1
         ep.requests += 1
         try:
             # The body as it is, through the SDK's request (its timeouts and retries): chat.completions
             # .create would first walk every message through its TypedDict transform, a fifth of the
             # client's CPU per request, and reshape a json_object response_format with a "schema".
-            resp = await lane.sdk.post("/chat/completions", body=body, cast_to=httpx.Response)
+            resp = await ep.sdk.post("/chat/completions", body=body, cast_to=httpx.Response)
         except openai.APIStatusError as exc:
             if state is not None:
                 detail = _error_detail(exc.response)
@@ -764,7 +809,6 @@ class LLMClient:
             ep.errors += 1
             raise self._error(exc, "POST", "/chat/completions", ep.url) from None
         finally:
-            lane.active -= 1
             ep.active -= 1
             _probe.reset(token)
         data, choice, message = _parse_chat_response(resp)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +206,16 @@ def test_several_base_urls_on_the_command_line():
         LLMConfig(base_urls=("http://a:1/v1", "http://a:1/v1/"))
     with pytest.raises(StageError, match="needs http"):
         LLMConfig(base_urls=("http://a:1/v1", "b:2/v1"))
+
+
+def test_a_process_that_never_closes_its_client_exits_without_unclosed_session_noise():
+    # Stages keep one client for the whole process and never close it: at exit its HTTP sessions
+    # are closed for it, instead of aiohttp printing "Unclosed client session" for each.
+    with FakeOpenAIServer() as srv:
+        code = ("import sys\nfrom distill.llm import LLMClient, LLMConfig\n"
+                "c = LLMClient(LLMConfig(base_url=sys.argv[1], model='m', concurrency=4))\n"
+                "print(c.complete([{'role': 'user', 'content': 'hi'}]).content)\n")
+        root = Path(__file__).resolve().parent.parent
+        r = subprocess.run([sys.executable, "-c", code, srv.url], capture_output=True, text=True, timeout=60, cwd=root)
+    assert r.returncode == 0 and r.stdout.strip() == "hi", r.stderr
+    assert "Unclosed" not in r.stderr, r.stderr
