@@ -67,7 +67,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
+import aiohttp
 import httpx
+import httpx_aiohttp
 import openai
 
 from distill.io import StageError
@@ -409,50 +411,43 @@ class _OpenAI(openai.AsyncOpenAI):
         return delay
 
 
-class _AiohttpTransport(httpx.AsyncBaseTransport):
-    """The SDK's HTTP on aiohttp: the SDK keeps building requests, retrying and timing out, this
-    only moves the bytes. httpx's own transport (httpcore) scans every connection of its pool for
-    each request and reply, and at hundreds in flight that bookkeeping cost more client CPU than
+class _AiohttpTransport(httpx_aiohttp.AiohttpTransport):
+    """The SDK's HTTP on aiohttp, through httpx-aiohttp (the transport of the SDK's own
+    ``DefaultAioHttpClient``): the SDK keeps building requests, retrying and timing out, this only
+    moves the bytes. httpx's own transport (httpcore) scans every connection of its pool for each
+    request and reply, and at hundreds in flight that bookkeeping cost more client CPU than
     everything else together; with aiohttp's pool and C parser the client needs about half
-    (``bench/bench_concurrency.py --slots 256 --concurrency 256 --delay 0.2 --requests 512``, 2 busy
-    cores: 1.6-2.0 ms per request against 3.7-3.8). aiohttp's errors become the httpx ones the SDK
-    and :meth:`LLMClient._error` know: ConnectError, ConnectTimeout, ReadTimeout, RemoteProtocolError."""
+    (``bench/bench_concurrency.py --slots 256 --concurrency 256 --delay 0.2 --requests 512``).
+
+    Two things on top of httpx-aiohttp 0.2.0: the session trusts the environment (proxies) only when
+    asked, which its own session never does; and its error map turns every aiohttp connection
+    error that is not a timeout into ``httpx.ConnectTimeout`` -- a refused connection and a server
+    that dropped it mid-request alike -- so those two are mapped again to what the SDK and
+    :meth:`LLMClient._error` tell apart: ConnectError (cannot reach) and RemoteProtocolError
+    (disconnected). The reply is read here so that errors while reading it are mapped too."""
 
     def __init__(self, connections: int, trust_env: bool):
-        self._connections, self._trust_env = connections, trust_env
-        self._session: Any = None  # an aiohttp.ClientSession, made on the event loop at first use
+        super().__init__(
+            trust_env=trust_env,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            # made on the event loop at the first request
+            client=lambda: aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=connections, ssl=self.ssl_context), trust_env=trust_env))
         _transports.add(self)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
-                trust_env=self._trust_env,
-                auto_decompress=False,  # httpx decodes by Content-Encoding, once
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))  # the SDK sets them
-        t = request.extensions.get("timeout") or {}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.get("connect"), sock_read=t.get("read"))
         try:
-            async with self._session.request(request.method, str(request.url), headers=request.headers.multi_items(),
-                                             data=request.content, timeout=timeout, allow_redirects=False) as r:
-                content = await r.read()
-                return httpx.Response(r.status, headers=r.raw_headers, content=content, request=request)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
-        except aiohttp.ServerTimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            response = await super().handle_async_request(request)
+            await response.aread()
+            return response
+        except httpx.ConnectTimeout as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ServerTimeoutError) or not isinstance(cause, aiohttp.ClientConnectionError):
+                raise
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(cause), request=request) from cause
             # the server closed or reset the connection before a whole reply
-            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
-
-    async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+            raise httpx.RemoteProtocolError(str(cause) or type(cause).__name__, request=request) from cause
 
 
 _transports: "weakref.WeakSet[_AiohttpTransport]" = weakref.WeakSet()
