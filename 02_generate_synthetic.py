@@ -91,7 +91,7 @@ def _main(args) -> int:
         real = [it for it in todo if it.text is not None]
         todo = [it for it in todo if it.text is None]
         n_real = sum(it.text is not None for it in items)
-        by = f" with {model} at {args.base_url}" if teacher else " (no teacher needed)"
+        by = f" with {model} at {', '.join(args.base_url)}" if teacher else " (no teacher needed)"
         print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs, {n_real} of them real pages "
               f"({stats.skipped} already done, {len(todo) + len(real)} to write){by}")
         for item in real:  # passed on unchanged: no request
@@ -116,7 +116,7 @@ def _main(args) -> int:
         counts = {"planned": len(items), "written": stats.done + len(real), "real_pages": n_real,
                   "real_pages_written": len(real), "skipped": stats.skipped,
                   "failed": sum(stats.failed.values()), "failed_by_reason": dict(stats.failed),
-                  "requests": stats.as_dict()}
+                  "requests": stats.as_dict(), "endpoints": client.endpoint_stats()}
         by_style = {}
         for it in items:
             by_style[it.style.name] = by_style.get(it.style.name, 0) + 1
@@ -126,6 +126,8 @@ def _main(args) -> int:
         write_manifest(out, "02_generate_synthetic", vars(args) | {"api_key": "***"}, counts,
                        task=task.name, task_fingerprint=task.fingerprint())
         print(stats.summary())
+        if client.endpoint_summary():
+            print(client.endpoint_summary())
         print(f"styles: {by_style}")
         if failures:
             print(f"{len(failures)} inputs failed (see {out / 'failures.jsonl'}); re-run the same command to retry them.")

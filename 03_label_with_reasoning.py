@@ -127,7 +127,7 @@ def _main(args) -> int:
         stats.skip(len(items) - len(todo))
         by_record = [it for it in todo if it.from_record]
         todo = [it for it in todo if not it.from_record]
-        by = f" with {client.model} at {args.base_url}" if teacher_needed else " (no teacher needed)"
+        by = f" with {client.model} at {', '.join(args.base_url)}" if teacher_needed else " (no teacher needed)"
         print(f"03: {len(items)} inputs, {len(from_record)} labeled from their record "
               f"({stats.skipped} already labeled, {len(todo) + len(by_record)} to label){by}")
         for it in by_record:  # distant supervision: no request
@@ -153,6 +153,8 @@ def _main(args) -> int:
                 labeling.write_label(out, rec)
         report = labeling.report(out, [it.id for it in items], task)
         print(stats.summary())
+        if client.endpoint_summary():
+            print(client.endpoint_summary())
         print(labeling.format_report(report))
         if args.review:
             from distill.review import write_label_review
@@ -166,7 +168,8 @@ def _main(args) -> int:
         write_manifest(out, "03_label_with_reasoning", vars(args) | {"api_key": "***"},
                        {"inputs": len(items), "labeled_now": len(todo) + len(by_record), "skipped": stats.skipped,
                         "labeled_from_record_now": len(by_record), **report["verdicts"],
-                        "rejected_by_reason": report["rejected_by_reason"], "requests": stats.as_dict()},
+                        "rejected_by_reason": report["rejected_by_reason"], "requests": stats.as_dict(),
+                        "endpoints": client.endpoint_stats()},
                        task=task.name, task_fingerprint=task.fingerprint(), report=report)
         print(f"wrote {out}")
     if stats.all_failed():

@@ -41,6 +41,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """0 or more seconds (``--endpoint-cooldown``; 0 turns it off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A share from 0 to 1 (``--abstention-share``)."""
     try:
@@ -63,15 +74,35 @@ def http_url(text: str) -> str:
     return text.strip()
 
 
+class _AppendURL(argparse.Action):
+    """``--base-url`` given several times collects the URLs; the first one given replaces the
+    default (argparse's ``append`` would add to it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        urls = getattr(namespace, self.dest)
+        urls = [] if urls is self.default else list(urls)
+        if values in urls:
+            parser.error(f"argument {option_string}: {values} is given twice")
+        setattr(namespace, self.dest, [*urls, values])
+
+
 def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) -> None:
     # Deferred: only the scripts that talk to a teacher (02, 03) import the client.
     from .llm import LLMConfig
 
     defaults = LLMConfig()  # the LM Studio defaults (URL, key) live in the client's config
     g = p.add_argument_group("teacher server (any OpenAI-compatible endpoint)")
-    g.add_argument("--base-url", type=http_url, default=os.environ.get("OPENAI_BASE_URL", defaults.base_url),
-                   help="server URL: LM Studio http://localhost:1234/v1 (default), Ollama http://localhost:11434/v1, "
-                        "vLLM http://localhost:8000/v1, llama-server http://localhost:8080/v1")
+    g.add_argument("--base-url", type=http_url, action=_AppendURL, metavar="URL",
+                   default=[os.environ.get("OPENAI_BASE_URL") or defaults.base_url],
+                   help="server URL: LM Studio http://localhost:1234/v1 (default, or $OPENAI_BASE_URL), Ollama "
+                        "http://localhost:11434/v1, vLLM http://localhost:8000/v1, llama-server "
+                        "http://localhost:8080/v1. Give it several times for several servers of the same model: "
+                        "each request goes to the one with the fewest in flight, and one that fails is skipped "
+                        "for --endpoint-cooldown seconds while its requests go to the others")
+    g.add_argument("--endpoint-cooldown", type=non_negative_float, default=defaults.endpoint_cooldown,
+                   metavar="SECONDS",
+                   help="with several --base-url: how long an endpoint that cannot be reached or answers 5xx "
+                        "(after --retries) is skipped (default: %(default)g; 0 = never skipped)")
     g.add_argument("--model", default="",
                    help="model id as the server names it, e.g. qwen3-14b (default: the first model the server lists)")
     g.add_argument("--api-key", default=defaults.api_key,
@@ -86,7 +117,8 @@ def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) 
                    help="extra request fields for server-specific sampling, e.g. '{\"repeat_penalty\": 1.15}' "
                         "for llama.cpp (small teachers loop without it)")
     g.add_argument("--concurrency", type=positive_int, default=4,
-                   help="requests in flight at once; match the server's parallel slots (llama-server -np)")
+                   help="requests in flight at once; match the server's parallel slots (llama-server -np), "
+                        "with several --base-url the sum of their slots")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool) -> argparse._ArgumentGroup:
@@ -113,9 +145,10 @@ def llm_config_from_args(args: argparse.Namespace, seed: int | None = None):
         raise StageError("--retries must be 0 or more")
     if not isinstance(args.extra_body, dict):
         raise StageError("--extra-body must be a JSON object, e.g. '{\"repeat_penalty\": 1.15}'")
-    return LLMConfig(base_url=args.base_url, model=args.model, api_key=args.api_key,
+    return LLMConfig(base_urls=tuple(args.base_url), model=args.model, api_key=args.api_key,
                      temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout,
-                     retries=args.retries, concurrency=args.concurrency, seed=seed, extra_body=args.extra_body)
+                     retries=args.retries, concurrency=args.concurrency, seed=seed, extra_body=args.extra_body,
+                     endpoint_cooldown=args.endpoint_cooldown)
 
 
 def check_train_dirs(cfg) -> None:

@@ -9,7 +9,7 @@ Works against any server that speaks ``POST /v1/chat/completions``:
 
 Typical use in a stage::
 
-    client = LLMClient(LLMConfig(base_url=args.base_url, model=args.model))
+    client = LLMClient(LLMConfig(base_url=args.base_url, model=args.model))   # or base_urls=(a, b, ...)
     client.ping()                                   # clear error if the server is down
     stats = RunStats()
 
@@ -26,7 +26,8 @@ Typical use in a stage::
 
 Design notes:
 
-* ``openai.AsyncOpenAI`` does the HTTP, the timeouts and the retries. All requests of the process
+* ``openai.AsyncOpenAI`` builds the requests and does the timeouts and the retries; the bytes go
+  over aiohttp (:class:`_AiohttpTransport`). All requests of the process
   run on one event loop in a daemon thread (:func:`event_loop`), so ``--concurrency 512`` is 512
   coroutines, not 512 threads, and Ctrl-C abandons them at once. ``complete()`` is the blocking
   form of ``acomplete()`` for code that is not async.
@@ -38,12 +39,19 @@ Design notes:
 * Structured output: ``json_schema`` first, then ``json_object`` (+ schema, llama.cpp style), then
   plain prompting. The first mode the server accepts is remembered for the client's lifetime;
   only a reply that names the format switches it (a bare 500 only when every attempt was one).
+* Several endpoints (``base_urls``, several ``--base-url``): each request goes to the endpoint
+  with the fewest requests in flight. One that fails (cannot be reached, drops the connection, or
+  answers 5xx after its retries) is skipped for ``endpoint_cooldown`` seconds, then gets a single
+  trial request before it is used fully again; the failed request moves to another endpoint. The
+  request sent is the same whichever endpoint takes it, and every endpoint has its own
+  structured-output mode (servers differ in what they accept).
 * Reasoning ("thinking") is separated from the answer whichever channel the server uses; see
   :func:`split_reasoning`.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import inspect
 import logging
@@ -53,12 +61,15 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
+import aiohttp
 import httpx
+import httpx_aiohttp
 import openai
 
 from distill import answers
@@ -84,9 +95,11 @@ def _default_api_key() -> str:
 
 @dataclass
 class LLMConfig:
-    """Connection and sampling settings for one OpenAI-compatible server."""
+    """Connection and sampling settings for one OpenAI-compatible server (or several: ``base_urls``)."""
 
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str = DEFAULT_BASE_URL  # the first (or only) endpoint
+    # Every endpoint when there are several (then base_url is set to the first); () = just base_url.
+    base_urls: tuple[str, ...] = ()
     model: str = ""  # "" = the first model the server lists (resolved by ping())
     api_key: str = field(default_factory=_default_api_key)
     temperature: float = 0.7
@@ -102,11 +115,20 @@ class LLMConfig:
     extra_body: dict = field(default_factory=dict)
     backoff: float = 1.0  # first retry wait (s); doubles each attempt, plus jitter
     backoff_max: float = 30.0  # cap on one wait (s)
+    # Seconds an endpoint that failed is skipped while others remain (0 = never skipped).
+    endpoint_cooldown: float = 30.0
 
     def __post_init__(self) -> None:
-        self.base_url = self.base_url.rstrip("/")
-        if not re.match(r"https?://[^/]", self.base_url):
-            raise StageError(f"base URL {self.base_url!r} needs http:// or https://, e.g. http://localhost:1234/v1")
+        urls = tuple(u.rstrip("/") for u in (self.base_urls or (self.base_url,)))
+        for url in urls:
+            if not re.match(r"https?://[^/]", url):
+                raise StageError(f"base URL {url!r} needs http:// or https://, e.g. http://localhost:1234/v1")
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        if twice:
+            raise StageError(f"base URL {twice[0]} is given more than once")
+        self.base_urls, self.base_url = urls, urls[0]
+        if not self.endpoint_cooldown >= 0:
+            raise StageError(f"endpoint cooldown must be 0 or more seconds, got {self.endpoint_cooldown}")
         if not self.timeout > 0:
             raise StageError(f"timeout must be above 0 seconds, got {self.timeout}")
         if self.response_format != "auto" and self.response_format not in RESPONSE_FORMATS:
@@ -163,6 +185,18 @@ class LLMBadModelList(LLMUnavailable):
 
 class _FormatRefused(Exception):
     """Internal: the server rejected the response_format we sent."""
+
+
+class _WrongEndpoint(LLMUnavailable):
+    """GET /models answered with an error that is not the server being unwell (a 404: a wrong URL)."""
+
+
+class _Skipped(Exception):
+    """Internal: a request waited for an endpoint that failed meanwhile; ``fault`` is why."""
+
+    def __init__(self, fault: Exception):
+        super().__init__(str(fault))
+        self.fault = fault
 
 
 # --------------------------------------------------------------------------- the event loop
@@ -361,16 +395,107 @@ class _OpenAI(openai.AsyncOpenAI):
         return delay
 
 
-_LANE = 8  # connections per lane (see LLMClient.__init__)
+class _AiohttpTransport(httpx_aiohttp.AiohttpTransport):
+    """The SDK's HTTP on aiohttp, through httpx-aiohttp (the transport of the SDK's own
+    ``DefaultAioHttpClient``): the SDK keeps building requests, retrying and timing out, this only
+    moves the bytes. httpx's own transport (httpcore) scans every connection of its pool for each
+    request and reply, and at hundreds in flight that bookkeeping cost more client CPU than
+    everything else together; with aiohttp's pool and C parser the client needs about half
+    (``bench/bench_concurrency.py --slots 256 --concurrency 256 --delay 0.2 --requests 512``).
+
+    Two things on top of httpx-aiohttp 0.2.0: the session trusts the environment (proxies) only when
+    asked, which its own session never does; and its error map turns every aiohttp connection
+    error that is not a timeout into ``httpx.ConnectTimeout`` -- a refused connection and a server
+    that dropped it mid-request alike -- so those two are mapped again to what the SDK and
+    :meth:`LLMClient._error` tell apart: ConnectError (cannot reach) and RemoteProtocolError
+    (disconnected). The reply is read here so that errors while reading it are mapped too."""
+
+    def __init__(self, connections: int, trust_env: bool):
+        super().__init__(
+            trust_env=trust_env,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            # made on the event loop at the first request
+            client=lambda: aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=connections, ssl=self.ssl_context), trust_env=trust_env))
+        _transports.add(self)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+            await response.aread()
+            return response
+        except httpx.ConnectTimeout as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ServerTimeoutError) or not isinstance(cause, aiohttp.ClientConnectionError):
+                raise
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(cause), request=request) from cause
+            # the server closed or reset the connection before a whole reply
+            raise httpx.RemoteProtocolError(str(cause) or type(cause).__name__, request=request) from cause
+
+
+_transports: "weakref.WeakSet[_AiohttpTransport]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_transports() -> None:
+    """At exit, close the sessions of clients nobody closed (a stage's client lives as long as the
+    process), so aiohttp does not print "Unclosed client session" for each. Runs on the event
+    loop, which is still alive then (daemon threads stop after atexit); waits at most a second,
+    so Ctrl-C with requests in flight still exits at once."""
+    if _loop is None or _loop_thread is None or not _loop_thread.is_alive() or not _transports:
+        return
+
+    async def close_all() -> None:
+        for transport in list(_transports):
+            await transport.aclose()
+
+    try:
+        asyncio.run_coroutine_threadsafe(close_all(), _loop).result(timeout=1)
+    except (TimeoutError, RuntimeError):
+        pass  # the process is exiting either way: nothing is lost, only the warning is not avoided
 
 
 @dataclass(eq=False)
-class _Lane:
-    sdk: "_OpenAI"
-    active: int = 0  # requests in flight
+class _Endpoint:
+    """One server of the client: its SDK client, its structured-output mode and its health.
 
-    def load(self) -> int:
-        return self.active
+    Only touched on the event loop thread (the counters are read elsewhere once a run is over)."""
+
+    url: str
+    sdk: "_OpenAI"
+    mode: str | None  # the response_format mode that works here; None until the first probe
+    mode_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    active: int = 0  # chat requests in flight
+    requests: int = 0  # chat requests sent (a fallback step is one more; the SDK's retries are not)
+    errors: int = 0  # of those, how many ended in an error
+    moved: int = 0  # requests that failed here and were sent to another endpoint
+    cooldowns: int = 0  # times it was skipped for failing
+    cool_until: float = 0.0  # skipped until this time.monotonic() ...
+    suspect: bool = False  # ... and then given one request at a time until one is answered
+    last_fault: Exception | None = None
+
+    def ready(self, now: float) -> bool:
+        return now >= self.cool_until and not (self.suspect and self.active)
+
+    def answered(self) -> None:
+        self.suspect = False
+
+    def stats(self) -> dict:
+        return {"url": self.url, "requests": self.requests, "errors": self.errors, "moved_on": self.moved,
+                "cooldowns": self.cooldowns}
+
+
+def _endpoint_fault(exc: BaseException) -> bool:
+    """Whether a failed request says its endpoint is unwell (another endpoint may well answer it):
+    it could not be reached, dropped the connection, or answered 5xx after the retries. A 4xx,
+    a timeout, a truncated or malformed answer, or a refused API key are about the request or
+    the settings, and another endpoint would give the same."""
+    if isinstance(exc, (LLMAuthError, LLMBadModelList, _WrongEndpoint)):
+        return False
+    if isinstance(exc, LLMUnavailable):
+        return True
+    return isinstance(exc, LLMError) and (exc.reason == "disconnected" or exc.reason.startswith("http_5"))
 
 
 def _refused(exc: BaseException) -> bool:
@@ -394,7 +519,8 @@ def _is_local(url: str) -> bool:
 
 
 class LLMClient:
-    """A client for one OpenAI-compatible server. Share one per stage run.
+    """A client for one OpenAI-compatible server, or several serving the same model
+    (``LLMConfig.base_urls``). Share one per stage run.
 
     ``acomplete``/``amodels``/``aping`` are coroutines for :func:`event_loop`; ``complete``/``models``/
     ``ping`` are their blocking forms, safe to call from any number of threads."""
@@ -403,46 +529,63 @@ class LLMClient:
         self.config = config or LLMConfig()
         self.model = self.config.model
         cfg = self.config
-        # Requests in flight are spread over lanes of at most _LANE connections, each lane its own
-        # AsyncOpenAI with its own connection pool: httpcore's pool scans all its connections
-        # for every request and every reply (work quadratic in the pool's size: 64 connections
-        # in one pool cost ~25 ms of CPU per request), so many small pools beat one large one.
+        # Every endpoint gets connections for all of --concurrency: when the others fail, one
+        # carries the run (connections are only opened when used).
         n = max(int(cfg.concurrency), 1)
-        self._lanes = [_Lane(self._sdk_client(min(_LANE, n))) for _ in range(-(-n // _LANE))]
+        mode = None if cfg.response_format == "auto" else cfg.response_format
+        self._endpoints = [_Endpoint(url, self._sdk_client(url, n), mode) for url in cfg.base_urls]
         self._http_sync: httpx.Client | None = None
-        # The response_format mode that works on this server; None until the first probe.
-        self._mode: str | None = None if cfg.response_format == "auto" else cfg.response_format
-        self._mode_lock = asyncio.Lock()  # bound to event_loop() on first use
-        self._model_lock = asyncio.Lock()
+        self._model_lock = asyncio.Lock()  # bound to event_loop() on first use
 
-    def _sdk_client(self, connections: int) -> "_OpenAI":
+    def _sdk_client(self, url: str, connections: int) -> "_OpenAI":
         cfg = self.config
         return _OpenAI(
             distill_config=cfg,
-            base_url=cfg.base_url,
+            base_url=url,
             api_key=cfg.api_key,
             timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
             max_retries=cfg.retries,
+            # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is a
+            # classic cause of baffling 502s, so the environment is only trusted for remote servers.
+            # Every connection stays open for the next request: opening one costs more client CPU
+            # than the request itself.
             http_client=openai.DefaultAsyncHttpxClient(
-                # A proxy from HTTP(S)_PROXY never makes sense for a server on this machine and is
-                # a classic cause of baffling 502s, so the environment is only trusted for remote servers.
-                trust_env=not _is_local(cfg.base_url),
-                # every connection stays open for the lane's next request: opening one costs more
-                # client CPU than the request itself
-                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            ),
+                transport=_AiohttpTransport(connections, trust_env=not _is_local(url))),
         )
 
-    def _lane(self) -> "_Lane":
-        """The lane with the fewest requests in flight (only touched on the event loop thread)."""
-        return min(self._lanes, key=_Lane.load)
+    def _pick(self, tried: list[_Endpoint] = ()) -> _Endpoint | None:
+        """The endpoint for the next request: of those not in ``tried``, the one with the fewest
+        requests in flight among the ones not skipped; when all are skipped, the one back soonest.
+        None when every endpoint was tried."""
+        left = [e for e in self._endpoints if e not in tried]
+        if not left:
+            return None
+        if len(left) == 1:
+            return left[0]
+        now = time.monotonic()
+        ready = [e for e in left if e.ready(now)]
+        if ready:
+            return min(ready, key=lambda e: e.active)
+        return min(left, key=lambda e: e.cool_until)
+
+    def _failed(self, ep: _Endpoint, exc: Exception) -> None:
+        """``ep`` failed a request with ``exc`` (an endpoint fault): skip it for a while."""
+        if len(self._endpoints) == 1 or not self.config.endpoint_cooldown:
+            return  # nothing to skip to, or skipping is off
+        now = time.monotonic()
+        if now < ep.cool_until:
+            return  # already skipped: the other requests it had in flight fail alike
+        ep.cool_until, ep.suspect, ep.last_fault = now + self.config.endpoint_cooldown, True, exc
+        ep.cooldowns += 1
+        log.warning("endpoint %s failed (%s): skipped for %gs, its requests go to the others",
+                    ep.url, exc, self.config.endpoint_cooldown)
 
     # -- lifecycle
 
     def close(self) -> None:
         async def close_all() -> None:
-            for lane in self._lanes:
-                await lane.sdk.close()
+            for ep in self._endpoints:
+                await ep.sdk.close()
 
         run_sync(close_all())
         if self._http_sync is not None:
@@ -456,12 +599,30 @@ class LLMClient:
 
     @property
     def response_format_mode(self) -> str | None:
-        """The remembered structured-output mode (None until a schema request succeeded)."""
-        return self._mode
+        """The remembered structured-output mode (None until a schema request succeeded); with
+        several endpoints, the first endpoint's (see :meth:`endpoint_stats` for each)."""
+        return self._endpoints[0].mode
+
+    def endpoint_stats(self) -> list[dict]:
+        """Per endpoint: ``url``, ``requests`` sent, ``errors``, ``moved_on`` (failed there and sent
+        to another endpoint), ``cooldowns`` (times skipped) and ``response_format`` (its mode)."""
+        return [ep.stats() | {"response_format": ep.mode} for ep in self._endpoints]
+
+    def endpoint_summary(self) -> str | None:
+        """One line of requests per endpoint for a stage's summary; None with a single endpoint."""
+        if len(self._endpoints) < 2:
+            return None
+        parts = []
+        for ep in self._endpoints:
+            extra = [f"{n} {what}" for n, what in ((ep.errors, "errors"), (ep.moved, "moved on")) if n]
+            if ep.cooldowns:
+                extra.append(f"skipped {ep.cooldowns} time{'s' if ep.cooldowns > 1 else ''}")
+            parts.append(f"{ep.url} {ep.requests} requests" + (f" ({', '.join(extra)})" if extra else ""))
+        return "endpoints: " + "; ".join(parts)
 
     @property
     def http(self) -> httpx.Client:
-        """A blocking ``httpx.Client`` with this server's key and timeouts, for the endpoints the
+        """A blocking ``httpx.Client`` with the (first) server's key and timeouts, for the endpoints the
         SDK does not cover (llama.cpp's native streamed ``/completion``, see distill.constrain)."""
         if self._http_sync is None:
             cfg = self.config
@@ -474,37 +635,37 @@ class LLMClient:
 
     # -- errors
 
-    def _unreachable_message(self, why: str) -> str:
-        return f"cannot reach {self.config.base_url} — is LM Studio / llama-server running? ({why})"
+    @staticmethod
+    def _unreachable_message(url: str, why: str) -> str:
+        return f"cannot reach {url} — is LM Studio / llama-server running? ({why})"
 
-    def _error(self, exc: openai.OpenAIError, method: str, path: str) -> Exception:
+    def _error(self, exc: openai.OpenAIError, method: str, path: str, url: str) -> Exception:
         """The SDK's exception as ours: LLMUnavailable (stop the stage) or LLMError (count it)."""
         cause = exc.__cause__
         if isinstance(exc, openai.APITimeoutError):
             if isinstance(cause, httpx.ConnectTimeout):
-                return LLMUnavailable(self._unreachable_message("connect timeout"))
+                return LLMUnavailable(self._unreachable_message(url, "connect timeout"))
             return LLMError("timeout", f"no answer within {self.config.timeout:g}s")
         if isinstance(exc, openai.APIConnectionError):
             if isinstance(cause, httpx.ConnectError):
                 why = "connection refused" if _refused(cause) else f"connect error: {cause}"
-                return LLMUnavailable(self._unreachable_message(why))
+                return LLMUnavailable(self._unreachable_message(url, why))
             return LLMError("disconnected", str(cause or exc) or type(cause or exc).__name__)
         if isinstance(exc, openai.APIStatusError):
             status, detail = exc.status_code, _error_detail(exc.response)
             if status in (401, 403):
-                return LLMAuthError(f"{self.config.base_url} answered {method} {path} with http {status} "
+                return LLMAuthError(f"{url} answered {method} {path} with http {status} "
                                     f"({detail}): check --api-key (or OPENAI_API_KEY)")
             return LLMError(f"http_{status}", detail)
         return LLMError("bad_response", f"{type(exc).__name__}: {exc}")
 
     # -- public API
 
-    async def amodels(self) -> list[str]:
-        """Model ids the server lists (GET /models). Raises LLMUnavailable if it is down."""
+    async def _models_on(self, ep: _Endpoint) -> list[str]:
         try:
-            resp = await self._lanes[0].sdk.get("/models", cast_to=httpx.Response)
+            resp = await ep.sdk.get("/models", cast_to=httpx.Response)
         except openai.OpenAIError as exc:
-            raise self._error(exc, "GET", "/models") from None
+            raise self._error(exc, "GET", "/models", ep.url) from None
         try:
             data = resp.json().get("data", [])
         except (ValueError, AttributeError):
@@ -512,23 +673,22 @@ class LLMClient:
         if not isinstance(data, list):
             # {"data": null} (some proxies with nothing loaded), a bare list, HTML from a web UI ...
             raise LLMBadModelList(
-                f"{self.config.base_url}/models did not return an OpenAI model list ({resp.text[:100]!r}) — is this "
+                f"{ep.url}/models did not return an OpenAI model list ({resp.text[:100]!r}) — is this "
                 f"an OpenAI-compatible base URL (usually ending in /v1), and is a model loaded? Or pass --model"
             )
         return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
+    async def amodels(self) -> list[str]:
+        """Model ids the server lists (GET /models; with several endpoints, one not being skipped).
+        Raises LLMUnavailable if it is down."""
+        return await self._models_on(self._pick())
+
     def models(self) -> list[str]:
         return run_sync(self.amodels())
 
-    async def aping(self) -> list[str]:
-        """Check the server at stage start; picks the first listed model when none was configured.
-
-        ``complete()`` calls it by itself when no model is set. A configured model missing
-        from the list is not an error: LM Studio loads models on demand
-        and llama.cpp serves its one model under any name.
-        """
+    async def _ping_on(self, ep: _Endpoint) -> list[str]:
         try:
-            ids = await self.amodels()
+            return await self._models_on(ep)
         except LLMBadModelList as exc:
             if not self.model:
                 raise
@@ -536,38 +696,81 @@ class LLMClient:
             log.warning("%s", exc)
             return []
         except LLMError as exc:
-            raise LLMUnavailable(
-                f"{self.config.base_url} answered GET /models with {exc} — is the base URL right "
-                f"(usually ending in /v1)?"
+            if _endpoint_fault(exc):  # a 5xx, a dropped connection: the server is unwell
+                raise LLMUnavailable(f"{ep.url} answered GET /models with {exc}") from None
+            raise _WrongEndpoint(
+                f"{ep.url} answered GET /models with {exc} — is the base URL right (usually ending in /v1)?"
             ) from None
+
+    async def aping(self) -> list[str]:
+        """Check the server at stage start; picks the first listed model when none was configured.
+
+        ``complete()`` calls it by itself when no model is set. A configured model missing
+        from the list is not an error: LM Studio loads models on demand
+        and llama.cpp serves its one model under any name.
+
+        With several endpoints, all are asked at once (those being skipped are left out). One that
+        cannot be reached (or answers 5xx) is skipped for a while with a warning, as long as
+        another answers; any other fault (a wrong URL, a refused key) stops the stage as it would
+        with that endpoint alone. The model is the first one the first answering endpoint lists.
+        """
+        now = time.monotonic()
+        eps = [e for e in self._endpoints if now >= e.cool_until] or self._endpoints
+        answers = await asyncio.gather(*(self._ping_on(e) for e in eps), return_exceptions=True)
+        listed: list[tuple[_Endpoint, list[str]]] = []
+        down: list[tuple[_Endpoint, Exception]] = []
+        for ep, answer in zip(eps, answers):
+            if isinstance(answer, BaseException):
+                if not _endpoint_fault(answer):
+                    raise answer
+                down.append((ep, answer))
+            else:
+                ep.answered()
+                listed.append((ep, answer))
+        if not listed:
+            if len(down) == 1:
+                raise down[0][1]
+            raise LLMUnavailable(f"none of the {len(down)} endpoints answers: " + "; ".join(str(e) for _, e in down))
+        for ep, exc in down:
+            self._failed(ep, exc)
         if not self.model:
-            if not ids:
-                raise StageError(f"{self.config.base_url} lists no models: load one or pass --model")
+            ids = next((ids for _, ids in listed if ids), None)
+            if ids is None:
+                urls = ", ".join(ep.url for ep, _ in listed)
+                raise StageError(f"{urls} list{'s' if len(listed) == 1 else ''} no models: load one or pass --model")
             self.model = ids[0]
-        return ids
+        elif len(self._endpoints) > 1:
+            for ep, ids in listed:
+                if ids and self.model not in ids:
+                    log.warning("endpoint %s does not list model %s (it lists %s): its requests may fail",
+                                ep.url, self.model, ", ".join(ids[:5]))
+        return listed[0][1]
 
     def ping(self) -> list[str]:
         return run_sync(self.aping())
 
-    async def _chat(self, messages: list[dict], schema: dict | None, mode: str, probing: bool,
+    async def _chat(self, ep: _Endpoint, messages: list[dict], schema: dict | None, mode: str, probing: bool,
                     seed: int | None = None) -> Completion:
         cfg = self.config
-        extra: dict[str, Any] = dict(cfg.extra_body)
+        body: dict[str, Any] = {"model": self.model or "default", "messages": messages,
+                                "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "stream": False}
+        seed = seed if seed is not None else cfg.seed
+        if seed is not None:
+            body["seed"] = seed
         rf = _response_format(mode, schema)
         if rf is not None:
-            # as extra body: the SDK would reshape a json_object response_format with a "schema" beside it
-            extra["response_format"] = rf
-        seed = seed if seed is not None else cfg.seed
-        optional = {"seed": seed} if seed is not None else {}
+            body["response_format"] = rf
+        body.update(cfg.extra_body)  # as the SDK's extra_body: the user's fields win
         state = _ProbeState() if probing and schema is not None and mode != "prompt" else None
         token = _probe.set(state)
         started = time.monotonic()
-        lane = self._lane()
-        lane.active += 1
+        ep.active += 1
+        ep.requests += 1
         try:
-            raw = await lane.sdk.chat.completions.with_raw_response.create(
-                model=self.model or "default", messages=messages, temperature=cfg.temperature,
-                max_tokens=cfg.max_tokens, stream=False, extra_body=extra, **optional)
+            # The body as it is, through the SDK's request (its timeouts and retries): chat.completions
+            # .create would first walk every message through its TypedDict transform, a fifth of the
+            # client's CPU per request, and reshape a json_object response_format with a "schema".
+            resp = await ep.sdk.post("/chat/completions", body=body, cast_to=httpx.Response)
         except openai.APIStatusError as exc:
             if state is not None:
                 detail = _error_detail(exc.response)
@@ -579,15 +782,17 @@ class LLMClient:
                 # bare 500, every time).
                 if exc.status_code == 500 and cfg.retries > 0 and state.bare_500s == cfg.retries:
                     raise _FormatRefused(f"http_500 on all {cfg.retries + 1} attempts: {detail}") from None
-            raise self._error(exc, "POST", "/chat/completions") from None
+            ep.errors += 1
+            raise self._error(exc, "POST", "/chat/completions", ep.url) from None
         except openai.OpenAIError as exc:
-            raise self._error(exc, "POST", "/chat/completions") from None
+            ep.errors += 1
+            raise self._error(exc, "POST", "/chat/completions", ep.url) from None
         finally:
-            lane.active -= 1
+            ep.active -= 1
             _probe.reset(token)
-        data, choice, message = _parse_chat_response(raw.http_response)
-        if probing and schema is not None and self._mode is None:
-            self._mode = mode  # the server accepted this response_format: remember it
+        data, choice, message = _parse_chat_response(resp)
+        if probing and schema is not None and ep.mode is None:
+            ep.mode = mode  # the server accepted this response_format: remember it
         reasoning, content = split_reasoning(message)
         usage = data.get("usage") or {}
         completion = Completion(
@@ -601,7 +806,7 @@ class LLMClient:
             model=data.get("model"),
             raw=data,
             response_format_used=mode if schema is not None else "prompt",
-            attempts=raw.retries_taken + 1,
+            attempts=int(resp.request.headers.get("x-stainless-retry-count") or 0) + 1,  # the SDK numbers its tries
             elapsed=time.monotonic() - started,
         )
         if completion.finish_reason == "length":
@@ -617,32 +822,70 @@ class LLMClient:
         With ``response_schema`` the server is asked for JSON matching it, using the best
         response_format the server accepts. The caller still parses and validates ``content``:
         in ``prompt`` mode (and on servers that ignore the schema) nothing is enforced.
+
+        With several endpoints, a request its endpoint fails (see :func:`_endpoint_fault`) is sent
+        to the next one; it fails only when every endpoint failed it.
         """
         if not self.model:
             async with self._model_lock:  # resolve the server's model once, before the first request
                 if not self.model:
                     await self.aping()
-        if response_schema is None:
-            return await self._chat(messages, None, "prompt", probing=False, seed=seed)
-        if self._mode is None:
-            # Probe once, under a lock: concurrent first requests wait instead of all paying the
-            # fallback chain. Once the mode is known the lock is never taken again.
-            async with self._mode_lock:
-                if self._mode is None:
-                    return await self._probe(messages, response_schema, seed)
-        return await self._chat(messages, response_schema, self._mode, probing=False, seed=seed)
+        tried: list[_Endpoint] = []
+        faults: list[Exception] = []
+        while True:
+            ep = self._pick(tried)
+            try:
+                completion = await self._complete_on(ep, messages, response_schema, seed)
+            except LLMError as exc:
+                if not _endpoint_fault(exc):
+                    if exc.reason != "timeout":
+                        ep.answered()  # it answered (a 400, a truncated reply ...): the endpoint is fine
+                    raise
+                error: Exception = exc
+            except LLMUnavailable as exc:
+                if not _endpoint_fault(exc):
+                    raise
+                error = exc
+            except _Skipped as exc:
+                error = exc.fault
+            else:
+                ep.answered()
+                return completion
+            self._failed(ep, error)
+            tried.append(ep)
+            faults.append(error)
+            if len(tried) == len(self._endpoints):
+                if len(faults) > 1 and all(isinstance(e, LLMUnavailable) for e in faults):
+                    raise LLMUnavailable(f"none of the {len(faults)} endpoints answers: "
+                                         + "; ".join(str(e) for e in faults))
+                raise error
+            ep.moved += 1
+
+    async def _complete_on(self, ep: _Endpoint, messages: list[dict], schema: dict | None,
+                           seed: int | None) -> Completion:
+        if schema is None:
+            return await self._chat(ep, messages, None, "prompt", probing=False, seed=seed)
+        if ep.mode is None:
+            # Probe once per endpoint, under a lock: concurrent first requests wait instead of all
+            # paying the fallback chain. Once the mode is known the lock is never taken again.
+            async with ep.mode_lock:
+                if ep.mode is None:
+                    if ep.last_fault is not None and not ep.ready(time.monotonic()) and len(self._endpoints) > 1:
+                        raise _Skipped(ep.last_fault)  # it failed the probe this request waited for
+                    return await self._probe(ep, messages, schema, seed)
+        return await self._chat(ep, messages, schema, ep.mode, probing=False, seed=seed)
 
     def complete(self, messages: list[dict], response_schema: dict | None = None,
                  seed: int | None = None) -> Completion:
         """The blocking form of :meth:`acomplete`."""
         return run_sync(self.acomplete(messages, response_schema, seed))
 
-    async def _probe(self, messages: list[dict], schema: dict, seed: int | None = None) -> Completion:
+    async def _probe(self, ep: _Endpoint, messages: list[dict], schema: dict, seed: int | None = None) -> Completion:
         for mode in RESPONSE_FORMATS:
             try:
-                return await self._chat(messages, schema, mode, probing=True, seed=seed)
+                return await self._chat(ep, messages, schema, mode, probing=True, seed=seed)
             except _FormatRefused as exc:
-                log.warning("server refused response_format %s (%s); trying the next mode", mode, exc)
+                log.warning("%s refused response_format %s (%s); trying the next mode", ep.url, mode, exc)
         raise AssertionError("unreachable: prompt mode is never refused")
 
 

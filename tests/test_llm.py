@@ -278,6 +278,16 @@ def test_dropped_connection_is_retried(fake_server):
     assert c.content == "ok" and c.attempts == 2
 
 
+def test_a_connection_dropped_on_every_attempt_is_disconnected_not_unreachable(fake_server):
+    # The server is there and drops the connection: a countable "disconnected", not a stop of the
+    # stage for a server that cannot be reached (httpx-aiohttp alone reports a connect timeout).
+    fake_server.push(drop(), drop())
+    with pytest.raises(LLMError) as ei:
+        make_client(fake_server.url, retries=1).complete(MSGS)
+    assert not isinstance(ei.value, LLMUnavailable) and ei.value.reason == "disconnected"
+    assert len(fake_server.history) == 2
+
+
 def test_finish_reason_length_is_a_failure_with_the_partial_answer(fake_server):
     fake_server.push(reply('{"name": "Panc', reasoning_content="long thoughts", finish_reason="length"))
     with pytest.raises(LLMError) as ei:

@@ -478,3 +478,42 @@ def test_an_unverified_label_is_verified_once_its_input_has_a_source_record(tmp_
         assert chat_requests(srv) == n, "verified from the stored answer, without asking again"
     rec = json.loads((lab / p.name).read_text())
     assert rec["verdict"] == "accepted" and rec["checks"]["name"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("failing", ["refusing", "http_500"])
+def test_02_and_03_with_a_second_endpoint_that_fails(tmp_path, capsys, failing):
+    from fake_openai_server import free_port
+
+    with FakeOpenAIServer(OracleTeacher()) as srv, FakeOpenAIServer(lambda body: error(500)) as broken:
+        # Refusing connections, it is found by the stage's first GET /models and never sent a label
+        # request; answering 500 only to chat requests, it fails its first ones, which move on.
+        dead = f"http://127.0.0.1:{free_port()}/v1" if failing == "refusing" else broken.url
+        both = ["--base-url", dead, "--base-url", srv.url, "--model", "teacher", "--retries", "1", "--timeout", "5",
+                "--concurrency", "3"]
+        syn, lab, alone = tmp_path / "02", tmp_path / "03", tmp_path / "02_alone"
+        assert S02.main(["--input", str(SAMPLE), "--output-dir", str(syn), "--limit", "6", *both]) == 0
+        assert len(outputs(syn)) == 6 and chat_requests(srv) == 6
+        out = capsys.readouterr().out
+        assert f"at {dead}, {srv.url}" in out and f"endpoints: {dead} " in out
+        counts = json.loads((syn / "manifest.json").read_text())["counts"]
+        assert counts["written"] == 6 and counts["failed"] == 0
+        bad, good = counts["endpoints"]
+        assert bad["url"] == dead and bad["cooldowns"] == 1 and good["requests"] == 6 and good["errors"] == 0
+        assert bad["errors"] == bad["moved_on"] == bad["requests"] == len(broken.history) // 2
+        assert (bad["requests"] == 0) == (failing == "refusing")
+        # The same items as with the one endpoint that works, and a finished item is finished for either.
+        assert run_02(srv, alone, "--limit", "6") == 0
+        def items(d):
+            return [{k: v for k, v in json.loads(p.read_text()).items() if k != "created_at"} for p in outputs(d)]
+
+        assert items(syn) == items(alone)
+        before = chat_requests(srv)
+        assert run_02(srv, syn, "--limit", "6") == 0 and chat_requests(srv) == before
+
+        assert S03.main(["--input-dir", str(syn), "--output-dir", str(lab), *both]) == 0
+        labels = [json.loads(p.read_text()) for p in outputs(lab)]
+        assert len(labels) == 6 and all(rec["verdict"] == "accepted" for rec in labels)
+        bad = json.loads((lab / "manifest.json").read_text())["counts"]["endpoints"][0]
+        assert bad["url"] == dead and bad["cooldowns"] == 1
+        before = chat_requests(srv)
+        assert run_03(srv, syn, lab) == 0 and chat_requests(srv) == before
