@@ -49,6 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pages-dir", type=Path, required=True, help="saved pages: <host>/<name>.html + <name>.json")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "realpages", help="work and result folder")
     p.add_argument("--coverage", action="store_true", help="only measure what the reader keeps (no model)")
+    p.add_argument("--table", action="store_true", help="print the table of the cases already run in --out, and exit")
     p.add_argument("--cases", default="base,real,teacher", help=f"comma list of {', '.join(CASES)}")
     p.add_argument("--student", choices=("smollm2", "gemma3"), default="smollm2", help="the student's base model")
     p.add_argument("--train-hosts", type=int, default=200)
@@ -214,17 +215,32 @@ def gguf_of(student: Path) -> Path:
 def row(name: str, ev: dict, train_s: float | None = None) -> dict:
     a = ev.get("aggregate", {})
     f = a.get("fields", {})
+
+    def score(field: str):
+        return f.get(field, {}).get("score")
+
+    times = [score(k) for k in ("prepTime", "cookTime", "totalTime") if score(k) is not None]
     return {
         "case": name, "pages": a.get("n"), "overall": a.get("score"),
-        "name": f.get("name", {}).get("mean"), "ingredients_f1": f.get("recipeIngredient", {}).get("mean"),
-        "steps_f1": f.get("recipeInstructions", {}).get("mean"),
-        "times": statistics.mean([f[k]["mean"] for k in ("prepTime", "cookTime", "totalTime")
-                                  if f.get(k, {}).get("mean") is not None] or [float("nan")]),
-        "yield": f.get("recipeYield", {}).get("mean"),
-        "json_valid": a.get("json_valid"), "schema_valid": a.get("schema_valid"),
+        "title": score("name"), "ingredients_f1": score("recipeIngredient"),
+        "steps_f1": score("recipeInstructions"), "times": statistics.mean(times) if times else None,
+        "yield": score("recipeYield"), "json_valid": a.get("json_valid"), "schema_valid": a.get("schema_valid"),
         "hallucination": a.get("hallucination_rate"), "stopped": a.get("stopped_rate"),
-        "pages_per_min": ev.get("pages_per_min"), "train_min": round(train_s / 60, 1) if train_s else None,
+        "pages_per_min": (ev.get("throughput") or {}).get("per_min"),
+        "train_min": round(train_s / 60, 1) if train_s else None,
     }
+
+
+def table(out: Path) -> str:
+    """The table again from the eval.json files of the cases run so far (``--table``)."""
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = []
+    for key, r in (results.get("rows") or {}).items():
+        ev_file = out / "eval" / key.replace(":", "_") / "eval.json"
+        if ev_file.is_file():
+            rows.append(row(key, json.loads(ev_file.read_text(encoding="utf-8")),
+                            (r.get("train_min") or 0) * 60 or None))
+    return markdown(rows)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -244,6 +260,9 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> int:
     args = make_parser().parse_args()
+    if args.table:
+        print(table(args.out))
+        return 0
     from distill.tasks import load_task
 
     task = load_task("recipe")
