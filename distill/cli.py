@@ -31,36 +31,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, ok, why: str, expected: str = "a number") -> float:
+    """``text`` as a float that passes ``ok``; else argparse's one-line error ``why``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{why}, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, lambda v: 0 < v < float("inf"), "must be a number of seconds above 0")
 
 
 def non_negative_float(text: str) -> float:
     """0 or more seconds (``--endpoint-cooldown``; 0 turns it off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
-    return value
+    return _number(text, lambda v: 0 <= v < float("inf"), "must be a number of seconds, 0 or more")
 
 
 def fraction(text: str) -> float:
     """A share from 0 to 1 (``--abstention-share``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
-    return value
+    return _number(text, lambda v: 0 <= v <= 1, "must be from 0 to 1", expected="a number from 0 to 1")
 
 
 def http_url(text: str) -> str:
