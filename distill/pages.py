@@ -411,13 +411,14 @@ class Page:
     markup: dict | None          # the output mapped from the page's own markup, or None
 
 
-def list_pages(pages_dir: str | Path) -> list[Path]:
+def list_pages(pages_dir: str | Path, flag: str = "--pages") -> list[Path]:
+    """The .html/.htm files below ``pages_dir``, sorted; ``flag`` names the option in errors."""
     d = Path(pages_dir)
     if not d.is_dir():
-        raise StageError(f"--pages {d}: not a folder")
+        raise StageError(f"{flag} {d}: not a folder")
     paths = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in (".html", ".htm"))
     if not paths:
-        raise StageError(f"--pages {d}: no .html pages in it")
+        raise StageError(f"{flag} {d}: no .html pages in it")
     return paths
 
 
@@ -505,7 +506,7 @@ def import_pages(pages_dir: str | Path, task) -> tuple[list[dict], dict]:
     from .labels import validate  # labels imports tasks, which imports this module
 
     root = Path(pages_dir)
-    paths = list_pages(root)
+    paths = list_pages(root, "--from-pages")
     max_chars = int((task.pages or {}).get("max_chars") or 0)
     records: list[dict] = []
     skipped: dict[str, list[str]] = {}

@@ -243,3 +243,14 @@ def test_a_few_training_steps_on_page_rows(tmp_path):
 
     b = [v for k, v in load_file(tmp_path / "out" / "adapter_model.safetensors").items() if "lora_B" in k]
     assert b and all(v.abs().sum() > 0 for v in b)
+
+
+def test_from_pages_names_its_own_flag_for_a_bad_folder(tmp_path):
+    from distill.io import StageError
+    from distill.pages import list_pages
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StageError, match=r"^--from-pages .*: not a folder"):
+        list_pages(tmp_path / "nope", "--from-pages")
+    with pytest.raises(StageError, match=r"^--from-pages .*: no \.html pages"):
+        list_pages(tmp_path / "empty", "--from-pages")
