@@ -14,17 +14,9 @@ from distill.cli import add_llm_args, llm_config_from_args
 from distill.io import StageError
 from distill.llm import Completion, LLMClient, LLMConfig, LLMError, LLMUnavailable, run_concurrently
 from fake_openai_server import FakeOpenAIServer, error, free_port
+from test_llm import _clients, _close_clients  # noqa: F401 - the autouse fixture closing made clients
 
 SCHEMA = {"title": "Recipe", "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-
-_clients: list[LLMClient] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
 
 
 def make_client(*urls: str, **kw) -> LLMClient:
