@@ -31,6 +31,12 @@ answer the guard stopped is closed where its last complete field or list item en
 closed; a list that ends in the loop keeps one copy of the repeated items), then validated
 like any answer: it is a result only if it fits the schema. An answer cut by the token limit
 is never repaired into a result: nothing says where it went wrong.
+
+Decoding resumes after a loop (:func:`resume_loops`, GGUF and transformers backends): the
+stopped answer is closed with its loop kept once, and the model goes on from there with its
+next field (free decoding for llama-server, which cannot start a grammar mid-object; under the
+schema for transformers, whose llguidance matcher first consumes the prefix), at most twice.
+The prediction records ``resumed`` and keeps ``stopped`` = the guard's first reason.
 """
 from __future__ import annotations
 
@@ -254,6 +260,61 @@ def close_stopped(answer: str) -> dict | None:
         key = (len(node) - 1 if node else None) if isinstance(node, list) else \
             (next(reversed(node), None) if isinstance(node, dict) else None)
     return obj
+
+
+def resume_prefix(answer: str) -> str | None:
+    """Where decoding resumes after the loop guard stopped ``answer``: the answer closed at its
+    last complete field or list item (:func:`close_stopped`, the loop kept once), written in the
+    training format with only the root object left open, so the model goes on with the next field
+    or closes the object. None when there is nothing to resume from: no object, an empty one, or
+    a reasoning-first answer (its JSON follows free text the prefix would have to repeat)."""
+    if THINK_OPEN in answer or not answer.lstrip().startswith("{"):
+        return None
+    obj = close_stopped(answer)
+    if not obj:
+        return None
+    return json.dumps(obj, ensure_ascii=False)[:-1]
+
+
+def resume_loops(text: str, finish: str | None, budget: int, count, cont, max_resumes: int = 2
+                 ) -> tuple[str, str | None, dict]:
+    """Decoding that goes on past a loop instead of ending the answer there.
+
+    When the guard stops an answer (``finish`` in :data:`STOP_REASONS`), the answer is closed at
+    its last complete item with the loop kept once (:func:`resume_prefix`) and ``cont(prefix,
+    tokens_left)`` generates on from there -> (continuation text, finish, tokens used); at most
+    ``max_resumes`` times, and only while the prefix moves on. A small student that copies a list
+    from a long page can lose its place and repeat a line; closing that list and letting it write
+    the next field keeps what it would otherwise never reach (the steps after a looping
+    ingredient list). ``count(text)`` is the prefix's length in tokens (it counts against
+    ``budget``, the answer's token limit).
+
+    Never worse than stopping: if a continuation runs to the token limit or the result does not
+    parse, the answer is the last prefix closed, as the guard alone would have left it.
+    Returns (text, finish, info); info: ``resumed`` (times) and ``guard`` (the first stop reason).
+    """
+    info = {"resumed": 0, "guard": finish if finish in STOP_REASONS else None}
+    last = None
+    while finish in STOP_REASONS and info["resumed"] < max_resumes:
+        prefix = resume_prefix(text)
+        if prefix is None or prefix == last:
+            break
+        left = budget - count(prefix)
+        if left < 2:
+            break
+        more, finish, _ = cont(prefix, left)
+        text, last = prefix + more, prefix
+        info["resumed"] += 1
+    if info["resumed"] and (finish == "length" or (finish not in STOP_REASONS and not _parses(text))):
+        text, finish = last + "}", info["guard"]   # the continuation went wrong: keep what was closed
+    return text, finish, info
+
+
+def _parses(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 # ------------------------------------------------------------------ transformers

@@ -557,6 +557,8 @@ def aggregate(examples: list[dict], task: Task, by_style: bool = True) -> dict:
         # cut off by the loop guard (repetition, max_items) or the token limit (length)
         "stopped_rate": _ratio(sum(bool(e.get("stopped")) for e in examples), n),
         "stopped": dict(Counter(e["stopped"] for e in examples if e.get("stopped"))),
+        # of those, answers whose decoding went on past the closed loop (distill.constrain.resume_loops)
+        "resumed_rate": _ratio(sum(bool(e.get("resumed")) for e in examples), n),
         "fields": _aggregate_fields(examples, task),
     }
     checks = [e["price_check"] for e in examples if e.get("price_check")]
@@ -698,6 +700,7 @@ def table_rows(evals: list[dict]) -> list[tuple[str, list[str]]]:
     for k in kinds:
         add(f"  {k}", _pct, "by_kind", k, "pass_rate", src="adversarial")
     add("stopped (loop guard / limit)", _pct, "stopped_rate")
+    add("  went on past the loop", _pct, "resumed_rate")
     add("latency p50 (s)", _num2, "latency_s", "p50")
     unit = "pages" if evals and all(e.get("split") == "pages" for e in evals) else "inputs"
     add(f"{unit}/min (generation wall time)", _num2, "per_min", src="throughput")
@@ -1147,7 +1150,7 @@ def _example_record(item: dict, rec: dict, scored: dict) -> dict:
             "text": item["text"], "answer": (rec.get("answer") or "")[:4000],
             "reasoning": (rec.get("reasoning") or "")[:4000] or None,
             "latency_s": rec.get("latency_s"), "truncated_input": rec.get("truncated_input", False),
-            "stopped": rec.get("stopped"), **scored}
+            "stopped": rec.get("stopped"), "resumed": rec.get("resumed", 0), **scored}
 
 
 def _throughput(generated: int, wall_s: float, out_dir: Path) -> dict:
@@ -1262,7 +1265,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                            "prompt_hash": it["prompt_hash"], "raw": p.raw, "reasoning": p.reasoning,
                            "answer": p.answer, "output": p.output, "parse_error": p.parse_error,
                            "schema_errors": p.schema_errors, "repaired": p.repaired,
-                           "finish_reason": p.finish_reason, "stopped": p.stopped,
+                           "finish_reason": p.finish_reason, "stopped": p.stopped, "resumed": p.resumed,
                            "truncated_input": p.truncated_input,
                            "latency_s": round(p.latency_s, 4), "prompt_tokens": p.prompt_tokens,
                            "completion_tokens": p.completion_tokens}

@@ -73,6 +73,7 @@ class Prediction:
     completion_tokens: int | None = None
     output_tokens: list[int] | None = None  # generated token ids (local backends), for equivalence checks
     stopped: str | None = None         # why generation was cut: repetition | max_items (loop guard) | length
+    resumed: int = 0                   # times decoding went on after the guard closed a loop (constrain.resume_loops)
 
     @property
     def valid(self) -> bool:
@@ -176,6 +177,14 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
         return pred
     pred.output, pred.repaired = answer.value, answer.repaired
     pred.schema_errors = validate(pred.output, task.schema)
+    return pred
+
+
+def _guarded(pred: Prediction, usage: dict) -> Prediction:
+    """A prediction whose decoding resumed after a loop still says the guard stopped it once."""
+    pred.resumed = usage.get("resumed", 0)
+    if usage.get("guard") and not pred.stopped:
+        pred.stopped = usage["guard"]
     return pred
 
 
@@ -294,7 +303,7 @@ class _HFBackend(_Backend):
         eos = self.eos_ids()
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from .constrain import GuardCriteria
+        from .constrain import STOP_REASONS, GuardCriteria
 
         guard = GuardCriteria(self.guard, self.tok, width, len(batch), eos)
         procs = [self.constraint.processor(width, len(batch), eos)] if self.constraint is not None else []
@@ -311,8 +320,59 @@ class _HFBackend(_Backend):
             if guard.reasons[k] is not None:
                 gen, finish = row[:guard.lengths[k]], guard.reasons[k]
             text = self.tok.decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            results.append((text, finish, {"prompt_tokens": len(p), "completion_tokens": len(gen), "tokens": gen}))
+            usage = {"prompt_tokens": len(p), "completion_tokens": len(gen), "tokens": gen}
+            if finish in STOP_REASONS:
+                text, finish, usage = self._resume(p, text, finish, usage)
+            results.append((text, finish, usage))
         return results
+
+    def _generate_one(self, ids: list[int], max_new: int, prefix: list[int]) -> tuple[list[int], str]:
+        """One row after ``prefix`` (answer tokens already written): (new tokens, finish). Under the
+        schema the matcher consumes the prefix first, so the continuation stays valid JSON."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from .constrain import GuardCriteria
+
+        eos = self.eos_ids()
+        full = ids + prefix
+        width = len(full)
+        guard = GuardCriteria(self.guard, self.tok, width, 1, eos)
+        procs = []
+        if self.constraint is not None and not self.constraint.allow_think:
+            proc = self.constraint.processor(width, 1, eos)
+            if proc.matchers[0].consume_tokens(prefix):
+                procs = [proc]
+        with torch.no_grad():
+            out = self.model.generate(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, width, dtype=torch.long),
+                                      max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
+                                      pad_token_id=self.tok.pad_token_id, logits_processor=LogitsProcessorList(procs),
+                                      stopping_criteria=StoppingCriteriaList([guard]))
+        row = out[0, width:].tolist()
+        stop = next((i for i, t in enumerate(row) if t in eos), None)
+        if guard.reasons[0] is not None:
+            return row[:guard.lengths[0]], guard.reasons[0]
+        return (row[:stop], "stop") if stop is not None else (row, "length")
+
+    def _resume(self, ids: list[int], text: str, finish: str, usage: dict) -> tuple[str, str | None, dict]:
+        """Past a loop (distill.constrain.resume_loops), one row at a time, under the schema when constrained."""
+        from .constrain import resume_loops
+
+        spent, last = [0], [usage["tokens"]]
+
+        def text_ids(t: str) -> list[int]:
+            return self.tok(t, add_special_tokens=False)["input_ids"]
+
+        def cont(prefix: str, left: int) -> tuple[str, str, int]:
+            pids = text_ids(prefix)
+            more, fin = self._generate_one(ids, left, pids)
+            spent[0] += len(more)
+            last[0] = pids + more
+            return self.tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
+
+        text, finish, info = resume_loops(text, finish, self.max_new, lambda t: len(text_ids(t)), cont)
+        return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
+                                             "tokens": last[0]}
 
 
 class _ServerBackend(_Backend):
@@ -388,9 +448,37 @@ class _ServerBackend(_Backend):
                 tokens = think
         else:
             tokens, finish = self._stream(ids, self.max_new, self.schema)
-        usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens), "tokens": tokens}
         text = self.tok.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens), "tokens": tokens}
+        from .constrain import STOP_REASONS
+
+        if finish in STOP_REASONS:
+            text, finish, usage = self._resume(ids, text, finish, usage)
         return text, finish, usage
+
+    def _resume(self, ids: list[int], text: str, finish: str, usage: dict) -> tuple[str, str | None, dict]:
+        """Past a loop (distill.constrain.resume_loops): the closed answer goes on as a free
+        continuation (llama.cpp cannot start a grammar in the middle of an object), validated after."""
+        from .constrain import resume_loops
+
+        spent, last = [0], [usage["tokens"]]
+
+        def count(prefix: str) -> int:
+            return len(self._text_ids(prefix))
+
+        def cont(prefix: str, left: int) -> tuple[str, str, int]:
+            pids = self._text_ids(prefix)
+            more, fin = self._stream(ids + pids, left, None)
+            spent[0] += len(more)
+            last[0] = pids + more
+            return self.tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
+
+        text, finish, info = resume_loops(text, finish, self.max_new, count, cont)
+        return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
+                                             "tokens": last[0]}
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def _stream(self, ids: list[int], n_predict: int, schema: dict | None, think: bool = False) -> tuple[list[int], str]:
         """One streamed /completion: (generated tokens without EOS, finish). finish: stop | length |
@@ -490,7 +578,7 @@ class Predictor:
         pred.latency_s = time.monotonic() - t0
         pred.prompt_tokens, pred.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         pred.output_tokens = usage.get("tokens")
-        return complete_prediction(pred, raw, self.task, finish)
+        return _guarded(complete_prediction(pred, raw, self.task, finish), usage)
 
     def _one(self, text: str) -> Prediction:
         pred, messages = self._start(text)
@@ -530,7 +618,7 @@ class Predictor:
                                           prompt_tokens=usage["prompt_tokens"],
                                           completion_tokens=usage["completion_tokens"], output_tokens=usage["tokens"])
                         bar.update(1)
-                        yield i, complete_prediction(pred, raw, self.task, finish)
+                        yield i, _guarded(complete_prediction(pred, raw, self.task, finish), usage)
             finally:
                 bar.close()
             return

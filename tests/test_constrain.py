@@ -304,3 +304,134 @@ def test_07_reports_the_stop_rate_and_keeps_constrained_and_free_predictions_apa
         sent = len(srv.history)
         assert mod.main(args + ["--constrain", "none"]) == 0
         assert len(srv.history) == sent + 4 and srv.formats()[sent:] == [None] * 4
+
+
+# ------------------------------------------------------------------ resuming after a loop
+
+LOOPING_INGREDIENTS = HEAD + '"recipeIngredient": ["2 cups flour", ' + '"2 eggs", ' * 8 + '"2 e'
+RESUMED_AT = HEAD + '"recipeIngredient": ["2 cups flour", "2 eggs"]'
+REST = ', "recipeInstructions": ["Whisk and fry 2 minutes a side."]}'
+
+
+def test_resume_prefix_closes_the_loop_and_leaves_the_root_open():
+    from distill.constrain import resume_prefix
+
+    assert LoopGuard().check(LOOPING_INGREDIENTS) == "repetition"
+    assert resume_prefix(LOOPING_INGREDIENTS) == RESUMED_AT
+    assert resume_prefix("\n" * 80) is None and resume_prefix("{") is None   # nothing to go on from
+    assert resume_prefix("<think>x</think>\n" + LOOPING_INGREDIENTS) is None  # reasoning-first: not resumed
+
+
+def test_resume_loops_goes_on_after_the_loop_and_is_never_worse_than_stopping():
+    from distill.constrain import resume_loops
+
+    calls = []
+
+    def cont_with(*replies):
+        it = iter(replies)
+
+        def cont(prefix, left):
+            calls.append((prefix, left))
+            return next(it)
+        return cont
+
+    def count(t):
+        return len(t) // 4
+
+    # The model writes the steps after the closed list and ends by itself: a whole answer.
+    text, finish, info = resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count, cont_with((REST, "stop", 12)))
+    assert json.loads(text)["recipeInstructions"] == ["Whisk and fry 2 minutes a side."]
+    assert finish == "stop" and info == {"resumed": 1, "guard": "repetition"}
+    assert calls == [(RESUMED_AT, 1000 - count(RESUMED_AT))]   # the prefix counts against the token limit
+    # The continuation runs to the limit: the answer is what the guard closed, not the cut text.
+    text, finish, info = resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count,
+                                      cont_with((', "recipeInstructions": ["Whisk', "length", 50)))
+    assert text == RESUMED_AT + "}" and finish == "repetition" and info["resumed"] == 1
+    # It loops again at the same place: no second resume from the same prefix.
+    calls.clear()
+    again = RESUMED_AT[len(RESUMED_AT):] + ', "2 eggs"' * 8
+    text, finish, info = resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count,
+                                      cont_with(('], "recipeIngredient": [' + '"2 eggs", ' * 8, "repetition", 40),
+                                                (again, "repetition", 40)))
+    assert info["resumed"] <= 2 and len({p for p, _ in calls}) == len(calls)
+    # Not a loop, or no room left: nothing to resume.
+    assert resume_loops('{"a": 1}', "stop", 1000, count, cont_with())[2] == {"resumed": 0, "guard": None}
+    assert resume_loops(LOOPING_INGREDIENTS, "repetition", count(RESUMED_AT) + 1, count, cont_with())[2]["resumed"] == 0
+
+
+def test_complete_prediction_of_a_resumed_answer_keeps_the_guards_stop():
+    from distill.infer import _guarded
+
+    task = load_task("recipe")
+    p = _guarded(complete_prediction(Prediction(text="t", prompt_messages=[]), RESUMED_AT + REST, task, "stop"),
+                 {"resumed": 1, "guard": "repetition"})
+    assert p.valid and p.stopped == "repetition" and p.resumed == 1
+    assert p.output["recipeIngredient"] == ["2 cups flour", "2 eggs"]
+
+
+class _Scripted:
+    """A real (tiny, random) transformers model whose next-token choice is scripted: it follows
+    whichever script the answer so far is a prefix of, then ends the turn. Script one loops in the
+    ingredient list; script two is the same answer resumed after the closed list, as the guard
+    hands it back. Everything else (generate, llguidance masks, the guard, the backend) is real."""
+
+    @staticmethod
+    def build(tiny: Path, scripts: list[list[int]], prompt_end: list[int]):
+        import torch
+        from transformers import LlamaForCausalLM
+
+        class ScriptedLlama(LlamaForCausalLM):
+            def forward(self, input_ids=None, **kw):
+                out = super().forward(input_ids=input_ids, **kw)
+                ids = self._context(input_ids)
+                logits = torch.full_like(out.logits[:, -1:, :], -1e4)
+                for row, ctx in enumerate(ids):
+                    logits[row, 0, self._next(ctx)] = 1e4
+                out.logits = logits
+                return out
+
+        model = ScriptedLlama.from_pretrained(tiny)
+        model._scripts, model._end, model._ctx = scripts, prompt_end, None
+
+        def context(input_ids):
+            # generate() feeds only new tokens once the cache is warm: keep the whole row ourselves
+            rows = input_ids.tolist()
+            if model._ctx is None or len(rows[0]) > 1:
+                model._ctx = rows
+            else:
+                model._ctx = [c + r for c, r in zip(model._ctx, rows)]
+            return model._ctx
+
+        def nxt(ctx):
+            n = len(model._end)
+            start = max(i + n for i in range(len(ctx) - n + 1) if ctx[i:i + n] == model._end)
+            answer = ctx[start:]
+            for s in model._scripts:
+                if s[:len(answer)] == answer and len(s) > len(answer):
+                    return s[len(answer)]
+            return model.generation_config.eos_token_id
+
+        model._context, model._next = context, nxt
+        return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("constrain", ["schema", "none"])
+def test_transformers_decoding_goes_on_past_a_looping_list(tiny, constrain):
+    from transformers import AutoTokenizer
+
+    from distill.infer import Predictor, _HFBackend
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    looping = enc(HEAD + '"recipeIngredient": ["2 cups flour", ' + '"2 eggs", ' * 30)
+    resumed = enc(RESUMED_AT) + enc(REST)
+    model = _Scripted.build(tiny, [looping, resumed], enc("<|im_start|>assistant\n"))
+    task = load_task("recipe")
+    backend = _HFBackend(model, tok, task, max_new_tokens=400, batch=1, context=1024, constrain=constrain)
+    with Predictor(backend, task, str(tiny), {}) as pred:
+        (p,) = pred.predict(TEXTS[:1], progress=False)
+    assert p.valid, (p.error, p.raw[-300:])
+    assert p.stopped == "repetition" and p.resumed == 1 and p.finish_reason == "stop"
+    assert p.output["recipeIngredient"] == ["2 cups flour", "2 eggs"]
+    assert p.output["recipeInstructions"] == ["Whisk and fry 2 minutes a side."]

@@ -68,6 +68,21 @@ def test_truncation_report_and_refusal(tok):
         data.tokenize_rows(tok, template, rows, 20)  # the system+user prompt alone is longer
 
 
+def test_a_row_that_does_not_fit_is_dropped_not_cut(tok):
+    """A cut row would train an answer without its end: the row is dropped whole instead."""
+    template = data.training_chat_template(tok)
+    rows = toy_rows(4, seed=1)
+    lengths = [len(data.tokenize_example(tok, template, r["messages"], 10**6)["input_ids"]) for r in rows]
+    limit = sorted(lengths)[1]   # the two shortest fit (ties aside), the longest do not
+    out = data.tokenize_rows(tok, template, rows, limit)
+    assert out.n_kept == sum(n <= limit for n in lengths) and out.n_truncated == sum(n > limit for n in lengths)
+    assert out.n_truncated >= 1
+    for ex in out.rows:
+        assert len(ex["input_ids"]) <= limit
+        answer = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+        assert tok.decode(answer).rstrip().endswith(tok.eos_token)   # the whole answer, its end included
+
+
 def test_bad_dataset_inputs(tmp_path):
     with pytest.raises(StageError, match="04_build_dataset.py"):
         data.load_dataset_dir(tmp_path / "missing")

@@ -36,7 +36,7 @@ class TrainConfig:
     # -- data
     dataset_dir: str = _f(str(DATASET_DIR), "folder with train.jsonl (+ val.jsonl, test.jsonl, manifest.json) from 04_build_dataset.py", "data")
     reasoning: str = _f("keep", "keep or strip the <think>...</think> prefix of assistant turns", "data", REASONING)
-    max_seq_length: int = _f(8192, "tokens per example; longer examples are truncated (those left without answer tokens are dropped)", "data")
+    max_seq_length: int = _f(8192, "tokens per example; longer examples are dropped whole (a cut answer teaches a model not to stop)", "data")
     max_train_samples: int = _f(-1, "use only the first N training rows (-1 = all)", "data")
     # -- model
     model_name: str = _f("unsloth/gemma-3-270m-it", "hub id, local HF folder, or local .gguf file (converted once, cached)", "model")

@@ -194,9 +194,9 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
 
     train_tok = tokenize_rows(tok, template, ds.train, cfg.max_seq_length, "train")
     val_tok = tokenize_rows(tok, template, ds.val, cfg.max_seq_length, "val") if ds.val else None
-    print(f"train: {train_tok.n_kept}/{train_tok.n_total} examples keep answer tokens after truncation to "
-          f"{cfg.max_seq_length} ({train_tok.n_truncated} truncated); {train_tok.supervised_tokens} supervised of "
-          f"{train_tok.total_tokens} tokens")
+    print(f"train: {train_tok.n_kept}/{train_tok.n_total} examples fit {cfg.max_seq_length} tokens whole "
+          f"({train_tok.n_truncated} longer ones dropped: a cut answer teaches a model not to stop); "
+          f"{train_tok.supervised_tokens} supervised of {train_tok.total_tokens} tokens")
     if val_tok:
         print(f"val:   {val_tok.n_kept}/{val_tok.n_total} examples")
 
@@ -427,7 +427,7 @@ def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps
         save_total_limit=2,
         report_to="none",  # metrics go through the tracker callback
         gradient_checkpointing=cfg.gradient_checkpointing,
-        # Rows are truncated to max_seq_length when tokenized (tokenize_rows); TRL refuses
+        # Rows longer than max_seq_length are dropped when tokenized (tokenize_rows); TRL refuses
         # padding-free batches with a max_length it cannot enforce itself.
         max_length=None if cfg.packing else cfg.max_seq_length,
         padding_free=cfg.packing,

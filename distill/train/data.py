@@ -183,19 +183,23 @@ class Tokenized:
     rows: list[dict]
     n_total: int
     n_kept: int
-    n_truncated: int
+    n_truncated: int      # longer than max_len: dropped (kept whole or not at all)
     supervised_tokens: int
     total_tokens: int
 
 
 def tokenize_rows(tok, template: str, rows: list[dict], max_len: int, split: str = "train") -> Tokenized:
+    """Rows tokenized for training; a row longer than ``max_len`` is dropped, never cut.
+
+    Cutting a row cuts its answer (the answer is last): the model would learn answers that stop
+    mid-list without their end-of-turn token, which is how a student learns never to stop. So a
+    row is trained whole or not at all, and the count of dropped rows is reported."""
     out, truncated, sup, tot = [], 0, 0, 0
     for r in rows:
-        full = tok.apply_chat_template(r["messages"], chat_template=template, tokenize=True, return_dict=True,
-                                       add_special_tokens=False)
-        if len(full["input_ids"]) > max_len:
+        ex = tokenize_example(tok, template, r["messages"], max_len + 1)
+        if len(ex["input_ids"]) > max_len:
             truncated += 1
-        ex = tokenize_example(tok, template, r["messages"], max_len)
+            continue
         n_sup = sum(1 for x in ex["labels"] if x != -100)
         if n_sup == 0:
             continue
@@ -204,7 +208,7 @@ def tokenize_rows(tok, template: str, rows: list[dict], max_len: int, split: str
         out.append(ex)
     if rows and not out:
         raise StageError(
-            f"no {split} example keeps any answer tokens after truncation to --max-seq-length {max_len}: "
-            f"raise --max-seq-length"
+            f"no {split} example fits --max-seq-length {max_len} with its whole answer "
+            f"({truncated} of {len(rows)} are longer): raise --max-seq-length"
         )
     return Tokenized(out, len(rows), len(out), truncated, sup, tot)
