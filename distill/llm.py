@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
 import inspect
 import logging
 import os
@@ -65,15 +66,15 @@ import weakref
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
-import aiohttp
 import httpx
-import httpx_aiohttp
-import openai
 
 from distill import answers
 from distill.io import StageError
+
+if TYPE_CHECKING:  # the SDK and aiohttp load with the first client (a second of imports --help need not pay)
+    import openai
 
 log = logging.getLogger("distill.llm")
 
@@ -357,84 +358,94 @@ def _names_format(detail: str) -> bool:
     return any(w in detail.lower() for w in _FORMAT_WORDS)
 
 
-class _OpenAI(openai.AsyncOpenAI):
-    """``AsyncOpenAI`` whose retries follow our flags: what is retried and how long to wait.
+@functools.cache
+def _sdk_classes() -> tuple[type, type]:
+    """``(_OpenAI, _AiohttpTransport)``, defined at the first client: importing the SDK and aiohttp
+    costs about a second, which a stage's ``--help`` or a data-only stage should not pay."""
+    import aiohttp
+    import httpx_aiohttp
+    import openai
 
-    The SDK retries connection errors and timeouts itself; of the answered requests only 429
-    and 5xx are retried (the SDK would also retry 408 and 409 and obey ``x-should-retry``), and
-    while probing, a 5xx that names the response_format is a refusal to fall back on, not a
-    failure to retry. Waits: ``backoff`` doubling per retry up to ``backoff_max``, jittered within
-    the upper half so parallel requests don't retry in lockstep; a longer Retry-After wins
-    (capped at ``backoff_max``)."""
+    class _OpenAI(openai.AsyncOpenAI):
+        """``AsyncOpenAI`` whose retries follow our flags: what is retried and how long to wait.
 
-    def __init__(self, *, distill_config: LLMConfig, **kw: Any):
-        super().__init__(**kw)
-        self._distill_config = distill_config
+        The SDK retries connection errors and timeouts itself; of the answered requests only 429
+        and 5xx are retried (the SDK would also retry 408 and 409 and obey ``x-should-retry``), and
+        while probing, a 5xx that names the response_format is a refusal to fall back on, not a
+        failure to retry. Waits: ``backoff`` doubling per retry up to ``backoff_max``, jittered within
+        the upper half so parallel requests don't retry in lockstep; a longer Retry-After wins
+        (capped at ``backoff_max``)."""
 
-    def _should_retry(self, response: httpx.Response) -> bool:
-        status = response.status_code
-        if status != 429 and status < 500:
-            return False
-        state = _probe.get()
-        if state is not None:
-            if _names_format(_error_detail(response)):
+        def __init__(self, *, distill_config: LLMConfig, **kw: Any):
+            super().__init__(**kw)
+            self._distill_config = distill_config
+
+        def _should_retry(self, response: httpx.Response) -> bool:
+            status = response.status_code
+            if status != 429 and status < 500:
                 return False
-            state.bare_500s += status == 500
-        return True
+            state = _probe.get()
+            if state is not None:
+                if _names_format(_error_detail(response)):
+                    return False
+                state.bare_500s += status == 500
+            return True
 
-    def _calculate_retry_timeout(self, remaining_retries: int, options: Any,
-                                 response_headers: httpx.Headers | None = None) -> float:
-        cfg = self._distill_config
-        retry = cfg.retries - remaining_retries  # 0 for the first retry
-        delay = min(cfg.backoff_max, cfg.backoff * 2 ** retry)
-        delay = delay / 2 + random.uniform(0, delay / 2)
-        after = self._parse_retry_after_header(response_headers)
-        if after is not None and after > 0:
-            delay = max(delay, min(after, cfg.backoff_max))
-        log.warning("%s %s: retry %d/%d in %.2fs", options.method.upper(), options.url, retry + 1, cfg.retries, delay)
-        return delay
-
-
-class _AiohttpTransport(httpx_aiohttp.AiohttpTransport):
-    """The SDK's HTTP on aiohttp, through httpx-aiohttp (the transport of the SDK's own
-    ``DefaultAioHttpClient``): the SDK keeps building requests, retrying and timing out, this only
-    moves the bytes. httpx's own transport (httpcore) scans every connection of its pool for each
-    request and reply, and at hundreds in flight that bookkeeping cost more client CPU than
-    everything else together; with aiohttp's pool and C parser the client needs about half
-    (``bench/bench_concurrency.py --slots 256 --concurrency 256 --delay 0.2 --requests 512``).
-
-    Two things on top of httpx-aiohttp 0.2.0: the session trusts the environment (proxies) only when
-    asked, which its own session never does; and its error map turns every aiohttp connection
-    error that is not a timeout into ``httpx.ConnectTimeout`` -- a refused connection and a server
-    that dropped it mid-request alike -- so those two are mapped again to what the SDK and
-    :meth:`LLMClient._error` tell apart: ConnectError (cannot reach) and RemoteProtocolError
-    (disconnected). The reply is read here so that errors while reading it are mapped too."""
-
-    def __init__(self, connections: int, trust_env: bool):
-        super().__init__(
-            trust_env=trust_env,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            # made on the event loop at the first request
-            client=lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=connections, ssl=self.ssl_context), trust_env=trust_env))
-        _transports.add(self)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await super().handle_async_request(request)
-            await response.aread()
-            return response
-        except httpx.ConnectTimeout as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiohttp.ServerTimeoutError) or not isinstance(cause, aiohttp.ClientConnectionError):
-                raise
-            if isinstance(cause, aiohttp.ClientConnectorError):
-                raise httpx.ConnectError(str(cause), request=request) from cause
-            # the server closed or reset the connection before a whole reply
-            raise httpx.RemoteProtocolError(str(cause) or type(cause).__name__, request=request) from cause
+        def _calculate_retry_timeout(self, remaining_retries: int, options: Any,
+                                     response_headers: httpx.Headers | None = None) -> float:
+            cfg = self._distill_config
+            retry = cfg.retries - remaining_retries  # 0 for the first retry
+            delay = min(cfg.backoff_max, cfg.backoff * 2 ** retry)
+            delay = delay / 2 + random.uniform(0, delay / 2)
+            after = self._parse_retry_after_header(response_headers)
+            if after is not None and after > 0:
+                delay = max(delay, min(after, cfg.backoff_max))
+            log.warning("%s %s: retry %d/%d in %.2fs", options.method.upper(), options.url, retry + 1, cfg.retries, delay)
+            return delay
 
 
-_transports: "weakref.WeakSet[_AiohttpTransport]" = weakref.WeakSet()
+    class _AiohttpTransport(httpx_aiohttp.AiohttpTransport):
+        """The SDK's HTTP on aiohttp, through httpx-aiohttp (the transport of the SDK's own
+        ``DefaultAioHttpClient``): the SDK keeps building requests, retrying and timing out, this only
+        moves the bytes. httpx's own transport (httpcore) scans every connection of its pool for each
+        request and reply, and at hundreds in flight that bookkeeping cost more client CPU than
+        everything else together; with aiohttp's pool and C parser the client needs about half
+        (``bench/bench_concurrency.py --slots 256 --concurrency 256 --delay 0.2 --requests 512``).
+
+        Two things on top of httpx-aiohttp 0.2.0: the session trusts the environment (proxies) only when
+        asked, which its own session never does; and its error map turns every aiohttp connection
+        error that is not a timeout into ``httpx.ConnectTimeout`` -- a refused connection and a server
+        that dropped it mid-request alike -- so those two are mapped again to what the SDK and
+        :meth:`LLMClient._error` tell apart: ConnectError (cannot reach) and RemoteProtocolError
+        (disconnected). The reply is read here so that errors while reading it are mapped too."""
+
+        def __init__(self, connections: int, trust_env: bool):
+            super().__init__(
+                trust_env=trust_env,
+                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+                # made on the event loop at the first request
+                client=lambda: aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=connections, ssl=self.ssl_context), trust_env=trust_env))
+            _transports.add(self)
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                response = await super().handle_async_request(request)
+                await response.aread()
+                return response
+            except httpx.ConnectTimeout as exc:
+                cause = exc.__cause__
+                if isinstance(cause, aiohttp.ServerTimeoutError) or not isinstance(cause, aiohttp.ClientConnectionError):
+                    raise
+                if isinstance(cause, aiohttp.ClientConnectorError):
+                    raise httpx.ConnectError(str(cause), request=request) from cause
+                # the server closed or reset the connection before a whole reply
+                raise httpx.RemoteProtocolError(str(cause) or type(cause).__name__, request=request) from cause
+
+    return _OpenAI, _AiohttpTransport
+
+
+_transports: "weakref.WeakSet[Any]" = weakref.WeakSet()   # the _AiohttpTransport instances
 
 
 @atexit.register
@@ -463,7 +474,7 @@ class _Endpoint:
     Only touched on the event loop thread (the counters are read elsewhere once a run is over)."""
 
     url: str
-    sdk: "_OpenAI"
+    sdk: Any   # _sdk_classes()[0]: AsyncOpenAI with our retries
     mode: str | None  # the response_format mode that works here; None until the first probe
     mode_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     active: int = 0  # chat requests in flight
@@ -537,7 +548,10 @@ class LLMClient:
         self._http_sync: httpx.Client | None = None
         self._model_lock = asyncio.Lock()  # bound to event_loop() on first use
 
-    def _sdk_client(self, url: str, connections: int) -> "_OpenAI":
+    def _sdk_client(self, url: str, connections: int) -> Any:
+        import openai
+
+        _OpenAI, _AiohttpTransport = _sdk_classes()
         cfg = self.config
         return _OpenAI(
             distill_config=cfg,
@@ -641,6 +655,8 @@ class LLMClient:
 
     def _error(self, exc: openai.OpenAIError, method: str, path: str, url: str) -> Exception:
         """The SDK's exception as ours: LLMUnavailable (stop the stage) or LLMError (count it)."""
+        import openai
+
         cause = exc.__cause__
         if isinstance(exc, openai.APITimeoutError):
             if isinstance(cause, httpx.ConnectTimeout):
@@ -662,6 +678,8 @@ class LLMClient:
     # -- public API
 
     async def _models_on(self, ep: _Endpoint) -> list[str]:
+        import openai
+
         try:
             resp = await ep.sdk.get("/models", cast_to=httpx.Response)
         except openai.OpenAIError as exc:
@@ -751,6 +769,8 @@ class LLMClient:
 
     async def _chat(self, ep: _Endpoint, messages: list[dict], schema: dict | None, mode: str, probing: bool,
                     seed: int | None = None) -> Completion:
+        import openai
+
         cfg = self.config
         body: dict[str, Any] = {"model": self.model or "default", "messages": messages,
                                 "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "stream": False}
