@@ -183,7 +183,7 @@ def dump(obj) -> str:
 def error_record(doc, pred) -> dict:
     return {"source": doc.source, "error": pred.error, "parse_error": pred.parse_error,
             "schema_errors": pred.schema_errors, "truncated_input": pred.truncated_input,
-            "finish_reason": pred.finish_reason, "stopped": pred.stopped, "raw": pred.raw}
+            "finish_reason": pred.finish_reason, "stopped": pred.stopped, "resumed": pred.resumed, "raw": pred.raw}
 
 
 def check_run_state(out: Path, state: dict, overwrite: bool) -> None:

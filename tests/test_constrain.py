@@ -435,3 +435,36 @@ def test_transformers_decoding_goes_on_past_a_looping_list(tiny, constrain):
     assert p.stopped == "repetition" and p.resumed == 1 and p.finish_reason == "stop"
     assert p.output["recipeIngredient"] == ["2 cups flour", "2 eggs"]
     assert p.output["recipeInstructions"] == ["Whisk and fry 2 minutes a side."]
+
+
+def test_llama_server_backend_resumes_with_the_prefix_as_prompt_tokens(tiny):
+    """The server backend's plumbing with a scripted stream: the first stream loops, the resumed
+    one is sent the prompt plus the closed prefix (free: no json_schema) within the token budget."""
+    from transformers import AutoTokenizer
+
+    from distill.infer import _ServerBackend
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    task = load_task("recipe")
+    backend = _ServerBackend(client=None, task=task, max_new_tokens=400, concurrency=1, context=2048, tokenizer=tok,
+                             name="llama.cpp")
+    sent = []
+
+    def stream(ids, n_predict, schema, think=False):
+        sent.append((ids, n_predict, schema))
+        if len(sent) == 1:
+            return enc(LOOPING_INGREDIENTS), "repetition"
+        return enc(REST), "stop"
+
+    backend._stream = stream
+    prompt = [1, 2, 3]
+    messages = task.student_messages(TEXTS[0])
+    backend._ids = lambda m: prompt
+    text, finish, usage = backend.generate(messages)
+    assert finish == "stop" and usage["resumed"] == 1 and usage["guard"] == "repetition"
+    assert json.loads(text)["recipeInstructions"] == ["Whisk and fry 2 minutes a side."]
+    (ids1, n1, schema1), (ids2, n2, schema2) = sent
+    assert ids1 == prompt and schema1 == task.schema and n1 == 400
+    assert ids2 == prompt + enc(RESUMED_AT) and schema2 is None and n2 == 400 - len(enc(RESUMED_AT))
+    assert usage["tokens"] == enc(RESUMED_AT) + enc(REST)
