@@ -188,6 +188,30 @@ def _guarded(pred: Prediction, usage: dict) -> Prediction:
     return pred
 
 
+def _resume_after_loop(tok, max_new: int, ids: list[int], text: str, finish: str, usage: dict,
+                       generate) -> tuple[str, str | None, dict]:
+    """distill.constrain.resume_loops for a local backend: ``generate(prefix_ids, tokens_left)`` ->
+    (new token ids, finish) continues the answer after the closed prefix; usage gets ``resumed``,
+    ``guard``, the tokens spent and the answer's tokens."""
+    from .constrain import resume_loops
+
+    spent, last = [0], [usage["tokens"]]
+
+    def text_ids(t: str) -> list[int]:
+        return tok(t, add_special_tokens=False)["input_ids"]
+
+    def cont(prefix: str, left: int) -> tuple[str, str, int]:
+        pids = text_ids(prefix)
+        more, fin = generate(pids, left)
+        spent[0] += len(more)
+        last[0] = pids + more
+        return tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
+
+    text, finish, info = resume_loops(text, finish, max_new, lambda t: len(text_ids(t)), cont)
+    return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
+                                         "tokens": last[0]}
+
+
 # ------------------------------------------------------------------ truncation
 
 class _Truncator:
@@ -355,24 +379,9 @@ class _HFBackend(_Backend):
         return (row[:stop], "stop") if stop is not None else (row, "length")
 
     def _resume(self, ids: list[int], text: str, finish: str, usage: dict) -> tuple[str, str | None, dict]:
-        """Past a loop (distill.constrain.resume_loops), one row at a time, under the schema when constrained."""
-        from .constrain import resume_loops
-
-        spent, last = [0], [usage["tokens"]]
-
-        def text_ids(t: str) -> list[int]:
-            return self.tok(t, add_special_tokens=False)["input_ids"]
-
-        def cont(prefix: str, left: int) -> tuple[str, str, int]:
-            pids = text_ids(prefix)
-            more, fin = self._generate_one(ids, left, pids)
-            spent[0] += len(more)
-            last[0] = pids + more
-            return self.tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
-
-        text, finish, info = resume_loops(text, finish, self.max_new, lambda t: len(text_ids(t)), cont)
-        return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
-                                             "tokens": last[0]}
+        """Past a loop, one row at a time, under the schema when constrained."""
+        return _resume_after_loop(self.tok, self.max_new, ids, text, finish, usage,
+                                  lambda pids, left: self._generate_one(ids, left, pids))
 
 
 class _ServerBackend(_Backend):
@@ -457,28 +466,10 @@ class _ServerBackend(_Backend):
         return text, finish, usage
 
     def _resume(self, ids: list[int], text: str, finish: str, usage: dict) -> tuple[str, str | None, dict]:
-        """Past a loop (distill.constrain.resume_loops): the closed answer goes on as a free
-        continuation (llama.cpp cannot start a grammar in the middle of an object), validated after."""
-        from .constrain import resume_loops
-
-        spent, last = [0], [usage["tokens"]]
-
-        def count(prefix: str) -> int:
-            return len(self._text_ids(prefix))
-
-        def cont(prefix: str, left: int) -> tuple[str, str, int]:
-            pids = self._text_ids(prefix)
-            more, fin = self._stream(ids + pids, left, None)
-            spent[0] += len(more)
-            last[0] = pids + more
-            return self.tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
-
-        text, finish, info = resume_loops(text, finish, self.max_new, count, cont)
-        return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
-                                             "tokens": last[0]}
-
-    def _text_ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        """Past a loop: a free continuation (llama.cpp cannot start a grammar in the middle of an
+        object), validated after like every answer."""
+        return _resume_after_loop(self.tok, self.max_new, ids, text, finish, usage,
+                                  lambda pids, left: self._stream(ids + pids, left, None))
 
     def _stream(self, ids: list[int], n_predict: int, schema: dict | None, think: bool = False) -> tuple[list[int], str]:
         """One streamed /completion: (generated tokens without EOS, finish). finish: stop | length |
