@@ -66,6 +66,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--constrain", choices=("schema", "none"), default="schema",
                    help="decode the answer under the task's JSON Schema (default) or freely (none); see README "
                         "'Constrained decoding'")
+    g.add_argument("--resume-loops", type=non_negative_int, default=2, metavar="N",
+                   help="times a local model's answer goes on after the loop guard closed a repeating list "
+                        "(default 2; 0 ends the answer at the loop); see README 'Going on past a loop'")
     g.add_argument("--context", type=int, default=None,
                    help="context window in tokens; longer inputs keep their head (default: the model's own "
                         "window, at most 8192; openai: models are only truncated when this is set)")
@@ -109,7 +112,7 @@ def _main(args) -> int:
                           pages_dir=args.pages, output_dir=args.output_dir, name=args.name, limit=args.limit,
                           concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
                           adversarial=args.adversarial, progress=not args.no_progress,
-                          compare_dirs=args.compare or (), constrain=args.constrain)
+                          compare_dirs=args.compare or (), constrain=args.constrain, resumes=args.resume_loops)
     out = args.output_dir or Path("reports") / ev["name"]
     evals = [ev] + (E.compare(args.compare) if args.compare else [])
     print()

@@ -38,24 +38,15 @@ answering; answers written before it stay); 2 also when argparse rejects the fla
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
-import time
 from pathlib import Path
 
-from distill.cli import add_model_args, run
-from distill.io import (
-    StageError,
-    atomic_write_text,
-    check_output_dir,
-    clear_manifest,
-    read_json,
-    run_lock,
-    write_json,
-    write_manifest,
-)
-
-RUN_STATE = ".extract_run.json"
+from distill import extract as X
+from distill.cli import add_model_args, non_negative_int, run
+from distill.infer import load_predictor, resolve_task
+from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_manifest
+from distill.review import check_extract_review, write_extract_review
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -85,6 +76,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--constrain", choices=("schema", "none"), default="schema",
                    help="decode the answer under the task's JSON Schema (default) or freely (none); a loop guard "
                         "stops runaway repetition either way")
+    g.add_argument("--resume-loops", type=non_negative_int, default=2, metavar="N",
+                   help="times a local model's answer goes on after the loop guard closed a repeating list "
+                        "(default 2; 0 ends the answer at the loop)")
     g.add_argument("--concurrency", type=int, default=1,
                    help="inputs at once: batch size for adapter/merged models, parallel slots for .gguf and "
                         "requests in flight for openai:")
@@ -94,107 +88,6 @@ def make_parser() -> argparse.ArgumentParser:
                    help="write DIR/Modelfile for the model's GGUF (template, stop tokens and system prompt of "
                         "training, temperature 0); then: ollama create student -f DIR/Modelfile")
     return p
-
-
-# ------------------------------------------------------------------ inputs
-
-def collect_inputs(args) -> list:
-    from distill.documents import list_input_dir, output_names, read_document, read_stdin
-
-    docs = []
-    if args.input_dir is not None:
-        paths, ignored = list_input_dir(args.input_dir)
-        if ignored:
-            print(f"note: ignoring {len(ignored)} file(s) in {args.input_dir} without a .txt/.md/.html suffix",
-                  file=sys.stderr)
-        if not paths:
-            raise StageError(f"--input-dir {args.input_dir}: no .txt, .md or .html files")
-        names = output_names(paths, args.input_dir)
-        for path in paths:
-            doc = read_document(path)
-            doc.name = names[path]
-            docs.append(doc)
-    files = [Path(x) for x in args.inputs if x != "-"]
-    if args.inputs.count("-") > 1:
-        raise StageError("stdin (-) can be given once")
-    for path in files:
-        if not path.is_file():
-            raise StageError(f"{path}: no such file" + (" (use --input-dir for a folder)" if path.is_dir() else ""))
-    names = output_names(files)
-    for path in files:
-        doc = read_document(path)
-        doc.name = names[path]
-        docs.append(doc)
-    if "-" in args.inputs:
-        docs.append(read_stdin())
-    for d in docs:
-        if d.name in ("manifest", RUN_STATE.removesuffix(".json")):
-            d.name += "_"  # <out>/manifest.json is the run's manifest
-    if len({d.name for d in docs}) != len(docs):
-        raise StageError("two inputs would write the same output name; give them different file names")
-    return docs
-
-
-# ------------------------------------------------------------------ Ollama
-
-def export_ollama(args, task) -> Path:
-    from distill.infer import find_training_config, load_config, task_for_config
-    from distill.ollama import modelfile_text
-
-    spec = Path(args.model)
-    if str(args.model).startswith("openai:"):
-        raise StageError("--export-ollama needs the model's GGUF: pass --model path/to/model.gguf (or the trained "
-                         "folder with a gguf/ inside)")
-    if spec.suffix == ".gguf":
-        gguf = spec
-    else:
-        found = sorted(spec.glob("gguf/*.gguf")) + sorted(spec.glob("*.gguf"))
-        if not found:
-            raise StageError(f"--export-ollama: no GGUF in {spec}/gguf: train with --save-gguf, or pass --model "
-                             f"path/to/model.gguf")
-        gguf = found[0]
-    cfg_path = find_training_config(gguf)
-    if cfg_path is None:
-        raise StageError(f"--export-ollama: no distill_config.json next to {gguf}: the Modelfile needs the training "
-                         f"chat template and prompt (export a GGUF trained by 05_finetune.py)")
-    from transformers import AutoTokenizer
-
-    dcfg = load_config(cfg_path)
-    tok = AutoTokenizer.from_pretrained(cfg_path.parent)
-    tok.chat_template = dcfg["chat_template"]
-    task = task or task_for_config(dcfg)
-    from distill.infer import DEFAULT_CONTEXT, _gguf_context_length
-
-    context = args.context or min(_gguf_context_length(gguf) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    out = args.export_ollama
-    out.mkdir(parents=True, exist_ok=True)
-    path = atomic_write_text(out / "Modelfile", modelfile_text(gguf, out, tok, dcfg, task, context,
-                                                               args.max_new_tokens))
-    print(f"wrote {path}\n  ollama create student -f {path}\n  ollama run student \"$(cat post.txt)\"", file=sys.stderr)
-    return path
-
-
-# ------------------------------------------------------------------ outputs
-
-def dump(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
-
-
-def error_record(doc, pred) -> dict:
-    return {"source": doc.source, "error": pred.error, "parse_error": pred.parse_error,
-            "schema_errors": pred.schema_errors, "truncated_input": pred.truncated_input,
-            "finish_reason": pred.finish_reason, "stopped": pred.stopped, "resumed": pred.resumed, "raw": pred.raw}
-
-
-def check_run_state(out: Path, state: dict, overwrite: bool) -> None:
-    """Results in ``out`` from another model or task would silently mix with these: refuse."""
-    path = out / RUN_STATE
-    if path.exists() and not overwrite:
-        old = read_json(path)
-        if {k: old.get(k) for k in state} != state:
-            raise StageError(f"{out} holds results of another run (model {old.get('model')}, task {old.get('task')}): "
-                             f"use another --output-dir, or --overwrite to redo every input")
-    write_json(path, state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,119 +105,45 @@ def _main(args) -> int:
     if args.input_dir is not None and args.output_dir is None:
         raise StageError("--input-dir needs --output-dir (one <stem>.json per input goes there)")
     if args.review:
-        from distill.review import check_extract_review
         check_extract_review(args.output_dir, args.input_dir)
-    if args.output_dir is not None:
-        check_output_dir(args.output_dir, "08_extract", [args.input_dir])
-    docs = collect_inputs(args)
-    if len(docs) > 1 and args.output_dir is None:
+    out = args.output_dir
+    if out is not None:
+        check_output_dir(out, "08_extract", [args.input_dir])
+    docs = X.collect_inputs(args.input_dir, args.inputs)
+    if len(docs) > 1 and out is None:
         raise StageError(f"{len(docs)} inputs: pass --output-dir (stdout takes a single input)")
     if not docs and args.export_ollama is None:
         raise StageError("nothing to do: give input files, - for stdin, --input-dir, or --export-ollama DIR")
-
-    from distill.infer import load_predictor, resolve_task
-
     task = resolve_task(args.task)
     if not docs:  # only the Modelfile: no model needs to run
-        export_ollama(args, task)
+        X.export_ollama(args.model, args.export_ollama, task, args.context or None, args.max_new_tokens)
         return 0
 
-    out = args.output_dir
-    todo, skipped = docs, []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         clear_manifest(out)  # present again only when this run finishes
-        if not args.overwrite:
-            skipped = [d for d in docs if (out / f"{d.name}.json").exists()]
-            todo = [d for d in docs if not (out / f"{d.name}.json").exists()]
-    unreadable = [d for d in todo if d.error]
-    empty = [d for d in todo if not d.error and not d.text.strip()]
-    todo = [d for d in todo if not d.error and d.text.strip()]
-
-    import contextlib
-
-    lock = run_lock(out) if out is not None else contextlib.nullcontext()
-    counts = {"inputs": len(docs), "skipped": len(skipped), "empty": len(empty), "unreadable": len(unreadable),
-              "valid": 0, "invalid": 0,
-              "truncated": 0, "repaired": 0}
-    reasons: dict[str, int] = {}
-    t0 = time.monotonic()
-    with lock:
+    work = X.plan(docs, out, args.overwrite)
+    with run_lock(out) if out is not None else contextlib.nullcontext():
         with load_predictor(args.model, model_id=args.model_id, task=task, max_new_tokens=args.max_new_tokens,
                             concurrency=args.concurrency, context=args.context or None,
-                            constrain=args.constrain) as pred:
+                            constrain=args.constrain, resumes=args.resume_loops) as pred:
             if out is not None:
-                check_run_state(out, {"model": str(args.model), "model_id": args.model_id, "task": pred.task.name,
-                                      "task_prompt": [pred.task.student_system_prompt,
-                                                      pred.task.student_user_template]}, args.overwrite)
+                X.check_run_state(out, {"model": str(args.model), "model_id": args.model_id, "task": pred.task.name,
+                                        "task_prompt": [pred.task.student_system_prompt,
+                                                        pred.task.student_user_template]}, args.overwrite)
             if args.export_ollama is not None:
-                export_ollama(args, pred.task)
-            page_chars = pred.task.pages.get("max_chars")
-            if page_chars:
-                for doc in todo:
-                    doc.refocus(page_chars)
+                X.export_ollama(args.model, args.export_ollama, pred.task, args.context or None, args.max_new_tokens)
             print(f"model: {args.model} ({pred.info.get('backend')}, {pred.info.get('kind')}); task {pred.task.name}; "
-                  f"{len(todo)} to extract" + (f", {len(skipped)} already done" if skipped else "")
+                  f"{len(work.todo)} to extract" + (f", {len(work.skipped)} already done" if work.skipped else "")
                   + (f"; context {pred.info['context']} tokens" if pred.info.get("context") else ""), file=sys.stderr)
-            for doc in unreadable:
-                reasons["binary_input"] = reasons.get("binary_input", 0) + 1
-                print(f"{doc.source}: not extracted: {doc.error}", file=sys.stderr)
-                if out is not None:
-                    write_json(out / f"{doc.name}.error.json", {"source": doc.source, "error": "binary_input",
-                                                                "detail": doc.error})
-            for doc in empty:
-                reasons["empty_input"] = reasons.get("empty_input", 0) + 1
-                print(f"{doc.source}: no text to extract (empty, or a page without readable text)", file=sys.stderr)
-                if out is not None:
-                    write_json(out / f"{doc.name}.error.json", {"source": doc.source, "error": "empty_input"})
-            for i, p in pred.predict_iter([d.text for d in todo], progress=len(todo) > 1 or out is not None):
-                doc = todo[i]
-                counts["truncated"] += p.truncated_input
-                counts["repaired"] += p.repaired
-                if p.truncated_input:
-                    print(f"{doc.source}: longer than the context; kept its first {p.kept_chars} of {len(doc.text)} "
-                          f"characters", file=sys.stderr)
-                if p.valid:
-                    counts["valid"] += 1
-                else:
-                    counts["invalid"] += 1
-                    reason = (p.parse_error or "schema").split(":")[0]
-                    reasons[reason] = reasons.get(reason, 0) + 1
-                    print(f"{doc.source}: invalid answer ({p.error})", file=sys.stderr)
-                if out is None:
-                    if p.valid:
-                        think = f"<think>{p.reasoning}</think>\n" if args.keep_reasoning and p.reasoning else ""
-                        sys.stdout.write(think + dump(p.output))
-                    else:
-                        sys.stderr.write(dump(error_record(doc, p)))
-                    continue
-                err_path = out / f"{doc.name}.error.json"
-                if p.valid:
-                    write_json(out / f"{doc.name}.json", p.output)
-                    err_path.unlink(missing_ok=True)
-                    if args.keep_reasoning and p.reasoning:
-                        atomic_write_text(out / f"{doc.name}.reasoning.txt", p.reasoning + "\n")
-                else:
-                    write_json(err_path, error_record(doc, p))
-                    (out / f"{doc.name}.json").unlink(missing_ok=True)  # an --overwrite run must not leave the old result
-    elapsed = time.monotonic() - t0
-    ran = counts["valid"] + counts["invalid"]
-    rate = f"{ran / elapsed * 60:.1f} inputs/min" if ran and elapsed > 0 else ""
-    no_answer = counts["invalid"] + counts["empty"] + counts["unreadable"]
-    summary = (f"extracted {counts['valid']}/{ran} valid"
-               + (f"; no valid answer for {no_answer} ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else "")
-               + f"; {counts['truncated']} truncated to fit the context; {counts['skipped']} skipped (done before)"
-               + (f"; {counts['empty']} empty" if counts["empty"] else "")
-               + (f"; {counts['unreadable']} not text (binary)" if counts["unreadable"] else "")
-               + (f" | {elapsed:.1f}s, {rate}" if rate else ""))
-    print(summary, file=sys.stderr)
+            res = X.extract(pred, work, len(docs), out, keep_reasoning=args.keep_reasoning)
+    print(res.summary(), file=sys.stderr)
     if args.review:
-        from distill.review import write_extract_review
         print(f"review page: {write_extract_review(out, docs, pred.task)}", file=sys.stderr)
     if out is not None:
         write_manifest(out, "08_extract", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                       counts, reasons=reasons, backend=pred.info, elapsed_s=round(elapsed, 2))
-    return 0 if counts["invalid"] == counts["empty"] == counts["unreadable"] == 0 else 2
+                       res.counts, reasons=dict(res.reasons), backend=pred.info, elapsed_s=round(res.elapsed, 2))
+    return 0 if res.all_valid else 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ host with a fixed seed (default 200 train / 100 test). Every case is scored on t
             01 --from-pages -> 02 (real_page inputs) -> 03 --label-from-record -> 04 -> 05 --save-gguf
   mixed     real + the synthetic dataset of --synthetic-dataset DIR (04's folder, e.g. the demo's)
   teacher   the bundled teacher (Qwen2.5-Coder-1.5B-Instruct) zero-shot, same prompt (--teacher-limit pages)
+  trained   an existing trained folder (--trained DIR, e.g. --out/best), as it is: for ablations of
+            decoding settings on the same model (--resume-loops 0, --constrain none; --tag names the row)
 
 The best real-page student (adapter + GGUF) is kept in ``--out/best/`` (bench/results/realpages/best by
 default; git-ignored). Results: ``--out/results.json`` and ``--out/results.md`` (the table for
@@ -23,6 +25,7 @@ Usage:
     python bench/bench_realpages.py --pages-dir PAGES --coverage                  # the reader only, ~10 s
     python bench/bench_realpages.py --pages-dir PAGES --cases base,real,teacher   # SmolLM2-135M
     python bench/bench_realpages.py --pages-dir PAGES --cases real --student gemma3 --epochs 2
+    python bench/bench_realpages.py --pages-dir PAGES --cases trained --trained OUT/best --resume-loops 0 --tag noresume
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CASES = ("base", "synthetic", "real", "mixed", "teacher")
+CASES = ("base", "synthetic", "real", "mixed", "teacher", "trained")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -67,6 +70,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-student", type=Path, default=None, help="a trained synthetic-only student folder")
     p.add_argument("--synthetic-dataset", type=Path, default=None, help="04's folder of synthetic rows (mixed)")
     p.add_argument("--constrain", choices=("schema", "none"), default="schema")
+    p.add_argument("--resume-loops", type=int, default=2, help="07 --resume-loops (0: end an answer at its loop)")
+    p.add_argument("--trained", type=Path, default=None, help="the trained folder of --cases trained")
+    p.add_argument("--tag", default="", help="suffix of this run's row keys (e.g. noresume)")
     return p
 
 
@@ -153,7 +159,7 @@ def evaluate(model: str, test_dir: Path, out: Path, log: Path, args, *, limit: i
              extra: list[str] | None = None) -> dict:
     cmd = py("07_evaluate.py") + ["--model", model, "--pages", test_dir, "--output-dir", out,
                                   "--max-new-tokens", str(args.max_new_tokens), "--concurrency", str(args.concurrency),
-                                  "--constrain", args.constrain]
+                                  "--constrain", args.constrain, "--resume-loops", str(args.resume_loops)]
     if task:
         cmd += ["--task", task]
     if limit:
@@ -226,6 +232,7 @@ def row(name: str, ev: dict, train_s: float | None = None) -> dict:
         "steps_f1": score("recipeInstructions"), "times": statistics.mean(times) if times else None,
         "yield": score("recipeYield"), "json_valid": a.get("json_valid"), "schema_valid": a.get("schema_valid"),
         "hallucination": a.get("hallucination_rate"), "stopped": a.get("stopped_rate"),
+        "resumed": a.get("resumed_rate"),
         "pages_per_min": (ev.get("throughput") or {}).get("per_min"),
         "train_min": round(train_s / 60, 1) if train_s else None,
     }
@@ -288,9 +295,9 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"--cases: unknown {sorted(unknown)}; choose from {', '.join(CASES)}")
     rows = results.setdefault("rows", {})
-    tag = args.student
+    tag = args.student + (f":{args.tag}" if args.tag else "")
     for case in cases:
-        key = f"{case}:{tag}" if case != "teacher" else "teacher"
+        key = f"{case}:{tag}" if case != "teacher" else "teacher" + (f":{args.tag}" if args.tag else "")
         ev_dir = out / "eval" / key.replace(":", "_")
         if case == "base":
             ev = evaluate(str(base_gguf(args.student)), test_dir, ev_dir, log, args, task="recipe")
@@ -300,6 +307,11 @@ def main() -> int:
 
             ev = evaluate(str(qwen_coder_gguf()), test_dir, ev_dir, log, args, task="recipe", limit=args.teacher_limit)
             rows[key] = row(key, ev)
+        elif case == "trained":
+            if args.trained is None:
+                raise SystemExit("--cases trained needs --trained DIR")
+            ev = evaluate(str(gguf_of(args.trained)), test_dir, ev_dir, log, args)
+            rows[key] = row(key, ev)
         elif case == "synthetic":
             if args.synthetic_student is None:
                 raise SystemExit("--cases synthetic needs --synthetic-student DIR")
@@ -308,7 +320,7 @@ def main() -> int:
         elif case in ("real", "mixed"):
             if case == "mixed" and args.synthetic_dataset is None:
                 raise SystemExit("--cases mixed needs --synthetic-dataset DIR")
-            work = out / f"work_{case}_{tag}"
+            work = out / f"work_{case}_{tag.replace(':', '_')}"
             student, secs = train_real(train_dir, work, log, args,
                                        args.synthetic_dataset if case == "mixed" else None)
             ev = evaluate(str(gguf_of(student)), test_dir, ev_dir, log, args)

@@ -213,7 +213,7 @@ class ChainPredictor:
     """Runs a chain folder like one model: the interface of distill.infer.Predictor."""
 
     def __init__(self, chain_dir: str | Path, *, max_new_tokens: int = 1024, concurrency: int = 1,
-                 context: int | None = None, constrain: str = "schema"):
+                 context: int | None = None, constrain: str = "schema", resumes: int = 2):
         self.dir = Path(chain_dir)
         if not is_chain_dir(self.dir):
             raise StageError(f"{self.dir} has no {CHAIN_FILE}: not a finished chain (re-run 05_finetune.py)")
@@ -221,7 +221,7 @@ class ChainPredictor:
         self.task = load_task(self.chain["task"])
         self.max_new_tokens = max_new_tokens
         self.step_max_new_tokens = int(self.chain.get("step_max_new_tokens", max_new_tokens))
-        self.concurrency, self.context, self.constrain = concurrency, context, constrain
+        self.concurrency, self.context, self.constrain, self.resumes = concurrency, context, constrain, resumes
         self.info = {"backend": "chain", "steps": [s["dir"] for s in self.chain["steps"]], "spec": str(self.dir)}
         self.last_steps: list[list[str]] = []  # per input of the last predict: each intermediate output
 
@@ -244,7 +244,7 @@ class ChainPredictor:
                                 else self.step_max_new_tokens, concurrency=self.concurrency,
                                 context=self.context,
                                 # intermediate steps write their own format, not the task's schema
-                                constrain=self.constrain if last else "none") as pred:
+                                constrain=self.constrain if last else "none", resumes=self.resumes) as pred:
                 preds = pred.predict(current, progress=progress)
             if not last:
                 current = [step_output_text(p) for p in preds]
@@ -277,12 +277,12 @@ class ChainPredictor:
 
 def load_chain_predictor(chain_dir: str | Path, *, model_id: str | None = None, task: Task | None = None,
                          max_new_tokens: int = 1024, concurrency: int = 1, context: int | None = None,
-                         constrain: str = "schema") -> ChainPredictor:
+                         constrain: str = "schema", resumes: int = 2) -> ChainPredictor:
     """load_predictor's signature for a chain folder (07_evaluate.py opens either the same way)."""
     if model_id:
         raise StageError("--model-id is for openai: models; a chain folder holds its own steps")
     pred = ChainPredictor(chain_dir, max_new_tokens=max_new_tokens, concurrency=concurrency, context=context,
-                          constrain=constrain)
+                          constrain=constrain, resumes=resumes)
     if task is not None and task.name != pred.task.name:
         raise StageError(f"{chain_dir} is a chain of task {pred.task.name!r}, not {task.name!r}: drop --task")
     return pred

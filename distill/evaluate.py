@@ -1175,7 +1175,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                    output_dir: str | Path | None = None, name: str | None = None, limit: int = 0,
                    concurrency: int = 0, max_new_tokens: int = 1024, context: int | None = None,
                    adversarial: bool | None = None, progress: bool = True,
-                   compare_dirs: Iterable[str | Path] = (), constrain: str = "schema") -> dict:
+                   compare_dirs: Iterable[str | Path] = (), constrain: str = "schema", resumes: int = 2) -> dict:
     """Run ``spec`` on a split (+ adversarial cases), score, and write eval.json, report.md, plots, manifest.
 
     ``pages_dir``: score on a folder of saved pages instead of a split (:func:`load_pages`: the model
@@ -1232,7 +1232,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     for it in items:
         it["prompt_hash"] = stable_hash(task_obj.student_messages(it["text"]), template)
         it["key"] = stable_hash(it["set"], it["id"], spec, model_id, fp, it["prompt_hash"], max_new_tokens,
-                                {"constrain": constrain, "loop_guard": 1})
+                                {"constrain": constrain, "loop_guard": 1, "resume_loops": resumes})
 
     pred_path = out_dir / PREDICTIONS_FILE
     failures: Counter = Counter()
@@ -1251,7 +1251,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             # A chain folder (distill.chain: steps run one after another) is evaluated end to end.
             opener = load_chain_predictor if is_chain_dir(spec) else load_predictor
             with opener(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
-                        concurrency=concurrency, context=context, constrain=constrain) as predictor:
+                        concurrency=concurrency, context=context, constrain=constrain,
+                        resumes=resumes) as predictor:
                 info = dict(predictor.info)
                 t0 = time.monotonic()   # generation only: loading the model is not in pages/min
                 for i, p in predictor.predict_iter([it["text"] for it in pending], progress=progress,
@@ -1305,7 +1306,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
         ev = {
             "name": name, "model": spec, "model_id": model_id, "task": task_obj.name, "split": split,
             "dataset_dir": None if pages_dir is not None else str(dataset_dir),
-            "max_new_tokens": max_new_tokens, "constrain": constrain,
+            "max_new_tokens": max_new_tokens, "constrain": constrain, "resume_loops": resumes,
             "predictor": info,
             "n_examples": len(rows), "missing_predictions": missing, "request_failures": dict(failures),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1330,7 +1331,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                                                 "split": split, "dataset_dir": ev["dataset_dir"],
                                                 "pages_dir": None if pages_dir is None else str(pages_dir),
                                                 "limit": limit, "max_new_tokens": max_new_tokens,
-                                                "adversarial": adversarial, "constrain": constrain},
+                                                "adversarial": adversarial, "constrain": constrain,
+                                                "resume_loops": resumes},
                        {"examples": len(examples), "adversarial": len(scored_cases), "missing": missing,
                         **({"skipped_pages": len(pages_info["skipped"])} if pages_info else {}),
                         **{f"failed_{k}": v for k, v in failures.items()}})

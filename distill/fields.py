@@ -17,7 +17,15 @@ from rapidfuzz import fuzz, process
 ITEM_MATCH = 80.0
 
 _ISO = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$", re.I)
-_HUMAN = re.compile(r"(\d+(?:\.\d+)?)\s*(days?|d|hours?|hrs?|h|minutes?|mins?|m)\b", re.I)
+# The one table of duration units (minutes per unit), for the strict parser of source CSVs and the
+# lenient one of labels and scoring (human_minutes).
+DURATION_UNITS = {
+    "d": 1440, "day": 1440, "days": 1440,
+    "h": 60, "hr": 60, "hrs": 60, "hour": 60, "hours": 60,
+    "m": 1, "min": 1, "mins": 1, "minute": 1, "minutes": 1,
+    "s": 1 / 60, "sec": 1 / 60, "secs": 1 / 60, "second": 1 / 60, "seconds": 1 / 60,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
 
 
 def iso_duration_minutes(text: str) -> float | None:
@@ -41,12 +49,25 @@ def to_minutes(value: Any) -> float | None:
     iso = iso_duration_minutes(s)
     if iso is not None:
         return iso
-    total, found = 0.0, False
-    for num, unit in _HUMAN.findall(s):
-        found = True
-        u = unit.lower()
-        total += float(num) * (1440 if u.startswith("d") else 60 if u.startswith("h") else 1)
-    return total if found else None
+    return human_minutes(s)
+
+
+def human_minutes(text: str, strict: bool = False) -> float | None:
+    """'1 hr 20 mins' -> 80.0, '1 day 2 hrs' -> 1560.0, '30 secs' -> 0.5; None when no number has a
+    known unit (DURATION_UNITS).
+
+    Lenient (labels, scoring): every number with a known unit counts, the rest of the text is
+    ignored ('about 5 mins' -> 5.0). ``strict`` (source CSVs, distill.source.parse_duration): every
+    number must carry a known unit and nothing but separators ('and', commas) may be left, else the
+    whole value is None (a half-understood time is worse than none)."""
+    parts = _DURATION_PART.findall(text)
+    known = [(float(n), DURATION_UNITS[u.lower()]) for n, u in parts if u.lower() in DURATION_UNITS]
+    if not known:
+        return None
+    if strict and (len(known) != len(parts)
+                   or re.sub(r"\band\b|[\s,]", "", _DURATION_PART.sub("", text), flags=re.I)):
+        return None
+    return sum(n * per for n, per in known)
 
 
 def minutes_to_iso(minutes: float | int | None) -> str | None:

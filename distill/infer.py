@@ -89,11 +89,6 @@ class Prediction:
             return "schema: " + "; ".join(self.schema_errors[:5])
         return None
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["valid"] = self.valid
-        return d
-
 
 # ------------------------------------------------------------------ training configs and tasks
 
@@ -189,7 +184,7 @@ def _guarded(pred: Prediction, usage: dict) -> Prediction:
 
 
 def _resume_after_loop(tok, max_new: int, ids: list[int], text: str, finish: str, usage: dict,
-                       generate) -> tuple[str, str | None, dict]:
+                       generate, max_resumes: int = 2) -> tuple[str, str | None, dict]:
     """distill.constrain.resume_loops for a local backend: ``generate(prefix_ids, tokens_left)`` ->
     (new token ids, finish) continues the answer after the closed prefix; usage gets ``resumed``,
     ``guard``, the tokens spent and the answer's tokens."""
@@ -207,7 +202,7 @@ def _resume_after_loop(tok, max_new: int, ids: list[int], text: str, finish: str
         last[0] = pids + more
         return tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
 
-    text, finish, info = resume_loops(text, finish, max_new, lambda t: len(text_ids(t)), cont)
+    text, finish, info = resume_loops(text, finish, max_new, lambda t: len(text_ids(t)), cont, max_resumes)
     return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
                                          "tokens": last[0]}
 
@@ -283,10 +278,10 @@ class _HFBackend(_Backend):
     """transformers (+ PEFT adapter); greedy, left-padded batches."""
 
     def __init__(self, model, tok, task: Task, max_new_tokens: int, batch: int, context: int,
-                 constrain: str = "schema", allow_think: bool = False):
+                 constrain: str = "schema", allow_think: bool = False, resumes: int = 2):
         from .constrain import HFConstraint, LoopGuard
 
-        self.name = "transformers"
+        self.name, self.resumes = "transformers", resumes
         self.model, self.tok, self.task = model, tok, task
         self.max_new, self.batch, self.context = max_new_tokens, max(1, batch), context
         if tok.pad_token is None:
@@ -381,7 +376,7 @@ class _HFBackend(_Backend):
     def _resume(self, ids: list[int], text: str, finish: str, usage: dict) -> tuple[str, str | None, dict]:
         """Past a loop, one row at a time, under the schema when constrained."""
         return _resume_after_loop(self.tok, self.max_new, ids, text, finish, usage,
-                                  lambda pids, left: self._generate_one(ids, left, pids))
+                                  lambda pids, left: self._generate_one(ids, left, pids), self.resumes)
 
 
 class _ServerBackend(_Backend):
@@ -389,10 +384,10 @@ class _ServerBackend(_Backend):
 
     def __init__(self, client, task: Task, max_new_tokens: int, concurrency: int, context: int | None,
                  tokenizer=None, server=None, name: str = "openai", constrain: str = "schema",
-                 allow_think: bool = False):
+                 allow_think: bool = False, resumes: int = 2):
         from .constrain import LoopGuard
 
-        self.name = name
+        self.name, self.resumes = name, resumes
         self.schema = task.schema if constrain == "schema" else None
         self.allow_think, self.guard = allow_think, LoopGuard(task.schema)
         self.client, self.task, self.max_new = client, task, max_new_tokens
@@ -469,7 +464,7 @@ class _ServerBackend(_Backend):
         """Past a loop: a free continuation (llama.cpp cannot start a grammar in the middle of an
         object), validated after like every answer."""
         return _resume_after_loop(self.tok, self.max_new, ids, text, finish, usage,
-                                  lambda pids, left: self._stream(ids + pids, left, None))
+                                  lambda pids, left: self._stream(ids + pids, left, None), self.resumes)
 
     def _stream(self, ids: list[int], n_predict: int, schema: dict | None, think: bool = False) -> tuple[list[int], str]:
         """One streamed /completion: (generated tokens without EOS, finish). finish: stop | length |
@@ -674,7 +669,7 @@ def _allow_think(dcfg: dict | None) -> bool:
 
 
 def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None,
-             constrain: str = "schema") -> Predictor:
+             constrain: str = "schema", resumes: int = 2) -> Predictor:
     cfg_path = find_training_config(spec) if Path(spec).is_dir() else None
     if cfg_path is not None and cfg_path.parent == Path(spec):
         from distill.train.core import load_for_inference
@@ -699,12 +694,13 @@ def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int
         dcfg, kind = None, "base"
     model_max = getattr(model.config, "max_position_embeddings", None)
     ctx = context or _context_default(dcfg, model_max)
-    backend = _HFBackend(model, tok, task, max_new_tokens, concurrency, ctx, constrain, _allow_think(dcfg))
+    backend = _HFBackend(model, tok, task, max_new_tokens, concurrency, ctx, constrain, _allow_think(dcfg), resumes)
     return Predictor(backend, task, spec, {"backend": "transformers", "kind": kind, "context": ctx,
-                                           "training_config": dcfg is not None, "constrain": constrain})
+                                           "training_config": dcfg is not None, "constrain": constrain,
+                                           "resume_loops": resumes})
 
 
-def _gguf_context_length(gguf: Path) -> int | None:
+def gguf_context_length(gguf: Path) -> int | None:
     try:
         from gguf import GGUFReader
 
@@ -718,7 +714,7 @@ def _gguf_context_length(gguf: Path) -> int | None:
 
 
 def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None,
-               constrain: str = "schema") -> Predictor:
+               constrain: str = "schema", resumes: int = 2) -> Predictor:
     from .llm import LLMClient, LLMConfig
 
     gguf = Path(spec)
@@ -736,7 +732,7 @@ def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: i
     elif task is None:
         raise StageError(f"no {DISTILL_CONFIG} next to {spec} (or in the two folders above): pass --task to run it as "
                          f"a base model with the task's student prompt")
-    ctx = context or _context_default(dcfg, _gguf_context_length(gguf))
+    ctx = context or _context_default(dcfg, gguf_context_length(gguf))
     n = max(1, concurrency)
     # llama-server splits -c across its slots: give every slot the full per-input context.
     server = _LlamaServerHandle(gguf, n_parallel=n, ctx=ctx * n)
@@ -745,9 +741,10 @@ def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: i
                                  # a base GGUF goes through /v1/chat/completions: the schema as response_format
                                  response_format="json_schema" if constrain == "schema" else "prompt"))
     backend = _ServerBackend(client, task, max_new_tokens, n, ctx, tokenizer=tok, server=server, name="llama.cpp",
-                             constrain=constrain, allow_think=_allow_think(dcfg))
+                             constrain=constrain, allow_think=_allow_think(dcfg), resumes=resumes)
     return Predictor(backend, task, spec, {"backend": "llama.cpp", "kind": "gguf", "context": ctx,
                                            "training_config": dcfg is not None, "constrain": constrain,
+                                           "resume_loops": resumes,
                                            "prompt": "training template, token ids" if tok is not None
                                            else "the GGUF's chat template"})
 
@@ -778,16 +775,21 @@ def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tok
 
 
 def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
-                   concurrency: int = 1, context: int | None = None, constrain: str = "schema") -> Predictor:
+                   concurrency: int = 1, context: int | None = None, constrain: str = "schema",
+                   resumes: int = 2) -> Predictor:
     """A Predictor for ``spec`` (trained folder, .gguf, openai:URL, or base model + task); see the module docstring.
 
-    ``constrain``: ``schema`` decodes under the task's JSON Schema, ``none`` decodes freely (distill.constrain)."""
+    ``constrain``: ``schema`` decodes under the task's JSON Schema, ``none`` decodes freely (distill.constrain).
+    ``resumes``: times a local model's decoding goes on after the loop guard closed a repeating list
+    (distill.constrain.resume_loops); 0 ends the answer at the loop. An ``openai:`` model is never resumed."""
     from .constrain import CONSTRAIN_MODES
 
     if constrain not in CONSTRAIN_MODES:
         raise StageError(f"constrain must be one of {', '.join(CONSTRAIN_MODES)}, got {constrain!r}")
     if max_new_tokens < 1:
         raise StageError("max_new_tokens must be at least 1")
+    if resumes < 0:
+        raise StageError(f"resume_loops must be 0 or more, got {resumes}")
     if context is not None and context < 64:
         raise StageError("context must be at least 64 tokens")
     spec = str(spec)
@@ -795,15 +797,16 @@ def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None 
 
     if is_chain_dir(spec):  # several trained steps run one after another (distill.chain), same interface
         return load_chain_predictor(spec, model_id=model_id, task=task, max_new_tokens=max_new_tokens,
-                                    concurrency=concurrency, context=context, constrain=constrain)
+                                    concurrency=concurrency, context=context, constrain=constrain,
+                                    resumes=resumes)
     if spec.startswith("openai:"):
         return _load_openai(spec, model_id, task, max_new_tokens, concurrency, context, constrain)
     if spec.endswith(".gguf"):
-        return _load_gguf(spec, task, max_new_tokens, concurrency, context, constrain)
+        return _load_gguf(spec, task, max_new_tokens, concurrency, context, constrain, resumes)
     p = Path(spec)
     if p.exists() and not p.is_dir():
         raise StageError(f"--model {spec}: expected a folder, a .gguf file or openai:URL")
-    return _load_hf(spec, task, max_new_tokens, concurrency, context, constrain)
+    return _load_hf(spec, task, max_new_tokens, concurrency, context, constrain, resumes)
 
 
 def resolve_task(value: str | None) -> Task | None:

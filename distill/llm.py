@@ -1106,10 +1106,13 @@ class RunStats:
         }
 
     def all_failed(self) -> str | None:
-        """One line for stderr when this run asked for something and every item failed, else None:
-        such a stage exits non-zero (a pass where nothing worked is not a finished stage)."""
+        """One line for stderr when this run asked for something, every item failed and the stage
+        holds nothing finished, else None: such a stage exits non-zero (a pass where nothing worked
+        is not a finished stage). A re-run that retries the failures of an earlier run and fails
+        them again leaves the stage as the earlier run did (its finished items skipped, the rest
+        failed with a reason), so it exits as that run did."""
         failed = sum(self.failed.values())
-        if self.done or not failed:
+        if self.done or self.skipped or not failed:
             return None
         reasons = ", ".join(f"{r} {n}" for r, n in self.failed.most_common())
         return f"error: all {failed} requests failed ({reasons}); nothing new was written"

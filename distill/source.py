@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from distill.fields import human_minutes
 from distill.io import (
     MANIFEST,
     PROJECT_ROOT,
@@ -320,32 +321,18 @@ def parse_rating(value: str | None) -> float | None:
     return f if f > 0 else None
 
 
-_DURATION_UNITS = {
-    "d": 1440, "day": 1440, "days": 1440,
-    "h": 60, "hr": 60, "hrs": 60, "hour": 60, "hours": 60,
-    "m": 1, "min": 1, "mins": 1, "minute": 1, "minutes": 1,
-    "s": 1 / 60, "sec": 1 / 60, "secs": 1 / 60, "second": 1 / 60, "seconds": 1 / 60,
-}
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
-
-
 def parse_duration(text: str | None) -> int | None:
     """'1 hr 20 mins' -> 80, '1 day 2 hrs' -> 1560, '45 mins' -> 45; unparseable -> None.
 
-    Every number must carry a known unit, otherwise the whole value is
-    rejected (a half-understood time is worse than none).
+    Every number must carry a known unit, otherwise the whole value is rejected (a half-understood
+    time is worse than none): distill.fields.human_minutes, strict.
     """
     text = clean_text(text)
     if text is None:
         return None
-    parts = _DURATION_PART_RE.findall(text)
-    if not parts or any(unit.lower() not in _DURATION_UNITS for _, unit in parts):
-        return None
-    # Anything left besides separators ("1 hr and 5 mins") means we misread it.
-    if re.sub(r"\band\b|[\s,]", "", _DURATION_PART_RE.sub("", text)):
-        return None
+    minutes = human_minutes(text, strict=True)
     # Half-up rounding: '30 secs' is 1 minute, not banker's-rounded to 0.
-    return int(math.floor(sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts) + 0.5))
+    return None if minutes is None else int(math.floor(minutes + 0.5))
 
 
 _PROCESS_KEY_RE = re.compile(r"(?:^|,)\s*(prep|cook|additional|total|servings|yield)\s*:", re.IGNORECASE)

@@ -55,6 +55,8 @@ def test_guard_stops_on_max_items_only_for_schemas_that_limit_arrays():
 def test_an_unknown_constrain_mode_is_refused():
     with pytest.raises(StageError, match="constrain must be one of schema, none"):
         load_predictor("openai:http://127.0.0.1:9/v1", task=load_task("recipe"), constrain="json")
+    with pytest.raises(StageError, match="resume_loops must be 0 or more"):
+        load_predictor("openai:http://127.0.0.1:9/v1", task=load_task("recipe"), resumes=-1)
 
 
 # ------------------------------------------------------------------ backends
@@ -354,6 +356,9 @@ def test_resume_loops_goes_on_after_the_loop_and_is_never_worse_than_stopping():
                                       cont_with(('], "recipeIngredient": [' + '"2 eggs", ' * 8, "repetition", 40),
                                                 (again, "repetition", 40)))
     assert info["resumed"] <= 2 and len({p for p, _ in calls}) == len(calls)
+    # No resumes allowed (--resume-loops 0): the stopped answer is left as it is.
+    assert resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count, cont_with(), max_resumes=0) == (
+        LOOPING_INGREDIENTS, "repetition", {"resumed": 0, "guard": "repetition"})
     # Not a loop, or no room left: nothing to resume.
     assert resume_loops('{"a": 1}', "stop", 1000, count, cont_with())[2] == {"resumed": 0, "guard": None}
     assert resume_loops(LOOPING_INGREDIENTS, "repetition", count(RESUMED_AT) + 1, count, cont_with())[2]["resumed"] == 0
@@ -468,3 +473,8 @@ def test_llama_server_backend_resumes_with_the_prefix_as_prompt_tokens(tiny):
     assert ids1 == prompt and schema1 == task.schema and n1 == 400
     assert ids2 == prompt + enc(RESUMED_AT) and schema2 is None and n2 == 400 - len(enc(RESUMED_AT))
     assert usage["tokens"] == enc(RESUMED_AT) + enc(REST)
+    # --resume-loops 0: one stream, the answer ends at the loop as the guard left it.
+    sent.clear()
+    backend.resumes = 0
+    text, finish, usage = backend.generate(messages)
+    assert len(sent) == 1 and finish == "repetition" and usage["resumed"] == 0

@@ -635,6 +635,12 @@ def test_run_stats_counts_and_summary():
     nothing.fail(LLMError("timeout"))
     nothing.fail(LLMError("timeout"))
     assert nothing.all_failed() == "error: all 2 requests failed (timeout 2); nothing new was written"
+    # A re-run that skips finished items and fails the earlier failures again: the stage is as the
+    # earlier run left it (done with some failures), not a run where nothing worked.
+    rerun = RunStats()
+    rerun.skip()
+    rerun.fail(LLMError("length", "cut"))
+    assert rerun.all_failed() is None
 
 
 # --------------------------------------------------------------------------- coroutines on the event loop

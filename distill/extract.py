@@ -1,0 +1,224 @@
+"""Stage 08: the trained student on the user's own files (08_extract.py orchestrates, this works).
+
+* :func:`collect_inputs` reads the inputs (files, ``-`` for stdin, a folder) into
+  :class:`distill.documents.Document` objects with unique output names inside the output folder.
+* :func:`plan` splits them into what to extract, what is done already, what is empty and what is
+  not text.
+* :func:`extract` runs a :class:`distill.infer.Predictor` over them and files each answer as it
+  arrives: ``<name>.json`` (valid answers only) or ``<name>.error.json`` (why not, with the raw
+  output), or JSON on stdout for a single input without an output folder.
+* :func:`export_ollama` writes the Modelfile of a trained GGUF (distill.ollama).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .documents import Document, list_input_dir, output_names, read_document, read_stdin
+from .infer import DEFAULT_CONTEXT, find_training_config, gguf_context_length, load_config, task_for_config
+from .io import StageError, atomic_write_text, read_json, write_json
+from .ollama import modelfile_text
+
+# Which model and prompt wrote the results in an output folder (results of another run must not mix in).
+RUN_STATE = ".extract_run.json"
+
+
+# ------------------------------------------------------------------ inputs
+
+def collect_inputs(input_dir: Path | None, inputs: list[str]) -> list[Document]:
+    """The documents of ``--input-dir`` (recursively) and of ``inputs`` (paths; ``-`` = stdin, once)."""
+    docs = []
+    if input_dir is not None:
+        paths, ignored = list_input_dir(input_dir)
+        if ignored:
+            print(f"note: ignoring {len(ignored)} file(s) in {input_dir} without a .txt/.md/.html suffix",
+                  file=sys.stderr)
+        if not paths:
+            raise StageError(f"--input-dir {input_dir}: no .txt, .md or .html files")
+        names = output_names(paths, input_dir)
+        for path in paths:
+            doc = read_document(path)
+            doc.name = names[path]
+            docs.append(doc)
+    files = [Path(x) for x in inputs if x != "-"]
+    if inputs.count("-") > 1:
+        raise StageError("stdin (-) can be given once")
+    for path in files:
+        if not path.is_file():
+            raise StageError(f"{path}: no such file" + (" (use --input-dir for a folder)" if path.is_dir() else ""))
+    names = output_names(files)
+    for path in files:
+        doc = read_document(path)
+        doc.name = names[path]
+        docs.append(doc)
+    if "-" in inputs:
+        docs.append(read_stdin())
+    for d in docs:
+        if d.name in ("manifest", RUN_STATE.removesuffix(".json")):
+            d.name += "_"  # <out>/manifest.json is the run's manifest
+    if len({d.name for d in docs}) != len(docs):
+        raise StageError("two inputs would write the same output name; give them different file names")
+    return docs
+
+
+@dataclass
+class Plan:
+    todo: list[Document]         # to extract now
+    skipped: list[Document]      # a result from an earlier run is in the output folder
+    empty: list[Document]        # no text (an empty file, a page without readable text)
+    unreadable: list[Document]   # not text (binary): never sent to the model
+
+
+def plan(docs: list[Document], out: Path | None, overwrite: bool) -> Plan:
+    todo, skipped = docs, []
+    if out is not None and not overwrite:
+        skipped = [d for d in docs if (out / f"{d.name}.json").exists()]
+        todo = [d for d in docs if not (out / f"{d.name}.json").exists()]
+    return Plan(todo=[d for d in todo if not d.error and d.text.strip()], skipped=skipped,
+                empty=[d for d in todo if not d.error and not d.text.strip()],
+                unreadable=[d for d in todo if d.error])
+
+
+def check_run_state(out: Path, state: dict, overwrite: bool) -> None:
+    """Results in ``out`` from another model or task would silently mix with these: refuse."""
+    path = out / RUN_STATE
+    if path.exists() and not overwrite:
+        old = read_json(path)
+        if {k: old.get(k) for k in state} != state:
+            raise StageError(f"{out} holds results of another run (model {old.get('model')}, task {old.get('task')}): "
+                             f"use another --output-dir, or --overwrite to redo every input")
+    write_json(path, state)
+
+
+# ------------------------------------------------------------------ extracting
+
+def dump(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+
+
+def error_record(doc: Document, pred) -> dict:
+    return {"source": doc.source, "error": pred.error, "parse_error": pred.parse_error,
+            "schema_errors": pred.schema_errors, "truncated_input": pred.truncated_input,
+            "finish_reason": pred.finish_reason, "stopped": pred.stopped, "resumed": pred.resumed, "raw": pred.raw}
+
+
+@dataclass
+class Result:
+    counts: dict
+    reasons: Counter = field(default_factory=Counter)   # why inputs have no valid answer
+    elapsed: float = 0.0
+
+    @property
+    def all_valid(self) -> bool:
+        return self.counts["invalid"] == self.counts["empty"] == self.counts["unreadable"] == 0
+
+    def summary(self) -> str:
+        c = self.counts
+        ran = c["valid"] + c["invalid"]
+        rate = f"{ran / self.elapsed * 60:.1f} inputs/min" if ran and self.elapsed > 0 else ""
+        no_answer = c["invalid"] + c["empty"] + c["unreadable"]
+        return (f"extracted {c['valid']}/{ran} valid"
+                + (f"; no valid answer for {no_answer} ({', '.join(f'{k} {v}' for k, v in self.reasons.items())})"
+                   if self.reasons else "")
+                + f"; {c['truncated']} truncated to fit the context; {c['skipped']} skipped (done before)"
+                + (f"; {c['empty']} empty" if c["empty"] else "")
+                + (f"; {c['unreadable']} not text (binary)" if c["unreadable"] else "")
+                + (f" | {self.elapsed:.1f}s, {rate}" if rate else ""))
+
+
+def extract(pred, work: Plan, n_inputs: int, out: Path | None, *, keep_reasoning: bool = False,
+            stdout: TextIO | None = None, stderr: TextIO | None = None) -> Result:
+    """Run ``pred`` over ``work.todo`` and file every answer as it arrives (see the module docstring);
+    empty and binary inputs get their error record without a request."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    res = Result(counts={"inputs": n_inputs, "skipped": len(work.skipped), "empty": len(work.empty),
+                         "unreadable": len(work.unreadable), "valid": 0, "invalid": 0, "truncated": 0, "repaired": 0})
+    t0 = time.monotonic()
+    page_chars = pred.task.pages.get("max_chars")
+    if page_chars:
+        for doc in work.todo:
+            doc.refocus(page_chars)
+    for doc in work.unreadable:
+        res.reasons["binary_input"] += 1
+        print(f"{doc.source}: not extracted: {doc.error}", file=stderr)
+        if out is not None:
+            write_json(out / f"{doc.name}.error.json", {"source": doc.source, "error": "binary_input",
+                                                        "detail": doc.error})
+    for doc in work.empty:
+        res.reasons["empty_input"] += 1
+        print(f"{doc.source}: no text to extract (empty, or a page without readable text)", file=stderr)
+        if out is not None:
+            write_json(out / f"{doc.name}.error.json", {"source": doc.source, "error": "empty_input"})
+    for i, p in pred.predict_iter([d.text for d in work.todo], progress=len(work.todo) > 1 or out is not None):
+        doc = work.todo[i]
+        res.counts["truncated"] += p.truncated_input
+        res.counts["repaired"] += p.repaired
+        if p.truncated_input:
+            print(f"{doc.source}: longer than the context; kept its first {p.kept_chars} of {len(doc.text)} "
+                  f"characters", file=stderr)
+        if p.valid:
+            res.counts["valid"] += 1
+        else:
+            res.counts["invalid"] += 1
+            res.reasons[(p.parse_error or "schema").split(":")[0]] += 1
+            print(f"{doc.source}: invalid answer ({p.error})", file=stderr)
+        if out is None:
+            if p.valid:
+                think = f"<think>{p.reasoning}</think>\n" if keep_reasoning and p.reasoning else ""
+                stdout.write(think + dump(p.output))
+            else:
+                stderr.write(dump(error_record(doc, p)))
+            continue
+        err_path = out / f"{doc.name}.error.json"
+        if p.valid:
+            write_json(out / f"{doc.name}.json", p.output)
+            err_path.unlink(missing_ok=True)
+            if keep_reasoning and p.reasoning:
+                atomic_write_text(out / f"{doc.name}.reasoning.txt", p.reasoning + "\n")
+        else:
+            write_json(err_path, error_record(doc, p))
+            (out / f"{doc.name}.json").unlink(missing_ok=True)  # an --overwrite run must not leave the old result
+    res.elapsed = time.monotonic() - t0
+    return res
+
+
+# ------------------------------------------------------------------ Ollama
+
+def find_gguf(model: str | Path) -> Path:
+    """The GGUF of ``--model``: the file itself, or the first one in a trained folder's gguf/."""
+    spec = Path(model)
+    if str(model).startswith("openai:"):
+        raise StageError("--export-ollama needs the model's GGUF: pass --model path/to/model.gguf (or the trained "
+                         "folder with a gguf/ inside)")
+    if spec.suffix == ".gguf":
+        return spec
+    found = sorted(spec.glob("gguf/*.gguf")) + sorted(spec.glob("*.gguf"))
+    if not found:
+        raise StageError(f"--export-ollama: no GGUF in {spec}/gguf: train with --save-gguf, or pass --model "
+                         f"path/to/model.gguf")
+    return found[0]
+
+
+def export_ollama(model: str | Path, dest: Path, task, context: int | None, max_new_tokens: int) -> Path:
+    """dest/Modelfile for the model's GGUF: the training chat template, stop tokens and system prompt."""
+    from transformers import AutoTokenizer  # deferred: heavy, and only this path needs it
+
+    gguf = find_gguf(model)
+    cfg_path = find_training_config(gguf)
+    if cfg_path is None:
+        raise StageError(f"--export-ollama: no distill_config.json next to {gguf}: the Modelfile needs the training "
+                         f"chat template and prompt (export a GGUF trained by 05_finetune.py)")
+    dcfg = load_config(cfg_path)
+    tok = AutoTokenizer.from_pretrained(cfg_path.parent)
+    tok.chat_template = dcfg["chat_template"]
+    task = task or task_for_config(dcfg)
+    context = context or min(gguf_context_length(gguf) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(dest / "Modelfile", modelfile_text(gguf, dest, tok, dcfg, task, context, max_new_tokens))
+    print(f"wrote {path}\n  ollama create student -f {path}\n  ollama run student \"$(cat post.txt)\"", file=sys.stderr)
+    return path
