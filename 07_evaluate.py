@@ -36,8 +36,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from distill import evaluate as E
+from distill import reports as R
 from distill.cli import add_model_args, non_negative_int, run
-from distill.io import DATASET_DIR
+from distill.io import DATASET_DIR, StageError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -88,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from distill import evaluate as E
-    from distill.io import StageError
-
     if not args.model and not args.compare:
         raise StageError("give --model to evaluate a model, or --compare DIR... to merge earlier runs")
     if args.concurrency < 0 or args.max_new_tokens < 1:
@@ -103,7 +102,7 @@ def _main(args) -> int:
     if not args.model:
         out = args.output_dir or Path("reports") / "comparison"
         evals = E.run_compare(args.compare, out)
-        print(E.format_table(evals))
+        print(R.format_table(evals))
         print(f"\nwrote {out}/report.md, review.html, fields.png, styles.png, compare.json")
         return 0
 
@@ -114,9 +113,9 @@ def _main(args) -> int:
                           adversarial=args.adversarial, progress=not args.no_progress,
                           compare_dirs=args.compare or (), constrain=args.constrain, resumes=args.resume_loops)
     out = args.output_dir or Path("reports") / ev["name"]
-    evals = [ev] + (E.compare(args.compare) if args.compare else [])
+    evals = [ev] + (R.compare(args.compare) if args.compare else [])
     print()
-    print(E.format_table(evals))
+    print(R.format_table(evals))
     if ev["missing_predictions"]:
         print(f"\nwarning: {ev['missing_predictions']} inputs have no prediction (failed requests: "
               f"{ev['request_failures']}); they are not scored. Re-run the same command to retry them.",

@@ -1,7 +1,7 @@
 """A model's answer: its reasoning split off, its JSON read out of fences and prose, repaired where safe.
 
 The one parser of a reply, for the teacher's replies in 03 (:mod:`distill.labels`), the student's
-in 07 (:func:`distill.evaluate.parse_prediction`) and 08 (:func:`distill.infer.complete_prediction`),
+in 07 (:func:`distill.scoring.parse_prediction`) and 08 (:func:`distill.infer.complete_prediction`),
 and the check after training (:func:`distill.train.core.inference_test`)::
 
     a = parse_answer('<think>eggs first</think>Sure! ```json\\n{"name": "x"}\\n```')

@@ -44,6 +44,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .answers import parse_answer, split_reasoning
+from .constrain import (
+    CONSTRAIN_MODES,
+    STOP_REASONS,
+    THINK_CLOSE,
+    LoopGuard,
+    close_stopped,
+    is_think_prefix,
+    resume_loops,
+    stream_post,
+)
 from .io import StageError
 from .tasks import Task, load_task
 
@@ -130,7 +140,6 @@ def closed_stopped_answer(answer: str, schema: dict) -> tuple[dict | None, list[
     """An answer the loop guard stopped, closed at its last complete field or list item
     (distill.constrain.close_stopped): (the object if it fits ``schema``, else None; its schema
     errors). What is left of a loop counts only if it is a valid answer by itself."""
-    from .constrain import close_stopped
     from .labels import validate
 
     obj = close_stopped(answer)
@@ -149,7 +158,6 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
     either way ``stopped`` records the reason, and an answer that does not close into a valid
     one keeps ``parse_error`` = the reason (with the closed answer's schema errors).
     """
-    from .constrain import STOP_REASONS
     from .labels import validate
 
     pred.raw = raw
@@ -188,8 +196,6 @@ def _resume_after_loop(tok, max_new: int, ids: list[int], text: str, finish: str
     """distill.constrain.resume_loops for a local backend: ``generate(prefix_ids, tokens_left)`` ->
     (new token ids, finish) continues the answer after the closed prefix; usage gets ``resumed``,
     ``guard``, the tokens spent and the answer's tokens."""
-    from .constrain import resume_loops
-
     spent, last = [0], [usage["tokens"]]
 
     def text_ids(t: str) -> list[int]:
@@ -279,7 +285,7 @@ class _HFBackend(_Backend):
 
     def __init__(self, model, tok, task: Task, max_new_tokens: int, batch: int, context: int,
                  constrain: str = "schema", allow_think: bool = False, resumes: int = 2):
-        from .constrain import HFConstraint, LoopGuard
+        from .constrain_hf import HFConstraint
 
         self.name, self.resumes = "transformers", resumes
         self.model, self.tok, self.task = model, tok, task
@@ -322,7 +328,7 @@ class _HFBackend(_Backend):
         eos = self.eos_ids()
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from .constrain import STOP_REASONS, GuardCriteria
+        from .constrain_hf import GuardCriteria
 
         guard = GuardCriteria(self.guard, self.tok, width, len(batch), eos)
         procs = [self.constraint.processor(width, len(batch), eos)] if self.constraint is not None else []
@@ -351,7 +357,7 @@ class _HFBackend(_Backend):
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from .constrain import GuardCriteria
+        from .constrain_hf import GuardCriteria
 
         eos = self.eos_ids()
         full = ids + prefix
@@ -385,8 +391,6 @@ class _ServerBackend(_Backend):
     def __init__(self, client, task: Task, max_new_tokens: int, concurrency: int, context: int | None,
                  tokenizer=None, server=None, name: str = "openai", constrain: str = "schema",
                  allow_think: bool = False, resumes: int = 2):
-        from .constrain import LoopGuard
-
         self.name, self.resumes = name, resumes
         self.schema = task.schema if constrain == "schema" else None
         self.allow_think, self.guard = allow_think, LoopGuard(task.schema)
@@ -454,8 +458,6 @@ class _ServerBackend(_Backend):
             tokens, finish = self._stream(ids, self.max_new, self.schema)
         text = self.tok.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens), "tokens": tokens}
-        from .constrain import STOP_REASONS
-
         if finish in STOP_REASONS:
             text, finish, usage = self._resume(ids, text, finish, usage)
         return text, finish, usage
@@ -470,8 +472,6 @@ class _ServerBackend(_Backend):
         """One streamed /completion: (generated tokens without EOS, finish). finish: stop | length |
         repetition | max_items, and with ``think``: not_think (the answer does not open with <think>)
         or think_done (</think> was written)."""
-        from .constrain import THINK_CLOSE, is_think_prefix, stream_post
-
         if n_predict < 1:
             return [], "length"
         body = {"prompt": ids, "n_predict": n_predict, "temperature": 0.0, "top_k": 1,
@@ -782,8 +782,6 @@ def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None 
     ``constrain``: ``schema`` decodes under the task's JSON Schema, ``none`` decodes freely (distill.constrain).
     ``resumes``: times a local model's decoding goes on after the loop guard closed a repeating list
     (distill.constrain.resume_loops); 0 ends the answer at the loop. An ``openai:`` model is never resumed."""
-    from .constrain import CONSTRAIN_MODES
-
     if constrain not in CONSTRAIN_MODES:
         raise StageError(f"constrain must be one of {', '.join(CONSTRAIN_MODES)}, got {constrain!r}")
     if max_new_tokens < 1:

@@ -26,6 +26,8 @@ from typing import Any, Iterable
 
 from . import fields as F
 from .io import StageError, atomic_write_text, read_json
+from .reports import table_rows
+from .scoring import parse_prediction
 
 REVIEW_FILE = "review.html"
 TEMPLATE = "review.html.j2"
@@ -184,8 +186,6 @@ EVAL_VERDICTS = ["no valid JSON", "schema errors", "hallucinated items", "imperf
 
 
 def _eval_answer(e: dict, fields: list[str], text_fields: dict[str, bool]) -> dict:
-    from .evaluate import parse_prediction
-
     obj, _ = parse_prediction(e.get("answer") or None) if e.get("json_valid") else (None, None)
     obj = dict(obj or {})
     for name, fr in (e.get("fields") or {}).items():
@@ -280,8 +280,6 @@ def eval_review_data(evals: list[dict], title: str) -> dict:
 
 
 def _eval_summary(evals: list[dict], runs: list[str], fields: list[str], examples: list[dict]) -> list[dict]:
-    from .evaluate import table_rows
-
     tables = [{"title": "Scores", "columns": ["metric"] + runs,
                "rows": [{"cells": [label.strip()] + cells, "indent": label.startswith("  ")}
                         for label, cells in table_rows(evals)]}]

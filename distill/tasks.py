@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .io import TASKS_DIR, StageError, stable_hash
 from .pages import REAL_STYLE
+from .scoring import SCORE_METHODS
 
 VERIFY_METHODS = ("text", "name", "minutes", "number", "count", "set_f1", "exact")
-SCORE_METHODS = ("text", "exact", "minutes", "number", "list_f1", "set_f1", "mae")
 
 
 # --- the task.yaml schema ------------------------------------------------------------------
@@ -259,7 +259,7 @@ class FieldRule:
     # Reworded items (steps): most content words of each item occur together in the text,
     # and there are no more items than the text has sentences and lines.
     grounded_paraphrase: bool = False
-    score: str | None = None              # one of SCORE_METHODS (07_evaluate.py)
+    score: str | None = None              # one of distill.scoring.SCORE_METHODS (07_evaluate.py)
     weight: float = 1.0
 
 

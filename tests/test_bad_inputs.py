@@ -349,6 +349,12 @@ def _wait_for(cond, timeout=30.0):
         time.sleep(0.02)
 
 
+def _sigint_default() -> None:
+    """A child that handles Ctrl-C as in a terminal even when the tests run as a background job
+    (which inherits SIGINT ignored, and a stage rightly keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_02_at_once_against_a_hanging_server_and_the_next_run_retries(stages, tmp_path):
     out = tmp_path / "02"
     teacher = OracleTeacher()
@@ -357,7 +363,7 @@ def test_ctrl_c_stops_02_at_once_against_a_hanging_server_and_the_next_run_retri
             [sys.executable, str(ROOT / "02_generate_synthetic.py"), "--input", str(stages / "01"),
              "--output-dir", str(out), "--limit", "4", "--concurrency", "2",
              *teacher_args(srv.url, "--timeout", "60")],
-            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
         _wait_for(lambda: len(srv.history) >= 2)  # both requests in flight, the server sits on them
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -388,7 +394,7 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback(tmp_path):
         "sys.exit(run(main))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)  # `python -c` puts the working directory first on the import path
+                            cwd=ROOT, preexec_fn=_sigint_default)  # `python -c` puts the working directory first on the import path
     assert proc.stdout.readline().strip() == "running"
     proc.send_signal(signal.SIGINT)
     assert proc.stdout.readline().strip() == "cleaning up"

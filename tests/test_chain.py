@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from distill.chain import ChainPredictor, chain_task_for, step_rows, step_target
-from distill.evaluate import aggregate, score_example
 from distill.io import StageError, read_jsonl
+from distill.scoring import aggregate, score_example
 from distill.tasks import load_task
 from fake_openai_server import FakeOpenAIServer
 from fake_teacher import OracleTeacher

@@ -240,7 +240,7 @@ def test_reasoning_runs_free_and_only_the_json_after_think_is_constrained(tiny):
     import torch
     from transformers import AutoTokenizer
 
-    from distill.constrain import HFConstraint
+    from distill.constrain_hf import HFConstraint
 
     tok = AutoTokenizer.from_pretrained(tiny)
     schema = load_task("recipe").schema

@@ -7,6 +7,8 @@ import math
 import pytest
 
 from distill import evaluate as E
+from distill import reports as R
+from distill import scoring as S
 from distill.io import StageError
 from distill.tasks import FieldRule, load_task
 
@@ -32,97 +34,97 @@ def rule(score, **kw):
     ("", False, None, "empty"),
 ])
 def test_parse_prediction(pred, valid, obj, err):
-    got, info = E.parse_prediction(pred)
+    got, info = S.parse_prediction(pred)
     assert got == obj and info["json_valid"] is valid and info["parse_error"] == err
 
 
 def test_parse_prediction_repairs_broken_json():
-    got, info = E.parse_prediction('{"name": "a", "recipeIngredient": ["x", "y"')
+    got, info = S.parse_prediction('{"name": "a", "recipeIngredient": ["x", "y"')
     assert got == {"name": "a", "recipeIngredient": ["x", "y"]} and info["repaired"] and info["json_valid"]
 
 
 # ------------------------------------------------------------------ one field, every method
 
 def test_text_field():
-    r = E.score_field(rule("text"), "Banana Bread!", "banana bread")
+    r = S.score_field(rule("text"), "Banana Bread!", "banana bread")
     assert r["score"] == 1.0 and r["exact"]
-    r = E.score_field(rule("text"), "banana bread", "Banana Breads")   # one insertion in 25 chars
+    r = S.score_field(rule("text"), "banana bread", "Banana Breads")   # one insertion in 25 chars
     assert r["score"] == pytest.approx(0.96) and not r["exact"]
-    assert E.score_field(rule("text"), None, "x")["score"] == 0.0
+    assert S.score_field(rule("text"), None, "x")["score"] == 0.0
     # both empty: an abstention, not a match (this used to score 1.0)
-    r = E.score_field(rule("text"), None, None)
+    r = S.score_field(rule("text"), None, None)
     assert r["score"] is None and r["exact"] is None and r["pred_empty"] and r["ref_empty"]
     assert r["outcome"] == "abstained"
 
 
 def test_exact_field():
-    assert E.score_field(rule("exact"), "Vegan", "vegan")["score"] == 1.0
-    assert E.score_field(rule("exact"), "5", 5)["exact"]
-    assert E.score_field(rule("exact"), True, True)["exact"]
-    assert not E.score_field(rule("exact"), False, True)["exact"]
-    assert E.score_field(rule("exact"), "a", "b")["score"] == 0.0
-    assert E.score_field(rule("exact"), None, None)["exact"] is None   # abstained, not "exact"
-    assert E.score_field(rule("exact"), None, "x")["exact"] is False
-    assert E.score_field(rule("exact"), False, False)["exact"]         # False is a value, not empty
+    assert S.score_field(rule("exact"), "Vegan", "vegan")["score"] == 1.0
+    assert S.score_field(rule("exact"), "5", 5)["exact"]
+    assert S.score_field(rule("exact"), True, True)["exact"]
+    assert not S.score_field(rule("exact"), False, True)["exact"]
+    assert S.score_field(rule("exact"), "a", "b")["score"] == 0.0
+    assert S.score_field(rule("exact"), None, None)["exact"] is None   # abstained, not "exact"
+    assert S.score_field(rule("exact"), None, "x")["exact"] is False
+    assert S.score_field(rule("exact"), False, False)["exact"]         # False is a value, not empty
 
 
 def test_minutes_field():
-    r = E.score_field(rule("minutes"), "PT1H20M", "1 hr 20 mins")
+    r = S.score_field(rule("minutes"), "PT1H20M", "1 hr 20 mins")
     assert r["exact"] and r["abs_error"] == 0.0 and r["score"] == 1.0
-    r = E.score_field(rule("minutes"), "PT30M", "PT45M")
+    r = S.score_field(rule("minutes"), "PT30M", "PT45M")
     assert r["abs_error"] == 15.0 and r["score"] == 0.0
-    assert E.score_field(rule("minutes", verify_tolerance=5), "PT40M", "PT45M")["exact"]
-    r = E.score_field(rule("minutes"), "soon", "PT10M")
+    assert S.score_field(rule("minutes", verify_tolerance=5), "PT40M", "PT45M")["exact"]
+    r = S.score_field(rule("minutes"), "soon", "PT10M")
     assert r.get("unreadable") and r["score"] == 0.0 and "abs_error" not in r
-    assert E.score_field(rule("minutes"), None, "PT10M")["score"] == 0.0   # omitted
+    assert S.score_field(rule("minutes"), None, "PT10M")["score"] == 0.0   # omitted
     # invented, and both empty: not scored here (the example's overall score penalises the
     # invented one); null-against-null used to be an "exact" 1.0
-    assert E.score_field(rule("minutes"), "PT10M", None)["score"] is None
-    assert E.score_field(rule("minutes"), None, None)["score"] is None
+    assert S.score_field(rule("minutes"), "PT10M", None)["score"] is None
+    assert S.score_field(rule("minutes"), None, None)["score"] is None
 
 
 def test_number_field():
-    assert E.score_field(rule("number"), "8 servings", 8)["exact"]
-    assert E.score_field(rule("number"), "Makes 2 dozen", "24")["exact"]   # dozens are read
-    r = E.score_field(rule("number"), "Makes 20 cookies", "24")
+    assert S.score_field(rule("number"), "8 servings", 8)["exact"]
+    assert S.score_field(rule("number"), "Makes 2 dozen", "24")["exact"]   # dozens are read
+    r = S.score_field(rule("number"), "Makes 20 cookies", "24")
     assert r["abs_error"] == 4.0 and not r["exact"]
 
 
 def test_list_f1_field():
-    r = E.score_field(rule("list_f1"), ["1 cup flour", "2 eggs", "1 tsp salt"],
+    r = S.score_field(rule("list_f1"), ["1 cup flour", "2 eggs", "1 tsp salt"],
                       ["1 cup flour", "2 eggs", "1 cup sugar", "1 tsp vanilla"])
     assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 2)
     assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(1 / 2)
     assert r["f1"] == pytest.approx(4 / 7) and r["score"] == r["f1"] and not r["exact"]
-    assert E.score_field(rule("list_f1"), [], [])["f1"] is None          # abstained (used to be F1 1.0)
-    r = E.score_field(rule("list_f1"), ["x"], [])
+    assert S.score_field(rule("list_f1"), [], [])["f1"] is None          # abstained (used to be F1 1.0)
+    r = S.score_field(rule("list_f1"), ["x"], [])
     assert r["f1"] is None and r["outcome"] == "hallucinated" and (r["tp"], r["fp"], r["fn"]) == (0, 1, 0)
     # a list of blank steps is no answer: omitted against steps, abstained against none
     blank = [{"@type": "HowToStep", "text": ""}, " "]
-    assert E.score_field(rule("list_f1"), blank, ["Mix."])["outcome"] == "omitted"
-    assert E.score_field(rule("list_f1"), blank, [])["outcome"] == "abstained"
+    assert S.score_field(rule("list_f1"), blank, ["Mix."])["outcome"] == "omitted"
+    assert S.score_field(rule("list_f1"), blank, [])["outcome"] == "abstained"
     # HowToStep objects are compared by their text
     steps = [{"@type": "HowToStep", "text": "Mix."}, {"@type": "HowToStep", "text": "Bake."}]
-    assert E.score_field(rule("list_f1"), steps, ["Mix.", "Bake."])["exact"]
+    assert S.score_field(rule("list_f1"), steps, ["Mix.", "Bake."])["exact"]
 
 
 def test_set_f1_ignores_repeats():
-    assert E.score_field(rule("list_f1"), ["salt", "salt", "pepper"], ["salt", "pepper"])["f1"] == pytest.approx(0.8)
-    assert E.score_field(rule("set_f1"), ["salt", "salt", "pepper"], ["salt", "pepper"])["f1"] == 1.0
-    assert E.score_field(rule("set_f1"), "salt", ["salt"])["f1"] == 1.0   # a scalar is a one-item set
+    assert S.score_field(rule("list_f1"), ["salt", "salt", "pepper"], ["salt", "pepper"])["f1"] == pytest.approx(0.8)
+    assert S.score_field(rule("set_f1"), ["salt", "salt", "pepper"], ["salt", "pepper"])["f1"] == 1.0
+    assert S.score_field(rule("set_f1"), "salt", ["salt"])["f1"] == 1.0   # a scalar is a one-item set
 
 
 def test_mae_field_scalar_and_dimensions():
     prop = {"type": "integer", "minimum": 0, "maximum": 10}
-    r = E.score_field(rule("mae", name="impact", verify_tolerance=2), 7, 9, prop)
+    r = S.score_field(rule("mae", name="impact", verify_tolerance=2), 7, 9, prop)
     assert r["errors"] == {"impact": 2.0} and r["score"] == pytest.approx(0.8) and r["exact"]
     obj_prop = {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 10}}
-    r = E.score_field(rule("mae", name="scores"), {"clarity": 5}, {"clarity": 8, "accuracy": 4}, obj_prop)
+    r = S.score_field(rule("mae", name="scores"), {"clarity": 5}, {"clarity": 8, "accuracy": 4}, obj_prop)
     assert r["errors"] == {"clarity": 3.0, "accuracy": None}
     assert r["score"] == pytest.approx((0.7 + 0.0) / 2) and not r["exact"]
     # without a declared range: right within tolerance or wrong
-    assert E.score_field(rule("mae", name="c"), 0.5, 0.9)["score"] == 0.0
-    assert E.score_field(rule("mae", name="c", verify_tolerance=0.5), 0.5, 0.9)["score"] == 1.0
+    assert S.score_field(rule("mae", name="c"), 0.5, 0.9)["score"] == 0.0
+    assert S.score_field(rule("mae", name="c", verify_tolerance=0.5), 0.5, 0.9)["score"] == 1.0
 
 
 MAE_PROP = {"type": "integer", "minimum": 0, "maximum": 10}
@@ -134,7 +136,7 @@ MAE_PROP = {"type": "integer", "minimum": 0, "maximum": 10}
 def test_every_method_separates_the_four_outcomes(method, value):
     """One rule for every method: a field is scored only where the reference has a value."""
     def score(pred, ref):
-        return E.score_field(rule(method), pred, ref, MAE_PROP)
+        return S.score_field(rule(method), pred, ref, MAE_PROP)
 
     for empty in (None, "", "   ", [], [""], {}):
         abst = score(empty, None)
@@ -166,7 +168,7 @@ SOURCE = {"name": "Grandma Banana Bread", "ingredients": ["3 ripe bananas", "2 c
 
 
 def test_score_example_by_hand():
-    r = E.score_example(PRED, REF, RECIPE, TEXT, SOURCE)
+    r = S.score_example(PRED, REF, RECIPE, TEXT, SOURCE)
     assert r["json_valid"] and r["schema_valid"] and r["schema_errors"] == []
     f = r["fields"]
     assert f["name"]["score"] == 1.0 and f["name"]["exact"]
@@ -190,7 +192,7 @@ def test_score_example_by_hand():
 
 
 def test_score_example_invalid_json_scores_zero():
-    r = E.score_example("Sorry, I can't help with that.", REF, RECIPE, TEXT)
+    r = S.score_example("Sorry, I can't help with that.", REF, RECIPE, TEXT)
     assert not r["json_valid"] and not r["schema_valid"] and r["parse_error"] == "no_json"
     assert r["score"] == 0.0
     # 0 on every field with a reference value; the empty yield is "invalid": no abstention credit
@@ -205,30 +207,30 @@ def test_score_example_invalid_json_scores_zero():
 
 def test_score_example_schema_invalid_but_scored():
     bad = dict(REF, prepTime="15 minutes")   # not an ISO duration: schema error, but the value is right
-    r = E.score_example(bad, REF, RECIPE, TEXT)
+    r = S.score_example(bad, REF, RECIPE, TEXT)
     assert r["json_valid"] and not r["schema_valid"] and any("prepTime" in e for e in r["schema_errors"])
     assert r["fields"]["prepTime"]["score"] == 1.0 and r["score"] == 1.0
 
 
 def test_hallucinated_field_lowers_the_score_by_its_weight():
     honest = dict(PRED, recipeYield=None)
-    h = E.score_example(honest, REF, RECIPE, TEXT)
+    h = S.score_example(honest, REF, RECIPE, TEXT)
     assert h["fields"]["recipeYield"]["outcome"] == "abstained" and h["score"] == pytest.approx(3.75 / 6)
-    invented = E.score_example(PRED, REF, RECIPE, TEXT)
+    invented = S.score_example(PRED, REF, RECIPE, TEXT)
     assert h["score"] - invented["score"] == pytest.approx(3.75 / 6 - 3.75 / 7)   # 0.0893
     # a perfect answer plus one invented field: 6 / 7
-    assert E.score_example(dict(REF, recipeYield="4"), REF, RECIPE, TEXT)["score"] == pytest.approx(6 / 7)
+    assert S.score_example(dict(REF, recipeYield="4"), REF, RECIPE, TEXT)["score"] == pytest.approx(6 / 7)
     # the penalty follows the field weight: a weight-3 invented field on 6 perfect fields -> 6 / 9
     weighted = dataclasses.replace(RECIPE, fields=dict(
         RECIPE.fields, recipeYield=FieldRule(name="recipeYield", score="number", weight=3.0)))
-    assert E.score_example(dict(REF, recipeYield="4"), REF, weighted, TEXT)["score"] == pytest.approx(6 / 9)
+    assert S.score_example(dict(REF, recipeYield="4"), REF, weighted, TEXT)["score"] == pytest.approx(6 / 9)
 
 
 @pytest.mark.parametrize("answer", ["{}", "null", {}, {"@context": "https://schema.org", "@type": "Recipe"},
                                     {"name": "", "recipeIngredient": [], "recipeInstructions": [""]}])
 def test_an_empty_answer_scores_zero(answer):
     """{} is valid JSON but says nothing: 0 wherever the reference has a value, abstained where it has none."""
-    r = E.score_example(answer, REF, RECIPE, TEXT)
+    r = S.score_example(answer, REF, RECIPE, TEXT)
     assert r["json_valid"] and r["parse_error"] is None and r["score"] == 0.0
     assert r["missing"] == ["name", "recipeIngredient", "recipeInstructions", "prepTime", "cookTime", "totalTime"]
     assert r["abstained"] == ["recipeYield"] and r["spurious"] == []
@@ -236,24 +238,24 @@ def test_an_empty_answer_scores_zero(answer):
 
 def test_a_reference_without_values_is_not_scored():
     empty_ref = {k: None for k in RECIPE.fields}
-    r = E.score_example("{}", empty_ref, RECIPE, TEXT)
+    r = S.score_example("{}", empty_ref, RECIPE, TEXT)
     assert r["score"] is None and len(r["abstained"]) == 7 and (r["ref_filled"], r["ref_empty"]) == (0, 7)
-    r = E.score_example({"name": "Banana Bread"}, empty_ref, RECIPE, TEXT)
+    r = S.score_example({"name": "Banana Bread"}, empty_ref, RECIPE, TEXT)
     assert r["score"] is None and r["spurious"] == ["name"] and len(r["abstained"]) == 6
-    r = E.score_example("not json", empty_ref, RECIPE, TEXT)
+    r = S.score_example("not json", empty_ref, RECIPE, TEXT)
     assert r["score"] is None and r["abstained"] == [] and {f["outcome"] for f in r["fields"].values()} == {"invalid"}
 
 
 # ------------------------------------------------------------------ aggregate
 
 def _ex(pred, style, **kw):
-    return E.score_example(pred, REF, RECIPE, TEXT) | {"style": style, **kw}
+    return S.score_example(pred, REF, RECIPE, TEXT) | {"style": style, **kw}
 
 
 def test_aggregate_by_hand():
     exs = [_ex(PRED, "chaotic", latency_s=1.0), _ex(REF, "minimal", latency_s=3.0),
            _ex("not json", "minimal", latency_s=2.0)]
-    a = E.aggregate(exs, RECIPE)
+    a = S.aggregate(exs, RECIPE)
     assert a["n"] == 3 and a["json_valid"] == pytest.approx(2 / 3) and a["schema_valid"] == pytest.approx(2 / 3)
     assert a["score"] == pytest.approx((3.75 / 7 + 1 + 0) / 3)
     ing = a["fields"]["recipeIngredient"]
@@ -310,11 +312,11 @@ def scores_task(tmp_path):
 
 def test_mae_per_dimension(scores_task):
     ref = {"scores": {"clarity": 8, "depth": 4}, "needs_clarification": False, "confidence": 0.9}
-    exs = [E.score_example({"scores": {"clarity": 6, "depth": 4}, "needs_clarification": False, "confidence": 0.8},
+    exs = [S.score_example({"scores": {"clarity": 6, "depth": 4}, "needs_clarification": False, "confidence": 0.8},
                            ref, scores_task, "t"),
-           E.score_example({"scores": {"clarity": 9, "depth": 1}, "needs_clarification": True, "confidence": 0.5},
+           S.score_example({"scores": {"clarity": 9, "depth": 1}, "needs_clarification": True, "confidence": 0.5},
                            ref, scores_task, "t")]
-    a = E.aggregate(exs, scores_task)
+    a = S.aggregate(exs, scores_task)
     dims = a["fields"]["scores"]["dims"]
     assert dims["clarity"]["mae"] == pytest.approx(1.5) and dims["clarity"]["rmse"] == pytest.approx(math.sqrt(2.5))
     assert dims["depth"]["mae"] == pytest.approx(1.5) and dims["depth"]["rmse"] == pytest.approx(math.sqrt(4.5))
@@ -323,15 +325,15 @@ def test_mae_per_dimension(scores_task):
     conf = a["fields"]["confidence"]
     assert conf["mae"] == pytest.approx(0.25) and conf["rmse"] == pytest.approx(math.sqrt((0.01 + 0.16) / 2))
     assert a["fields"]["needs_clarification"]["exact"] == 0.5
-    table = E.format_table([{"name": "m", "aggregate": a, "adversarial": None}])
+    table = R.format_table([{"name": "m", "aggregate": a, "adversarial": None}])
     assert "scores MAE" in table and "clarity MAE" in table and "confidence MAE" in table
 
 
 def test_expectations_with_flags(scores_task):
-    case = E.load_adversarial(scores_task.adversarial_path, scores_task)[0]
-    ok = E.score_case(case, {"needs_clarification": True, "confidence": None, "scores": {}}, scores_task)
+    case = S.load_adversarial(scores_task.adversarial_path, scores_task)[0]
+    ok = S.score_case(case, {"needs_clarification": True, "confidence": None, "scores": {}}, scores_task)
     assert ok["passed"] and ok["score"] is None and ok["fields"] == {}
-    bad = E.score_case(case, {"needs_clarification": False, "confidence": 0.9}, scores_task)
+    bad = S.score_case(case, {"needs_clarification": False, "confidence": 0.9}, scores_task)
     assert not bad["passed"]
     assert bad["expect"]["needs_clarification"]["passed"] is False
     assert bad["expect"]["confidence"] == {"expected": None, "got": 0.9, "outcome": "hallucinated", "passed": False,
@@ -342,7 +344,7 @@ def test_expectations_with_flags(scores_task):
 
 @pytest.fixture(scope="module")
 def cases():
-    return {c["id"]: c for c in E.load_adversarial(RECIPE.adversarial_path, RECIPE)}
+    return {c["id"]: c for c in S.load_adversarial(RECIPE.adversarial_path, RECIPE)}
 
 
 def test_recipe_case_file_is_complete(cases):
@@ -351,7 +353,7 @@ def test_recipe_case_file_is_complete(cases):
     from distill.labels import validate
     for c in cases.values():   # every reference is a valid label and passes its own expectations
         assert validate(c["reference"], RECIPE.schema) == []
-        r = E.score_case(c, c["reference"], RECIPE)
+        r = S.score_case(c, c["reference"], RECIPE)
         # a no-recipe reference has no value to score (it used to score 1.0, null against null)
         assert r["passed"] and r["score"] == (None if c["kind"] == "no_recipe" else 1.0), c["id"]
 
@@ -361,46 +363,46 @@ def test_no_recipe_case(cases):
     for empty in ("null", "{}", c["reference"],
                   {"@context": "https://schema.org", "@type": "Recipe", "name": None,
                    "recipeIngredient": [], "recipeInstructions": []}):
-        assert E.score_case(c, empty, RECIPE)["passed"], empty
+        assert S.score_case(c, empty, RECIPE)["passed"], empty
     invented = {"@context": "https://schema.org", "@type": "Recipe", "name": "Five Cheese Lasagna",
                 "recipeIngredient": ["1 lb ground beef", "2 cups ricotta"],
                 "recipeInstructions": ["Layer and bake."]}
-    r = E.score_case(c, invented, RECIPE)
+    r = S.score_case(c, invented, RECIPE)
     assert not r["passed"]
     assert {k for k, ch in r["expect"].items() if not ch["passed"]} == {"name", "recipeIngredient",
                                                                           "recipeInstructions"}
-    assert not E.score_case(c, "no recipe here", RECIPE)["passed"]   # prose is not an answer
+    assert not S.score_case(c, "no recipe here", RECIPE)["passed"]   # prose is not an answer
 
 
 def test_two_recipes_case_mixing_fails(cases):
     c = cases["two-recipes-tacos-onions"]
     mixed = dict(c["reference"], recipeIngredient=c["reference"]["recipeIngredient"] + [
         "1 red onion, thinly sliced", "1/2 cup apple cider vinegar", "1 tbsp sugar", "1 tsp salt"])
-    r = E.score_case(c, mixed, RECIPE)
+    r = S.score_case(c, mixed, RECIPE)
     # 6 right + 4 from the side recipe: precision 6/10, recall 1, F1 0.75 < 0.8
     assert not r["passed"] and r["expect"]["recipeIngredient"]["why"] == "score 0.75 < 0.8"
     assert r["fields"]["recipeIngredient"]["f1"] == pytest.approx(0.75)
     side = dict(c["reference"], name="Quick Pickled Onions")
-    assert not E.score_case(c, side, RECIPE)["passed"]
+    assert not S.score_case(c, side, RECIPE)["passed"]
 
 
 def test_missing_fields_case_guessing_fails(cases):
     c = cases["missing-times-yield-coleslaw"]
     guess = dict(c["reference"], prepTime="PT10M", recipeYield="6 servings")
-    r = E.score_case(c, guess, RECIPE)
+    r = S.score_case(c, guess, RECIPE)
     assert not r["passed"]
     assert {k for k, ch in r["expect"].items() if not ch["passed"]} == {"prepTime", "recipeYield"}
     assert r["spurious"] == ["prepTime", "recipeYield"]
     # 3 fields with a value, all right, 2 invented: 3 / (3 + 2)
     assert r["score"] == pytest.approx(0.6)
     shrimp = cases["missing-title-shrimp"]
-    assert not E.score_case(shrimp, dict(shrimp["reference"], name="Garlic Butter Shrimp"), RECIPE)["passed"]
+    assert not S.score_case(shrimp, dict(shrimp["reference"], name="Garlic Butter Shrimp"), RECIPE)["passed"]
 
 
 def test_aggregate_adversarial_per_kind(cases):
-    scored = [E.score_case(c, c["reference"] if c["kind"] != "two_recipes" else "garbage", RECIPE)
+    scored = [S.score_case(c, c["reference"] if c["kind"] != "two_recipes" else "garbage", RECIPE)
               | {"kind": c["kind"]} for c in cases.values()]
-    a = E.aggregate_adversarial(scored)
+    a = S.aggregate_adversarial(scored)
     assert a["n"] == 8 and a["passed"] == 6 and a["pass_rate"] == 0.75
     assert a["by_kind"]["two_recipes"] == {"n": 2, "passed": 0, "pass_rate": 0.0}
     assert a["by_kind"]["no_recipe"]["pass_rate"] == 1.0
@@ -408,7 +410,7 @@ def test_aggregate_adversarial_per_kind(cases):
 
 def test_adversarial_kinds_against_an_empty_answer(cases):
     """{} passes exactly the cases that expect nothing (no_recipe), fails the others, scores 0 there."""
-    scored = {cid: E.score_case(c, "{}", RECIPE) | {"kind": c["kind"]} for cid, c in cases.items()}
+    scored = {cid: S.score_case(c, "{}", RECIPE) | {"kind": c["kind"]} for cid, c in cases.items()}
     assert {cid: r["passed"] for cid, r in scored.items()} == {
         "no-recipe-renovation": True, "no-recipe-review": True, "no-recipe-request": True,
         "two-recipes-tacos-onions": False, "two-recipes-pancakes-syrup": False,
@@ -420,13 +422,13 @@ def test_adversarial_kinds_against_an_empty_answer(cases):
     assert {k: (ch["outcome"], ch["passed"]) for k, ch in soup.items()} == {
         "prepTime": ("abstained", True), "cookTime": ("abstained", True), "totalTime": ("omitted", False),
         "recipeYield": ("abstained", True)}
-    a = E.aggregate_adversarial(list(scored.values()))
+    a = S.aggregate_adversarial(list(scored.values()))
     assert (a["n"], a["passed"]) == (8, 3)
     assert a["by_kind"] == {"missing_fields": {"n": 3, "passed": 0, "pass_rate": 0.0},
                             "no_recipe": {"n": 3, "passed": 3, "pass_rate": 1.0},
                             "two_recipes": {"n": 2, "passed": 0, "pass_rate": 0.0}}
     # aggregated like a split: overall 0 over the 5 scorable cases; the ref-empty fields all abstained
-    agg = E.aggregate(list(scored.values()), RECIPE, by_style=False)
+    agg = S.aggregate(list(scored.values()), RECIPE, by_style=False)
     assert agg["n_scored"] == 5 and agg["score"] == 0.0 and agg["abstention_rate"] == 1.0
     assert agg["missing_rate"] == 1.0 and agg["spurious_rate"] == 0.0
 
@@ -435,12 +437,12 @@ def test_adversarial_kinds_against_invented_and_unparseable_answers(cases):
     lasagna = {"@context": "https://schema.org", "@type": "Recipe", "name": "Five Cheese Lasagna",
                "recipeIngredient": ["1 lb ground beef"], "recipeInstructions": ["Layer and bake."],
                "prepTime": "PT20M"}
-    r = E.score_case(cases["no-recipe-request"], lasagna, RECIPE)
+    r = S.score_case(cases["no-recipe-request"], lasagna, RECIPE)
     assert not r["passed"] and r["score"] is None
     assert r["spurious"] == ["name", "recipeIngredient", "recipeInstructions", "prepTime"]
     assert {k for k, ch in r["expect"].items() if ch["outcome"] == "hallucinated"} == set(r["spurious"])
     for c in cases.values():   # prose fails every case, every expectation
-        r = E.score_case(c, "Here is the recipe you asked for!", RECIPE)
+        r = S.score_case(c, "Here is the recipe you asked for!", RECIPE)
         assert not r["passed"] and r["abstained"] == [] and r["spurious"] == []
         assert {ch["outcome"] for ch in r["expect"].values()} == {"invalid"}
         assert r["score"] == (None if c["kind"] == "no_recipe" else 0.0)
@@ -451,12 +453,12 @@ def test_reference_only_case(tmp_path):
     empty = {"id": "e", "kind": "k", "text": "t", "reference": {"name": None}}
     full = {"id": "f", "kind": "k", "text": "t", "reference": dict(REF)}
     p.write_text(json.dumps(empty) + "\n" + json.dumps(full) + "\n")
-    e, f = E.load_adversarial(p, RECIPE)
-    assert E.score_case(e, "{}", RECIPE)["passed"] and not E.score_case(e, "no", RECIPE)["passed"]
-    assert not E.score_case(e, {"name": "Bread"}, RECIPE)["passed"]   # nothing to match: an invention fails
-    assert E.score_case(f, REF, RECIPE)["passed"] and not E.score_case(f, "{}", RECIPE)["passed"]
-    assert E.score_case(f, dict(REF, recipeYield="4"), RECIPE)["passed"]   # one invented field: 6/7 >= 0.8
-    assert not E.score_case(f, dict(REF, recipeYield="4", name="Cake"), RECIPE)["passed"]
+    e, f = S.load_adversarial(p, RECIPE)
+    assert S.score_case(e, "{}", RECIPE)["passed"] and not S.score_case(e, "no", RECIPE)["passed"]
+    assert not S.score_case(e, {"name": "Bread"}, RECIPE)["passed"]   # nothing to match: an invention fails
+    assert S.score_case(f, REF, RECIPE)["passed"] and not S.score_case(f, "{}", RECIPE)["passed"]
+    assert S.score_case(f, dict(REF, recipeYield="4"), RECIPE)["passed"]   # one invented field: 6/7 >= 0.8
+    assert not S.score_case(f, dict(REF, recipeYield="4", name="Cake"), RECIPE)["passed"]
 
 
 @pytest.mark.parametrize("line,msg", [
@@ -470,7 +472,7 @@ def test_adversarial_file_errors(tmp_path, line, msg):
     p = tmp_path / "adv.jsonl"
     p.write_text(json.dumps(line) + "\n")
     with pytest.raises(StageError, match=msg):
-        E.load_adversarial(p, RECIPE)
+        S.load_adversarial(p, RECIPE)
 
 
 def test_adversarial_duplicate_ids(tmp_path):
@@ -478,7 +480,7 @@ def test_adversarial_duplicate_ids(tmp_path):
     line = json.dumps({"id": "a", "kind": "k", "text": "t", "expect": {"name": None}})
     p.write_text(line + "\n" + line + "\n")
     with pytest.raises(StageError, match="duplicate id"):
-        E.load_adversarial(p, RECIPE)
+        S.load_adversarial(p, RECIPE)
 
 
 def test_every_bundled_case_file_loads():
@@ -488,7 +490,7 @@ def test_every_bundled_case_file_loads():
     for name in list_tasks():
         t = load_task(name)
         if t.adversarial_path and t.adversarial_path.is_file():
-            assert E.load_adversarial(t.adversarial_path, t), name
+            assert S.load_adversarial(t.adversarial_path, t), name
 
 
 # ------------------------------------------------------------------ tables, reports, comparison
@@ -496,12 +498,12 @@ def test_every_bundled_case_file_loads():
 def _eval(name, preds, task="recipe"):
     exs = [_ex(p, s) | {"id": f"ex{i}", "text": TEXT} for i, (p, s) in enumerate(preds)]
     return {"name": name, "model": f"{name}.gguf", "task": task, "split": "test",
-            "aggregate": E.aggregate(exs, RECIPE), "adversarial": None, "examples": exs}
+            "aggregate": S.aggregate(exs, RECIPE), "adversarial": None, "examples": exs}
 
 
 def test_format_table_is_aligned():
     evals = [_eval("student", [(PRED, "chaotic"), (REF, "minimal")]), _eval("base", [("junk", "chaotic")])]
-    t = E.format_table(evals)
+    t = R.format_table(evals)
     lines = t.splitlines()
     assert len({len(line) for line in lines}) == 1          # fixed width: every line equally long
     assert lines[0].split() == ["metric", "student", "base"]
@@ -515,7 +517,7 @@ def test_write_report_and_compare(tmp_path):
     a = _eval("student", [(PRED, "chaotic"), (REF, "minimal")])
     b = _eval("base", [("junk", "chaotic"), (dict(REF, name="Bread"), "minimal")])
     for d, ev in (("s", a), ("b", b)):
-        E.write_eval(tmp_path / d, ev)
+        R.write_eval(tmp_path / d, ev)
     evals = E.run_compare([tmp_path / "s", tmp_path / "b"], tmp_path / "cmp")
     assert [e["name"] for e in evals] == ["student", "base"]
     md = (tmp_path / "cmp" / "report.md").read_text()
@@ -533,36 +535,36 @@ def test_write_report_and_compare(tmp_path):
 
 def test_report_says_what_was_scored(tmp_path):
     perfect = _eval("perfect", [(REF, "minimal"), (REF, "chaotic")])
-    assert "(none: all 2 scored examples scored 1.0)" in E._worst_md(perfect, 5)
+    assert "(none: all 2 scored examples scored 1.0)" in R._worst_md(perfect, 5)
     empty_ref = {k: None for k in RECIPE.fields}
-    exs = [E.score_example({"name": "Bread"}, empty_ref, RECIPE, TEXT) | {"id": "e", "style": "s", "text": TEXT}]
-    unscored = {"name": "u", "aggregate": E.aggregate(exs, RECIPE), "examples": exs}
-    assert "(no example scored: no reference has a value)" in E._worst_md(unscored, 5)
+    exs = [S.score_example({"name": "Bread"}, empty_ref, RECIPE, TEXT) | {"id": "e", "style": "s", "text": TEXT}]
+    unscored = {"name": "u", "aggregate": S.aggregate(exs, RECIPE), "examples": exs}
+    assert "(no example scored: no reference has a value)" in R._worst_md(unscored, 5)
     assert unscored["aggregate"]["score"] is None and unscored["aggregate"]["n_scored"] == 0
     # the invented field of a scored example is listed as invented, not as a score
     inv = _eval("inv", [(PRED, "chaotic")])
-    assert "`recipeYield` invented: got `4 servings`, expected `null`" in "\n".join(E._worst_md(inv, 5))
-    rows = dict(E.table_rows([inv, unscored]))
+    assert "`recipeYield` invented: got `4 servings`, expected `null`" in "\n".join(R._worst_md(inv, 5))
+    rows = dict(R.table_rows([inv, unscored]))
     assert rows["recipeYield (number) match"] == ["n/a", "n/a"]   # a mean over n=0 is n/a, not 0% or 100%
     assert rows["  scored (reference has a value)"] == ["1", "0"]
-    E.write_report(tmp_path, [inv, unscored])
+    R.write_report(tmp_path, [inv, unscored])
     md = (tmp_path / "report.md").read_text()
     assert "| chaotic | 0.536 (n=1 of 1); omitted 16.7%, invented 100.0%, abstained 0.0% | n/a |" in md
 
 
 def test_compare_errors(tmp_path):
     with pytest.raises(StageError, match="eval.json not found"):
-        E.compare([tmp_path / "nothing"])
-    E.write_eval(tmp_path / "a", _eval("a", [(REF, "x")]))
-    E.write_eval(tmp_path / "b", _eval("b", [(REF, "x")], task="other"))
+        R.compare([tmp_path / "nothing"])
+    R.write_eval(tmp_path / "a", _eval("a", [(REF, "x")]))
+    R.write_eval(tmp_path / "b", _eval("b", [(REF, "x")], task="other"))
     with pytest.raises(StageError, match="different tasks"):
-        E.compare([tmp_path / "a", tmp_path / "b"])
+        R.compare([tmp_path / "a", tmp_path / "b"])
 
 
 def test_same_names_are_told_apart(tmp_path):
-    E.write_eval(tmp_path / "run1", _eval("m", [(REF, "x")]))
-    E.write_eval(tmp_path / "run2", _eval("m", [(REF, "x")]))
-    assert [e["name"] for e in E.compare([tmp_path / "run1", tmp_path / "run2"])] == ["m (run1)", "m (run2)"]
+    R.write_eval(tmp_path / "run1", _eval("m", [(REF, "x")]))
+    R.write_eval(tmp_path / "run2", _eval("m", [(REF, "x")]))
+    assert [e["name"] for e in R.compare([tmp_path / "run1", tmp_path / "run2"])] == ["m (run1)", "m (run2)"]
 
 
 def test_price_check_for_tasks_that_declare_it():
@@ -570,21 +572,35 @@ def test_price_check_for_tasks_that_declare_it():
     coffee = load_task("coffee_order")
     ref = {"items": [{"name": "Latte", "size": "small", "quantity": 2, "modifiers": ["oat milk"]}],
            "total_price": 9.30, "not_on_menu": []}                                    # (3.95 + 0.70) * 2
-    right = E.score_example(ref, ref, coffee, "two small oat lattes")
+    right = S.score_example(ref, ref, coffee, "two small oat lattes")
     assert right["price_check"]["consistent"] and right["price_check"]["correct"]
     # right drink, wrong total: inconsistent with the menu and with the reference
-    wrong_total = E.score_example(dict(ref, total_price=7.90), ref, coffee, "two small oat lattes")
+    wrong_total = S.score_example(dict(ref, total_price=7.90), ref, coffee, "two small oat lattes")
     assert wrong_total["price_check"]["priced"] and not wrong_total["price_check"]["consistent"]
-    off_menu = E.score_example(dict(ref, items=[{"name": "Pizza", "size": "large", "quantity": 1}]), ref, coffee, "t")
+    off_menu = S.score_example(dict(ref, items=[{"name": "Pizza", "size": "large", "quantity": 1}]), ref, coffee, "t")
     assert off_menu["price_check"]["priced"] is False
-    a = E.aggregate([right, wrong_total, off_menu], coffee)
+    a = S.aggregate([right, wrong_total, off_menu], coffee)
     assert a["price_check"]["consistent_rate"] == 0.3333   # summarize_price_checks rounds to 4 places
     assert a["price_check"]["priced_rate"] == 0.6667
-    assert "total = menu price" in E.format_table([{"name": "m", "aggregate": a}])
-    assert "price_check" not in E.score_example(REF, REF, RECIPE, TEXT)
+    assert "total = menu price" in R.format_table([{"name": "m", "aggregate": a}])
+    assert "price_check" not in S.score_example(REF, REF, RECIPE, TEXT)
     # an empty order has nothing to price: not a vacuous "every item on the menu"; {} is not priced at all
-    nothing = E.score_example({"items": [], "total_price": 0, "not_on_menu": []}, ref, coffee, "t")["price_check"]
+    nothing = S.score_example({"items": [], "total_price": 0, "not_on_menu": []}, ref, coffee, "t")["price_check"]
     assert nothing["priced"] is None and nothing["consistent"] is None and nothing["correct"] is False
-    assert E.score_example("{}", ref, coffee, "t")["price_check"]["priced"] is False
-    a = E.aggregate([right, E.score_example({"items": [], "total_price": 0}, ref, coffee, "t")], coffee)
+    assert S.score_example("{}", ref, coffee, "t")["price_check"]["priced"] is False
+    a = S.aggregate([right, S.score_example({"items": [], "total_price": 0}, ref, coffee, "t")], coffee)
     assert a["price_check"]["priced_rate"] == 1.0 and a["price_check"]["correct_rate"] == 0.5
+
+
+def test_every_score_method_is_one_registered_scorer():
+    """A method is one object in distill.scoring.SCORERS: it scores, aggregates and names its table
+    rows; the task loader accepts exactly the registered names."""
+    assert S.SCORE_METHODS == tuple(S.SCORERS)
+    assert set(S.SCORERS) == {"text", "exact", "minutes", "number", "list_f1", "set_f1", "mae"}
+    for name, scorer in S.SCORERS.items():
+        assert scorer.name == name
+        rows = scorer.rows("f", [])
+        assert rows and rows[0][3] is True and rows[0][0].startswith("f ")   # the field's first row always shows
+        assert all(fmt in ("pct", "num3", "num2", "int") for _, fmt, _, _ in rows)
+    with pytest.raises(ValueError, match="unknown score method 'nope'"):
+        S.score_field(FieldRule(name="x", score="nope"), "a", "a")

@@ -17,7 +17,8 @@ import pytest
 
 from distill import fields as F
 from distill import review as R
-from distill.evaluate import aggregate, load_adversarial, load_eval, score_case
+from distill.reports import load_eval
+from distill.scoring import aggregate, load_adversarial, score_case
 from distill.tasks import list_tasks, load_task
 from fake_openai_server import FakeOpenAIServer
 from fake_teacher import OracleTeacher
