@@ -27,15 +27,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .io import StageError, read_json, read_jsonl, stable_hash, write_json, write_jsonl, write_manifest
+from .infer import load_predictor
+from .io import (
+    StageError,
+    read_json,
+    read_jsonl,
+    read_manifest,
+    require_manifest,
+    stable_hash,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
+from .spec import CHAIN_FILE, is_chain_dir
 from .tasks import Task, load_task
 
-CHAIN_FILE = "chain.json"
 SPLITS = ("train", "val", "test")
-
-
-def is_chain_dir(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / CHAIN_FILE).is_file()
 
 
 def step_dir_name(index: int, task: Task) -> str:
@@ -79,7 +86,6 @@ def write_step_dataset(out_dir: Path, task: Task, index: int, splits: dict[str, 
 
 
 def _load_splits(dataset_dir: Path) -> tuple[dict[str, list[dict]], dict]:
-    from .io import require_manifest
 
     manifest = require_manifest(dataset_dir, "04_build_dataset.py")
     splits = {s: read_jsonl(dataset_dir / f"{s}.jsonl") if (dataset_dir / f"{s}.jsonl").exists() else []
@@ -100,8 +106,6 @@ def run_step(step_dir: str | Path, texts: list[str], *, max_new_tokens: int, con
     ``task`` is the step's view of the task (Task.step_task), so the prompt saved with
     the step is recognised as the step's own and not reported as a changed prompt.
     """
-    from .infer import load_predictor
-
     if not texts:
         return []
     with load_predictor(str(step_dir), task=task, max_new_tokens=max_new_tokens, concurrency=concurrency) as pred:
@@ -230,8 +234,6 @@ class ChainPredictor:
         return self.dir.name
 
     def predict_iter(self, texts: list[str], progress: bool = True, desc: str = "chain") -> Iterator[tuple[int, Any]]:
-        from .infer import load_predictor
-
         current = list(texts)
         inter: list[list[str]] = [[] for _ in texts]
         t0 = time.time()
@@ -293,8 +295,6 @@ def chain_task_for(dataset_dir: str | Path, mode: str = "auto") -> Task | None:
 
     auto: chain when the dataset's task declares steps; on: require steps; off: never.
     """
-    from .io import read_manifest
-
     if mode == "off":
         return None
     m = read_manifest(dataset_dir) or {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +19,7 @@ from .io import StageError, read_json, read_jsonl, write_json
 from .reports import EVAL_FILE, compare, table_rows, write_eval, write_report
 from .review import write_eval_review
 from .scoring import aggregate, aggregate_adversarial, load_adversarial, score_case, score_example, scored_fields
+from .spec import ModelSpec, parse_model
 from .tasks import Task
 
 # ============================================================== running a model (07_evaluate.py)
@@ -31,52 +31,16 @@ MODEL_ERRORS = {"length", "empty", "no_json", "bad_json", "not_object", "repetit
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
-def default_name(spec: str, model_id: str | None = None) -> str:
-    """A short run label from --model: folder name, GGUF stem, or the served model id."""
-    if spec.startswith("openai:"):
-        return re.sub(r"[^\w.-]+", "-", model_id or "openai").strip("-") or "openai"
-    p = Path(spec.rstrip("/"))
-    name = p.stem if p.suffix == ".gguf" else p.name
-    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
-
-
-def default_concurrency(spec: str) -> int:
-    if spec.startswith("openai:"):
-        return 4
-    return 2 if spec.endswith(".gguf") else 1
-
-
-def model_fingerprint(spec: str, model_id: str | None = None) -> str:
-    """Changes when the weights at ``spec`` change (re-training into the same folder re-evaluates)."""
-    from .io import stable_hash
-
-    if spec.startswith("openai:"):
-        return stable_hash(spec, model_id)
-    p = Path(spec)
-    files = [p] if p.is_file() else sorted(
-        f for f in p.glob("*") if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf", ".pt")
-                                                  or f.name in ("distill_config.json", "adapter_config.json",
-                                                                "config.json", "chain.json"))) if p.is_dir() else []
-    return stable_hash(spec, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-
-
-def resolve_eval_task(spec: str, task: "Task | str | None", dataset_manifest: dict | None) -> tuple[Task, dict | None]:
+def resolve_eval_task(spec: ModelSpec, task: "Task | str | None", dataset_manifest: dict | None) -> tuple[Task, dict | None]:
     """The task and exact prompt the model is run with, and its training config (if any).
 
     A trained model's saved prompt wins; otherwise --task, else the dataset's task.
     """
-    from .infer import find_training_config, load_config, resolve_task, task_for_config
+    from .infer import resolve_task, task_for_config
     from .tasks import load_task
 
     task_obj = resolve_task(task) if isinstance(task, str) else task
-    cfg_path = None
-    if not spec.startswith("openai:"):
-        p = Path(spec)
-        if p.is_dir() and (p / "distill_config.json").is_file():
-            cfg_path = p / "distill_config.json"
-        elif spec.endswith(".gguf") and p.is_file():
-            cfg_path = find_training_config(p)
-    dcfg = load_config(cfg_path) if cfg_path else None
+    dcfg = spec.config() if spec.kind != "gguf" or Path(spec.value).is_file() else None   # a missing GGUF fails at loading
     if dcfg is not None:
         if task_obj is None and not dcfg.get("task") and dataset_manifest and dataset_manifest.get("task"):
             task_obj = load_task(dataset_manifest["task"])
@@ -268,16 +232,16 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     """
     import time
 
-    from .chain import is_chain_dir, load_chain_predictor
     from .infer import load_predictor
     from .io import check_output_dir, clear_manifest, read_manifest, run_lock, stable_hash, write_manifest
 
-    spec = str(spec)
+    ms = parse_model(spec, model_id)
+    spec = ms.value
     if limit < 0:
         raise StageError("--limit must be 0 (all) or more")
     pages_info = None
     if pages_dir is not None:
-        task_obj, dcfg = resolve_eval_task(spec, task, None)
+        task_obj, dcfg = resolve_eval_task(ms, task, None)
         rows, pages_info = load_pages(pages_dir, task_obj, limit)
         split, inputs_dir = "pages", Path(pages_dir)
         if not rows:   # n=0 is an error, never a score
@@ -285,7 +249,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                              f"(a sibling .json or schema.org {task_obj.pages.get('type')} markup): nothing to score")
     else:
         ds_manifest = read_manifest(dataset_dir) if Path(dataset_dir).is_dir() else None
-        task_obj, dcfg = resolve_eval_task(spec, task, ds_manifest)
+        task_obj, dcfg = resolve_eval_task(ms, task, ds_manifest)
         rows, _ = load_split(dataset_dir, split, task_obj, limit)
         inputs_dir = Path(dataset_dir)
 
@@ -297,10 +261,10 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                          f"drop --adversarial")
     cases = load_adversarial(adv_path, task_obj) if adversarial else []
 
-    name = name or default_name(spec, model_id)
+    name = name or ms.default_name
     out_dir = check_output_dir(Path(output_dir) if output_dir else Path("reports") / name, "07_evaluate", [inputs_dir])
-    concurrency = concurrency or default_concurrency(spec)
-    fp = model_fingerprint(spec, model_id)
+    concurrency = concurrency or ms.default_concurrency
+    fp = ms.fingerprint()
     template = (dcfg or {}).get("chat_template")
 
     row_set = "page" if pages_dir is not None else "test"
@@ -328,10 +292,9 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             print(f"07 {name}: {len(items) - len(pending)} of {len(items)} predictions already saved, "
                   f"running {len(pending)} ({spec}, concurrency {concurrency})", flush=True)
             # A chain folder (distill.chain: steps run one after another) is evaluated end to end.
-            opener = load_chain_predictor if is_chain_dir(spec) else load_predictor
-            with opener(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
-                        concurrency=concurrency, context=context, constrain=constrain,
-                        resumes=resumes) as predictor:
+            with load_predictor(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
+                                concurrency=concurrency, context=context, constrain=constrain,
+                                resumes=resumes) as predictor:
                 info = dict(predictor.info)
                 t0 = time.monotonic()   # generation only: loading the model is not in pages/min
                 for i, p in predictor.predict_iter([it["text"] for it in pending], progress=progress,

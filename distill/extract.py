@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import TextIO
 
 from .documents import Document, list_input_dir, output_names, read_document, read_stdin
-from .infer import DEFAULT_CONTEXT, find_training_config, gguf_context_length, load_config, task_for_config
+from .infer import DEFAULT_CONTEXT, gguf_context_length, task_for_config
 from .io import StageError, atomic_write_text, read_json, write_json
 from .ollama import modelfile_text
+from .spec import find_training_config, load_config, parse_model
 
 # Which model and prompt wrote the results in an output folder (results of another run must not mix in).
 RUN_STATE = ".extract_run.json"
@@ -191,11 +192,12 @@ def extract(pred, work: Plan, n_inputs: int, out: Path | None, *, keep_reasoning
 
 def find_gguf(model: str | Path) -> Path:
     """The GGUF of ``--model``: the file itself, or the first one in a trained folder's gguf/."""
+    ms = parse_model(model)
     spec = Path(model)
-    if str(model).startswith("openai:"):
+    if ms.kind == "openai":
         raise StageError("--export-ollama needs the model's GGUF: pass --model path/to/model.gguf (or the trained "
                          "folder with a gguf/ inside)")
-    if spec.suffix == ".gguf":
+    if ms.kind == "gguf":
         return spec
     found = sorted(spec.glob("gguf/*.gguf")) + sorted(spec.glob("*.gguf"))
     if not found:

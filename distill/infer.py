@@ -6,7 +6,8 @@ What is evaluated is what users run: 08 and 07 (through distill.evaluate) open m
         for p in pred.predict(texts):
             p.output, p.schema_errors, p.parse_error, p.truncated_input
 
-``spec`` selects the backend:
+``spec`` selects the backend (parsed by :func:`distill.spec.parse_model`, which also says which
+function opens each kind):
 
 * a folder with ``distill_config.json`` (05's ``--save-dir``, or its ``merged/``): transformers
   (+ PEFT for an adapter), greedy ``generate`` in batches of ``concurrency``;
@@ -36,7 +37,6 @@ is given, estimating 3 characters per token (conservative for English text).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,11 +55,11 @@ from .constrain import (
     stream_post,
 )
 from .io import StageError
+from .spec import DISTILL_CONFIG, find_training_config, load_config, parse_model
 from .tasks import Task, load_task
 
 log = logging.getLogger("distill.infer")
 
-DISTILL_CONFIG = "distill_config.json"  # written by distill.train.core (same name)
 CHARS_PER_TOKEN = 3  # truncation estimate when no tokenizer is available (openai: backends)
 DEFAULT_CONTEXT = 8192  # cap on the automatic context (the model's window); --context overrides
 
@@ -102,16 +102,6 @@ class Prediction:
 
 # ------------------------------------------------------------------ training configs and tasks
 
-def find_training_config(path: str | Path) -> Path | None:
-    """distill_config.json for a trained folder, a merged/ folder, or a GGUF inside <save-dir>/gguf/."""
-    p = Path(path)
-    start = p if p.is_dir() else p.parent
-    for d in (start, start.parent, start.parent.parent):
-        if (d / DISTILL_CONFIG).is_file():
-            return d / DISTILL_CONFIG
-    return None
-
-
 def task_for_config(dcfg: dict, task: Task | None = None) -> Task:
     """The task with the prompt the model was trained on (system prompt and user template from the config)."""
     if task is None:
@@ -125,13 +115,6 @@ def task_for_config(dcfg: dict, task: Task | None = None) -> Task:
     if (system, user) != (task.student_system_prompt, task.student_user_template):
         log.warning("task %s's prompt differs from the one saved at training; using the saved prompt", task.name)
     return dataclasses.replace(task, student_system_prompt=system, student_user_template=user)
-
-
-def load_config(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StageError(f"{path}: unreadable training config ({exc})") from exc
 
 
 # ------------------------------------------------------------------ answers
@@ -668,8 +651,10 @@ def _allow_think(dcfg: dict | None) -> bool:
     return dcfg is not None and dcfg.get("reasoning", "keep") == "keep"
 
 
-def _load_hf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None,
-             constrain: str = "schema", resumes: int = 2) -> Predictor:
+def load_hf(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
+            concurrency: int = 1, context: int | None = None, constrain: str = "schema",
+            resumes: int = 2) -> Predictor:
+    """A trained folder (adapter or merged) or a base model through transformers (spec kinds trained, base)."""
     cfg_path = find_training_config(spec) if Path(spec).is_dir() else None
     if cfg_path is not None and cfg_path.parent == Path(spec):
         from distill.train.core import load_for_inference
@@ -713,8 +698,10 @@ def gguf_context_length(gguf: Path) -> int | None:
     return None
 
 
-def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: int, context: int | None,
-               constrain: str = "schema", resumes: int = 2) -> Predictor:
+def load_gguf(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
+              concurrency: int = 1, context: int | None = None, constrain: str = "schema",
+              resumes: int = 2) -> Predictor:
+    """A GGUF through a llama-server started for the run (spec kind gguf)."""
     from .llm import LLMClient, LLMConfig
 
     gguf = Path(spec)
@@ -749,8 +736,11 @@ def _load_gguf(spec: str, task: Task | None, max_new_tokens: int, concurrency: i
                                            else "the GGUF's chat template"})
 
 
-def _load_openai(spec: str, model_id: str | None, task: Task | None, max_new_tokens: int, concurrency: int,
-                 context: int | None, constrain: str = "schema") -> Predictor:
+def load_openai(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
+                concurrency: int = 1, context: int | None = None, constrain: str = "schema",
+                resumes: int = 2) -> Predictor:
+    """Any OpenAI-compatible server (spec kind openai); a chat API cannot continue a partial reply,
+    so ``resumes`` does not apply."""
     from .llm import LLMClient, LLMConfig
 
     url = spec[len("openai:"):]
@@ -790,21 +780,9 @@ def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None 
         raise StageError(f"resume_loops must be 0 or more, got {resumes}")
     if context is not None and context < 64:
         raise StageError("context must be at least 64 tokens")
-    spec = str(spec)
-    from .chain import is_chain_dir, load_chain_predictor
-
-    if is_chain_dir(spec):  # several trained steps run one after another (distill.chain), same interface
-        return load_chain_predictor(spec, model_id=model_id, task=task, max_new_tokens=max_new_tokens,
-                                    concurrency=concurrency, context=context, constrain=constrain,
-                                    resumes=resumes)
-    if spec.startswith("openai:"):
-        return _load_openai(spec, model_id, task, max_new_tokens, concurrency, context, constrain)
-    if spec.endswith(".gguf"):
-        return _load_gguf(spec, task, max_new_tokens, concurrency, context, constrain, resumes)
-    p = Path(spec)
-    if p.exists() and not p.is_dir():
-        raise StageError(f"--model {spec}: expected a folder, a .gguf file or openai:URL")
-    return _load_hf(spec, task, max_new_tokens, concurrency, context, constrain, resumes)
+    ms = parse_model(spec, model_id)
+    return ms.opener()(ms.value, model_id=model_id, task=task, max_new_tokens=max_new_tokens,
+                       concurrency=concurrency, context=context, constrain=constrain, resumes=resumes)
 
 
 def resolve_task(value: str | None) -> Task | None:

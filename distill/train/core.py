@@ -18,12 +18,10 @@ from pathlib import Path
 
 from distill.answers import parse_answer
 from distill.io import StageError, write_json, write_manifest
+from distill.spec import DISTILL_CONFIG
 
 from .config import TrainConfig
 from .tracking import NullTracker, Tracker
-
-DISTILL_CONFIG = "distill_config.json"
-
 
 # ------------------------------------------------------------------ backend choice
 
