@@ -31,8 +31,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from distill import dataset as D
 from distill.cli import fraction, non_negative_int, run
-from distill.io import DATASET_DIR, LABELED_DIR, SYNTHETIC_DIR
+from distill.io import (
+    DATASET_DIR,
+    LABELED_DIR,
+    SYNTHETIC_DIR,
+    StageError,
+    check_output_dir,
+    clear_manifest,
+    require_manifest,
+    run_lock,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
+from distill.synth import load_synthetic
+from distill.tasks import load_task
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -71,21 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from distill import dataset as D
-    from distill.io import (
-        StageError,
-        check_output_dir,
-        clear_manifest,
-        read_json_object,
-        require_manifest,
-        run_lock,
-        write_json,
-        write_jsonl,
-        write_manifest,
-    )
-    from distill.synth import load_synthetic
-    from distill.tasks import load_task
-
     fractions = D.parse_split(args.split)
     require_manifest(args.synthetic_dir, "02_generate_synthetic.py")
     lm = require_manifest(args.labeled_dir, "03_label_with_reasoning.py")
@@ -93,58 +93,24 @@ def _main(args) -> int:
     task = load_task(args.task or lm.get("task", "recipe"))
     synthetic = {r["id"]: r for r in load_synthetic(args.synthetic_dir)}
 
-    verdicts: Counter = Counter({v: 0 for v in ("accepted", "rejected", "unverified", "failed")})
-    reasons: Counter = Counter()
-    # Only labels checked against their source record are trained on, unless asked otherwise.
-    trained_verdicts = ("accepted", "unverified") if args.include_unverified else ("accepted",)
-    accepted, orphans, stale = [], 0, []
-    for p in sorted(args.labeled_dir.glob("*.json")):
-        if p.name == "manifest.json":
-            continue
-        lab = read_json_object(p)
-        if "verdict" not in lab:
-            continue
-        if "id" not in lab:
-            raise StageError(f"{p}: a label without an \"id\": cannot pair it with its input; move it out of "
-                             f"the folder or re-run 03_label_with_reasoning.py")
-        if lab["id"] not in synthetic:
-            orphans += 1
-            continue
-        if D.is_stale(lab, synthetic[lab["id"]]):
-            stale.append(lab)
-            continue
-        verdicts[lab["verdict"]] += 1
-        if lab["verdict"] in trained_verdicts:
-            accepted.append(lab)
-        else:
-            for r in str(lab.get("reason", "")).split(","):
-                reasons[r] += 1
+    scan = D.scan_labels(args.labeled_dir, synthetic, args.include_unverified)
+    verdicts, reasons, stale = scan.verdicts, scan.reasons, scan.stale
     if stale and not args.skip_stale:
         raise StageError(D.stale_message(stale, args.labeled_dir))
     if stale:
         print(f"04: --skip-stale: left out {len(stale)} stale label(s) ({D.list_ids([lab['id'] for lab in stale])}); "
               f"re-run 03 to label their inputs' current text")
-    if not accepted:
+    if not scan.trained:
         hint = (" (pass --include-unverified to train on the unverified ones)"
                 if verdicts["unverified"] and not args.include_unverified else "")
         raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; not accepted by reason: "
                          f"{dict(reasons)}): check the teacher with 03 --calibrate{hint}")
-    if args.limit:
-        accepted = accepted[:args.limit]
+    accepted = scan.trained[:args.limit] if args.limit else scan.trained
 
     rows = D.build_rows(task, synthetic, accepted, keep_reasoning=args.reasoning == "keep")
     rows, dropped = D.dedupe(rows, args.dedupe_threshold)
-    key = task.extra.get("stratify", "style")
-    assignment = D.assign_splits(rows, fractions, args.seed, key=key)
-    splits = {s: [r for r in rows if assignment[D.group_of(r)] == s] for s in D.SPLITS}
-    capped = D.abstention_styles(task)
-    before = sum(r["style"] in capped for r in splits["train"])
-    splits["train"], capped_out = D.cap_share(splits["train"], capped, args.abstention_share, args.seed)
-    abstention = {"styles": sorted(capped), "cap": args.abstention_share, "train_rows_before_cap": before,
-                  "dropped_by_cap": len(capped_out), "dropped_ids": [r["id"] for r in capped_out],
-                  "train_share": (round(sum(r["style"] in capped for r in splits["train"]) / len(splits["train"]), 4)
-                                  if splits["train"] else None),
-                  "by_split": {s: sum(r["style"] in capped for r in v) for s, v in splits.items()}}
+    splits, key, abstention = D.make_splits(task, rows, fractions, args.seed, args.abstention_share)
+    capped = set(abstention["styles"])
 
     tokenizer = None
     if args.tokenizer:
@@ -170,7 +136,7 @@ def _main(args) -> int:
             "near_duplicates_dropped": len(dropped),
             # rows of styles with empty fields (empty or partial labels) and --abstention-share's cap
             "abstention": abstention,
-            "labels_without_input": orphans,
+            "labels_without_input": scan.orphans,
             "stale_labels_skipped": len(stale),
             "with_reasoning": sum(r["has_reasoning"] for r in rows),
             "length": {s: D.length_stats(v, tokenizer) for s, v in splits.items() if v},
@@ -190,7 +156,8 @@ def _main(args) -> int:
         print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records{hosts}  "
               f"styles {stats['by_style'][s]}  length {stats['length'].get(s, {})}")
     if capped:
-        cap = f", capped at {args.abstention_share:g}: {len(capped_out)} dropped" if args.abstention_share < 1 else ""
+        cap = (f", capped at {args.abstention_share:g}: {abstention['dropped_by_cap']} dropped"
+               if args.abstention_share < 1 else "")
         print(f"  empty/partial labels ({', '.join(sorted(capped))}): {abstention['by_split']}{cap}")
     if reasons:
         print(f"not accepted, by reason: {dict(reasons.most_common())}")

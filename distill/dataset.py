@@ -14,9 +14,11 @@ import json
 import math
 import random
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .io import StageError
+from .io import StageError, read_json_object
 from .pages import PAGE_KIND
 from .synth import text_sha256
 from .tasks import Task
@@ -170,6 +172,66 @@ def stale_message(stale: list[dict], labeled_dir) -> str:
                             ("adds the hash to a label of an unchanged input without a request", unhashed)) if xs]
     return ("; ".join(parts) + f". Re-run 03_label_with_reasoning.py on the same input dir (it {' and '.join(does)}), "
             "or pass --skip-stale to build without them")
+
+
+@dataclass
+class LabelScan:
+    """What 03's folder holds for 04: the labels to train on and a count of everything else."""
+    trained: list[dict] = field(default_factory=list)       # accepted (and unverified when asked), in id order
+    verdicts: Counter = field(default_factory=lambda: Counter({v: 0 for v in ("accepted", "rejected", "unverified",
+                                                                                "failed")}))
+    reasons: Counter = field(default_factory=Counter)       # why the others were not trained on
+    orphans: int = 0                                         # labels whose input is not in 02's folder
+    stale: list[dict] = field(default_factory=list)         # labels of an older text of their input
+
+
+def scan_labels(labeled_dir: Path, synthetic: dict[str, dict], include_unverified: bool = False) -> LabelScan:
+    """Pair 03's labels with 02's inputs (by id, checked by the text's hash: :func:`is_stale`).
+
+    Only labels checked against their source record are trained on, unless ``include_unverified``.
+    A label without an id cannot be paired: an error naming the file."""
+    trained_verdicts = ("accepted", "unverified") if include_unverified else ("accepted",)
+    scan = LabelScan()
+    for p in sorted(Path(labeled_dir).glob("*.json")):
+        if p.name == "manifest.json":
+            continue
+        lab = read_json_object(p)
+        if "verdict" not in lab:
+            continue
+        if "id" not in lab:
+            raise StageError(f"{p}: a label without an \"id\": cannot pair it with its input; move it out of "
+                             f"the folder or re-run 03_label_with_reasoning.py")
+        if lab["id"] not in synthetic:
+            scan.orphans += 1
+            continue
+        if is_stale(lab, synthetic[lab["id"]]):
+            scan.stale.append(lab)
+            continue
+        scan.verdicts[lab["verdict"]] += 1
+        if lab["verdict"] in trained_verdicts:
+            scan.trained.append(lab)
+        else:
+            for r in str(lab.get("reason", "")).split(","):
+                scan.reasons[r] += 1
+    return scan
+
+
+def make_splits(task: Task, rows: list[dict], fractions: dict[str, float], seed: int,
+                abstention_share: float = 1.0) -> tuple[dict[str, list[dict]], str, dict]:
+    """Rows into leak-free splits (:func:`assign_splits`, stratified by the task's ``stratify`` key),
+    then the train split's share of empty/partial-label styles capped (:func:`cap_share`).
+    Returns the splits, the key they are stratified by and the abstention report for stats.json."""
+    key = task.extra.get("stratify", "style")
+    assignment = assign_splits(rows, fractions, seed, key=key)
+    splits = {s: [r for r in rows if assignment[group_of(r)] == s] for s in SPLITS}
+    capped = abstention_styles(task)
+    before = sum(r["style"] in capped for r in splits["train"])
+    splits["train"], capped_out = cap_share(splits["train"], capped, abstention_share, seed)
+    train = splits["train"]
+    return splits, key, {"styles": sorted(capped), "cap": abstention_share, "train_rows_before_cap": before,
+                    "dropped_by_cap": len(capped_out), "dropped_ids": [r["id"] for r in capped_out],
+                    "train_share": round(sum(r["style"] in capped for r in train) / len(train), 4) if train else None,
+                    "by_split": {s: sum(r["style"] in capped for r in v) for s, v in splits.items()}}
 
 
 def build_rows(task: Task, synthetic: dict[str, dict], labels: list[dict], keep_reasoning: bool) -> list[dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .documents import Document, list_input_dir, output_names, read_document, read_stdin
-from .infer import DEFAULT_CONTEXT, gguf_context_length, task_for_config
+from .infer import DEFAULT_CONTEXT, gguf_context_length, task_for_config, training_tokenizer
 from .io import StageError, atomic_write_text, read_json, write_json
 from .ollama import modelfile_text
 from .spec import find_training_config, load_config, parse_model
@@ -208,16 +208,13 @@ def find_gguf(model: str | Path) -> Path:
 
 def export_ollama(model: str | Path, dest: Path, task, context: int | None, max_new_tokens: int) -> Path:
     """dest/Modelfile for the model's GGUF: the training chat template, stop tokens and system prompt."""
-    from transformers import AutoTokenizer  # deferred: heavy, and only this path needs it
-
     gguf = find_gguf(model)
     cfg_path = find_training_config(gguf)
     if cfg_path is None:
         raise StageError(f"--export-ollama: no distill_config.json next to {gguf}: the Modelfile needs the training "
                          f"chat template and prompt (export a GGUF trained by 05_finetune.py)")
     dcfg = load_config(cfg_path)
-    tok = AutoTokenizer.from_pretrained(cfg_path.parent)
-    tok.chat_template = dcfg["chat_template"]
+    tok = training_tokenizer(cfg_path, dcfg)
     task = task or task_for_config(dcfg)
     context = context or min(gguf_context_length(gguf) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     dest.mkdir(parents=True, exist_ok=True)

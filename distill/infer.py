@@ -685,6 +685,15 @@ def load_hf(spec: str, *, model_id: str | None = None, task: Task | None = None,
                                            "resume_loops": resumes})
 
 
+def training_tokenizer(cfg_path: Path, dcfg: dict):
+    """The tokenizer saved with a training run, rendering the exact chat template of training."""
+    from transformers import AutoTokenizer  # deferred: heavy, not on the --help path
+
+    tok = AutoTokenizer.from_pretrained(cfg_path.parent)
+    tok.chat_template = dcfg["chat_template"]
+    return tok
+
+
 def gguf_context_length(gguf: Path) -> int | None:
     try:
         from gguf import GGUFReader
@@ -710,12 +719,9 @@ def load_gguf(spec: str, *, model_id: str | None = None, task: Task | None = Non
     cfg_path = find_training_config(gguf)
     tok, dcfg = None, None
     if cfg_path is not None:
-        from transformers import AutoTokenizer
-
         dcfg = load_config(cfg_path)
         task = task_for_config(dcfg, task)
-        tok = AutoTokenizer.from_pretrained(cfg_path.parent)
-        tok.chat_template = dcfg["chat_template"]
+        tok = training_tokenizer(cfg_path, dcfg)
     elif task is None:
         raise StageError(f"no {DISTILL_CONFIG} next to {spec} (or in the two folders above): pass --task to run it as "
                          f"a base model with the task's student prompt")

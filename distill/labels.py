@@ -12,12 +12,20 @@ label_from_record
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from . import fields as F
 from .answers import parse_answer
+from .io import read_json, stable_hash, write_json
+from .pages import REAL_STYLE
+from .synth import text_sha256
 from .tasks import Task
 
 
@@ -175,16 +183,6 @@ def _source_values(rule, record: dict | None) -> list:
 
 
 # --- stage orchestration -------------------------------------------------------------
-
-import datetime as _dt  # noqa: E402
-import random  # noqa: E402
-from collections import Counter, defaultdict  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from .io import read_json, stable_hash, write_json  # noqa: E402
-from .pages import REAL_STYLE  # noqa: E402
-from .synth import text_sha256  # noqa: E402
 
 VERDICTS = ("accepted", "rejected", "unverified", "failed")
 
