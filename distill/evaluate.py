@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 from .answers import drop_reasoning_block
 from .constrain import STOP_REASONS
-from .io import StageError, read_json, read_jsonl, write_json
+from .documents import document_from_bytes, output_names
+from .infer import closed_stopped_answer, load_predictor, resolve_task, task_for_config
+from .io import (
+    StageError,
+    check_output_dir,
+    clear_manifest,
+    read_json,
+    read_jsonl,
+    read_manifest,
+    require_manifest,
+    run_lock,
+    stable_hash,
+    write_json,
+    write_manifest,
+)
+from .labels import stratified_sample
+from .pages import list_pages, load_page
 from .reports import EVAL_FILE, compare, table_rows, write_eval, write_report
 from .review import write_eval_review
 from .scoring import aggregate, aggregate_adversarial, load_adversarial, score_case, score_example, scored_fields
 from .spec import ModelSpec, parse_model
-from .tasks import Task
+from .tasks import Task, load_task
 
 # ============================================================== running a model (07_evaluate.py)
 
@@ -36,9 +54,6 @@ def resolve_eval_task(spec: ModelSpec, task: "Task | str | None", dataset_manife
 
     A trained model's saved prompt wins; otherwise --task, else the dataset's task.
     """
-    from .infer import resolve_task, task_for_config
-    from .tasks import load_task
-
     task_obj = resolve_task(task) if isinstance(task, str) else task
     dcfg = spec.config() if spec.kind != "gguf" or Path(spec.value).is_file() else None   # a missing GGUF fails at loading
     if dcfg is not None:
@@ -55,9 +70,6 @@ def resolve_eval_task(spec: ModelSpec, task: "Task | str | None", dataset_manife
 
 def load_split(dataset_dir: str | Path, split: str, task: Task, limit: int = 0) -> tuple[list[dict], dict]:
     """Rows of one split of a 04 dataset with text and reference; --limit draws a style-balanced sample."""
-    from .io import require_manifest
-    from .labels import stratified_sample
-
     dataset_dir = Path(dataset_dir)
     manifest = require_manifest(dataset_dir, "04_build_dataset.py")
     if manifest.get("task") and manifest["task"] != task.name:
@@ -102,9 +114,6 @@ def load_pages(pages_dir: str | Path, task: Task, limit: int = 0) -> tuple[list[
     skipped and listed, never scored. ``limit`` stops after N pages with a reference (in path order).
     Returns (rows, info) with info = pages found / read, reference counts by origin, skipped pages.
     """
-    from .documents import document_from_bytes, output_names
-    from .pages import list_pages, load_page
-
     pages_dir = Path(pages_dir)
     paths = list_pages(pages_dir)
     names = output_names(paths, pages_dir)
@@ -157,8 +166,6 @@ def read_predictions(path: Path) -> dict[str, dict]:
 
 def append_prediction(path: Path, rec: dict) -> None:
     """Append one line and fsync: what was written survives a crash; a torn tail is never merged."""
-    import os
-
     line = json.dumps(rec, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+b") as fh:
@@ -177,8 +184,6 @@ def _pred_output(rec: dict, task: Task) -> tuple[Any, str | None]:
         return rec["output"], None
     if rec.get("stopped") in STOP_REASONS and rec.get("answer"):
         # saved before stopped answers were closed: closed here as distill.infer closes them now
-        from .infer import closed_stopped_answer
-
         obj, _ = closed_stopped_answer(rec["answer"], task.schema)
         if obj is not None:
             return obj, None
@@ -230,11 +235,6 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     id, model spec and weights, prompt and max_new_tokens; a re-run only generates the rest
     (and does not load the model when nothing is left). Returns the eval dict.
     """
-    import time
-
-    from .infer import load_predictor
-    from .io import check_output_dir, clear_manifest, read_manifest, run_lock, stable_hash, write_manifest
-
     ms = parse_model(spec, model_id)
     spec = ms.value
     if limit < 0:
@@ -384,8 +384,6 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
 
 def run_compare(dirs: list[str | Path], output_dir: str | Path) -> list[dict]:
     """--compare: one table, report and plots from earlier runs, written to output_dir."""
-    from .io import check_output_dir, write_manifest
-
     if len(dirs) < 1:
         raise StageError("--compare needs at least one run folder")
     check_output_dir(output_dir, "07_evaluate_compare", dirs)

@@ -55,8 +55,12 @@ from .constrain import (
     stream_post,
 )
 from .io import StageError
+from .labels import validate
+from .llamacpp import LlamaServer
+from .llm import LLMClient, LLMConfig, LLMError, LLMUnavailable, run_concurrently, run_sync
 from .spec import DISTILL_CONFIG, find_training_config, load_config, parse_model
 from .tasks import Task, load_task
+from .train.data import render_prompt
 
 log = logging.getLogger("distill.infer")
 
@@ -123,8 +127,6 @@ def closed_stopped_answer(answer: str, schema: dict) -> tuple[dict | None, list[
     """An answer the loop guard stopped, closed at its last complete field or list item
     (distill.constrain.close_stopped): (the object if it fits ``schema``, else None; its schema
     errors). What is left of a loop counts only if it is a valid answer by itself."""
-    from .labels import validate
-
     obj = close_stopped(answer)
     if obj is None:
         return None, []
@@ -141,8 +143,6 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
     either way ``stopped`` records the reason, and an answer that does not close into a valid
     one keeps ``parse_error`` = the reason (with the closed answer's schema errors).
     """
-    from .labels import validate
-
     pred.raw = raw
     pred.finish_reason = finish_reason
     pred.reasoning, pred.answer = split_reasoning(raw or "")
@@ -281,8 +281,6 @@ class _HFBackend(_Backend):
         self.trunc = _Truncator(task, context, max_new_tokens, prompt_fn=lambda m: len(self._ids(m)))
 
     def render(self, messages: list[dict]) -> str:
-        from distill.train.data import render_prompt
-
         return render_prompt(self.tok, messages, self.tok.chat_template)
 
     def _ids(self, messages: list[dict]) -> list[int]:
@@ -385,8 +383,6 @@ class _ServerBackend(_Backend):
         self.trunc = _Truncator(task, context, max_new_tokens, prompt_fn=prompt_fn)
 
     def _ids(self, messages: list[dict]) -> list[int]:
-        from distill.train.data import render_prompt
-
         return self.tok(render_prompt(self.tok, messages, self.tok.chat_template), add_special_tokens=False)["input_ids"]
 
     def prepare(self, text: str) -> tuple[list[dict], bool, int]:
@@ -401,8 +397,6 @@ class _ServerBackend(_Backend):
     async def agenerate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
         """openai: the schema goes as response_format (LLMClient probes json_schema, json_object +
         schema, none). Not streamed: the loop guard classifies the finished reply."""
-        from .llm import LLMError
-
         try:
             c = await self.client.acomplete(messages, response_schema=self.schema)
         except LLMError as exc:
@@ -417,8 +411,6 @@ class _ServerBackend(_Backend):
 
     def generate(self, messages: list[dict]) -> tuple[str, str | None, dict]:
         if self.tok is None:
-            from .llm import run_sync
-
             return run_sync(self.agenerate(messages))
         # llama.cpp /completion with the training prompt as token ids: exact tokens, no second BOS,
         # no dependence on the GGUF's embedded template.
@@ -498,8 +490,6 @@ class _LlamaServerHandle:
     """A started distill.llamacpp.LlamaServer plus the URL helpers this module needs."""
 
     def __init__(self, gguf: Path, n_parallel: int, ctx: int):
-        from distill.llamacpp import LlamaServer
-
         self._cm = LlamaServer(str(gguf), n_parallel=n_parallel, ctx=ctx)
         self._srv = self._cm.__enter__()
         base = (getattr(self._srv, "base_url", None) or self._cm.base_url).rstrip("/")
@@ -536,8 +526,6 @@ class Predictor:
         return Prediction(text=text, prompt_messages=messages, truncated_input=truncated, kept_chars=kept), messages
 
     def _failed(self, pred: Prediction, t0: float, exc: Exception) -> Prediction:
-        from .llm import LLMError, LLMUnavailable
-
         if isinstance(exc, LLMUnavailable) or not isinstance(exc, LLMError):
             raise exc  # unreachable servers and bugs stop the run; request failures are per input
         pred.parse_error, pred.latency_s = exc.reason, time.monotonic() - t0
@@ -594,8 +582,6 @@ class Predictor:
         # Servers: --concurrency requests in flight (coroutines on the client's event loop for
         # openai:, daemon threads for llama.cpp's streamed endpoint), results in completion order
         # so each one can be written at once; Ctrl-C abandons what is in flight.
-        from .llm import run_concurrently
-
         if self.backend.is_async:
             async def one(item: tuple[int, str]) -> Prediction:
                 return await self._aone(item[1])
@@ -620,8 +606,6 @@ class Predictor:
         tok = getattr(b, "tok", None)
         if tok is None:
             return None
-        from distill.train.data import render_prompt
-
         messages = b.prepare(text)[0]
         return render_prompt(tok, messages, tok.chat_template)
 
@@ -711,8 +695,6 @@ def load_gguf(spec: str, *, model_id: str | None = None, task: Task | None = Non
               concurrency: int = 1, context: int | None = None, constrain: str = "schema",
               resumes: int = 2) -> Predictor:
     """A GGUF through a llama-server started for the run (spec kind gguf)."""
-    from .llm import LLMClient, LLMConfig
-
     gguf = Path(spec)
     if not gguf.is_file():
         raise StageError(f"{spec}: no such GGUF file")
@@ -747,8 +729,6 @@ def load_openai(spec: str, *, model_id: str | None = None, task: Task | None = N
                 resumes: int = 2) -> Predictor:
     """Any OpenAI-compatible server (spec kind openai); a chat API cannot continue a partial reply,
     so ``resumes`` does not apply."""
-    from .llm import LLMClient, LLMConfig
-
     url = spec[len("openai:"):]
     if not url.startswith(("http://", "https://")):
         raise StageError(f"--model {spec}: expected openai:http://host:port/v1")
