@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from . import fields as F
+from . import menu as M
 from .answers import parse_answer
 from .io import StageError, read_jsonl
 
@@ -379,9 +380,7 @@ def score_field(rule: FieldRule, pred: Any, ref: Any, schema_prop: dict | None =
 
 @lru_cache(maxsize=8)
 def _menu(path: Path):
-    from .menu import load_menu
-
-    return load_menu(path)
+    return M.load_menu(path)
 
 
 def scored_fields(task: Task) -> dict[str, FieldRule]:
@@ -422,7 +421,7 @@ def score_example(pred_output: Any, reference: dict | None, task: Task, text: st
     field lowers the score. None when the reference has no value at all (or there is no
     reference): such an example is not in the mean, its abstentions still count.
     """
-    from .labels import validate, verify
+    from .labels import validate, verify  # deferred: labels imports tasks, which imports this module
 
     obj, info = parse_prediction(pred_output)
     res: dict[str, Any] = dict(info)
@@ -476,8 +475,6 @@ def score_example(pred_output: Any, reference: dict | None, task: Task, text: st
 
     pc = task.extra.get("price_check")
     if pc:
-        from . import menu as M
-
         res["price_check"] = M.price_check(_menu(task.dir / pc["menu"]), obj, reference, items=pc["items"],
                                            total=pc["total"], tolerance=float(pc.get("tolerance", 0.01)))
 
@@ -647,9 +644,7 @@ def aggregate(examples: list[dict], task: Task, by_style: bool = True) -> dict:
     }
     checks = [e["price_check"] for e in examples if e.get("price_check")]
     if checks:
-        from .menu import summarize_price_checks
-
-        agg["price_check"] = summarize_price_checks(checks)
+        agg["price_check"] = M.summarize_price_checks(checks)
     lat = [e["latency_s"] for e in examples if e.get("latency_s") is not None]
     agg["latency_s"] = {"mean": _mean(lat), "p50": statistics.median(lat) if lat else None}
     if by_style:
