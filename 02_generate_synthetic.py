@@ -54,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from distill import synth
+    from distill import batch, synth
     from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_jsonl, write_manifest
-    from distill.llm import LLMClient, LLMError, RunStats, run_concurrently
+    from distill.llm import LLMError, RunStats, run_concurrently
     from distill.source import load_records
     from distill.tasks import load_task
 
+    batching = batch.check_flags(args)
     check_output_dir(args.output_dir, "02_generate_synthetic", [args.input])
     task = load_task(args.task)
     try:
@@ -73,7 +74,7 @@ def _main(args) -> int:
     if not records:
         raise StageError(f"no source records in {args.input} after --skip {args.skip}")
 
-    client = LLMClient(llm_config_from_args(args, seed=args.seed))
+    client = batch.client_for(args, llm_config_from_args(args, seed=args.seed), batching)
     teacher = synth.needs_teacher(records, args.per_record)
     if teacher and not args.model:
         client.ping()  # resolves the server's default model: part of every cache key
@@ -91,7 +92,8 @@ def _main(args) -> int:
         real = [it for it in todo if it.text is not None]
         todo = [it for it in todo if it.text is None]
         n_real = sum(it.text is not None for it in items)
-        by = f" with {model} at {', '.join(args.base_url)}" if teacher else " (no teacher needed)"
+        where = f"batch file {args.batch_out or args.batch_in}" if batching else ", ".join(args.base_url)
+        by = f" with {model} at {where}" if teacher else " (no teacher needed)"
         print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs, {n_real} of them real pages "
               f"({stats.skipped} already done, {len(todo) + len(real)} to write){by}")
         for item in real:  # passed on unchanged: no request
@@ -100,9 +102,12 @@ def _main(args) -> int:
             client.ping()
 
             async def work(item):  # on the client's event loop: --concurrency requests in flight
+                batch.current_id.set(item.id)
                 return await client.acomplete(item.messages, seed=item.seed)
 
             for item, res in run_concurrently(todo, work, concurrency=args.concurrency, desc="02 synthesize"):
+                if isinstance(res, LLMError) and res.reason == "batched":
+                    continue
                 if isinstance(res, LLMError):
                     stats.fail(res)
                     failures.append({"id": item.id, "source_id": item.source_id, "reason": res.reason,
@@ -112,6 +117,15 @@ def _main(args) -> int:
                 else:
                     synth.write_item(out, item, task, res)
                     stats.ok(res)
+        if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
+            n = client.write(args.batch_out)
+            print(f"wrote {n} requests to {args.batch_out} (OpenAI Batch input format); run them, e.g.\n"
+                  f"  vllm run-batch -i {args.batch_out} -o replies.jsonl --model {args.model}\n"
+                  f"then re-run this command with --batch-in replies.jsonl instead of --batch-out")
+            return 0
+        if batching == "in" and client.unused():
+            print(f"note: {len(client.unused())} replies in {args.batch_in} match no pending input "
+                  f"(done already, or from another run): ignored")
         write_jsonl(out / "failures.jsonl", failures)
         counts = {"planned": len(items), "written": stats.done + len(real), "real_pages": n_real,
                   "real_pages_written": len(real), "skipped": stats.skipped,

@@ -77,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    from distill import batch
     from distill import labels as labeling
     from distill.io import StageError, check_output_dir, clear_manifest, require_manifest, run_lock, write_manifest
-    from distill.llm import LLMClient, LLMError, RunStats, run_concurrently
+    from distill.llm import LLMError, RunStats, run_concurrently
     from distill.synth import load_synthetic
     from distill.tasks import load_task
 
     if args.feedback_rounds < 0:
         raise StageError("--feedback-rounds must be 0 or more (0 = no feedback rounds)")
+    batching = batch.check_flags(args, args.feedback_rounds)
     m = require_manifest(args.input_dir, "02_generate_synthetic.py")
     check_output_dir(args.output_dir, "03_label_with_reasoning", [args.input_dir])
     task = load_task(args.task or m.get("task", "recipe"))
@@ -101,7 +103,7 @@ def _main(args) -> int:
         raise StageError(f"--label-from-record: task {task.name} does not say its records are complete answers "
                          f"(pages.records_complete: true in its task.yaml); label its pages with the teacher")
     from_record = {r["id"] for r in rows if args.label_from_record and labeling.record_answer(r) is not None}
-    client = LLMClient(llm_config_from_args(args, seed=args.seed))
+    client = batch.client_for(args, llm_config_from_args(args, seed=args.seed), batching)
     teacher_needed = len(from_record) < len(rows)
     if teacher_needed and not args.model:
         client.ping()  # resolves the server's default model: part of every cache key
@@ -127,7 +129,8 @@ def _main(args) -> int:
         stats.skip(len(items) - len(todo))
         by_record = [it for it in todo if it.from_record]
         todo = [it for it in todo if not it.from_record]
-        by = f" with {client.model} at {', '.join(args.base_url)}" if teacher_needed else " (no teacher needed)"
+        where = f"batch file {args.batch_out or args.batch_in}" if batching else ", ".join(args.base_url)
+        by = f" with {client.model} at {where}" if teacher_needed else " (no teacher needed)"
         print(f"03: {len(items)} inputs, {len(from_record)} labeled from their record "
               f"({stats.skipped} already labeled, {len(todo) + len(by_record)} to label){by}")
         for it in by_record:  # distant supervision: no request
@@ -136,9 +139,12 @@ def _main(args) -> int:
             client.ping()
 
             async def label(it):  # on the client's event loop: --concurrency labels in flight
+                batch.current_id.set(it.id)
                 return await labeling.label_item(client, task, it, args.feedback_rounds, previous=previous[it.id])
 
             for item, res in run_concurrently(todo, label, concurrency=args.concurrency, desc="03 label"):
+                if isinstance(res, LLMError) and res.reason == "batched":
+                    continue
                 if isinstance(res, LLMError):
                     rec = labeling.failed_label(item, res.reason, str(res))
                     stats.fail(res)
@@ -151,6 +157,15 @@ def _main(args) -> int:
                     if rec.get("feedback_error"):
                         stats.fail("feedback_" + rec["feedback_error"].split(":")[0])
                 labeling.write_label(out, rec)
+        if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
+            n = client.write(args.batch_out)
+            print(f"wrote {n} requests to {args.batch_out} (OpenAI Batch input format); run them, e.g.\n"
+                  f"  vllm run-batch -i {args.batch_out} -o replies.jsonl --model {args.model}\n"
+                  f"then re-run this command with --batch-in replies.jsonl instead of --batch-out")
+            return 0
+        if batching == "in" and client.unused():
+            print(f"note: {len(client.unused())} replies in {args.batch_in} match no pending input "
+                  f"(labeled already, or from another run): ignored")
         report = labeling.report(out, [it.id for it in items], task)
         print(stats.summary())
         if client.endpoint_summary():

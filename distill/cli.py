@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable
 
 from .io import StageError
@@ -112,6 +113,13 @@ def add_llm_args(p: argparse.ArgumentParser, *, default_max_tokens: int = 2048) 
     g.add_argument("--concurrency", type=positive_int, default=4,
                    help="requests in flight at once; match the server's parallel slots (llama-server -np), "
                         "with several --base-url the sum of their slots")
+    g = p.add_argument_group("batch files (very large runs: vllm run-batch, a hosted Batch API)")
+    g.add_argument("--batch-out", type=Path, default=None, metavar="FILE.jsonl",
+                   help="write every pending request to FILE in the OpenAI Batch input format (custom_id = the item "
+                        "id) instead of calling a server; needs --model; the stage stays unfinished until --batch-in")
+    g.add_argument("--batch-in", type=Path, default=None, metavar="FILE.jsonl",
+                   help="read a Batch output file (vllm run-batch -o, or a hosted Batch API's) and file its replies "
+                        "as live replies are; give the same flags as with --batch-out; see README 'Batch files'")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool) -> argparse._ArgumentGroup:

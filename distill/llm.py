@@ -55,6 +55,7 @@ import atexit
 import contextvars
 import functools
 import inspect
+import json
 import logging
 import os
 import queue
@@ -307,13 +308,18 @@ def _error_detail(resp: httpx.Response) -> str:
 def _parse_chat_response(resp: httpx.Response) -> tuple[dict, dict, dict]:
     """(data, choices[0], message) of a chat completion; anything else is a ``bad_response`` LLMError
     naming what was wrong (never a TypeError deep in the parsing)."""
-    def bad(why: str) -> LLMError:
-        return LLMError("bad_response", f"{why}: {resp.text[:200]!r}")
-
     try:
         data = resp.json()
     except ValueError:
-        raise bad("not JSON") from None
+        raise LLMError("bad_response", f"not JSON: {resp.text[:200]!r}") from None
+    return parse_chat_data(data)
+
+
+def parse_chat_data(data: Any) -> tuple[dict, dict, dict]:
+    """:func:`_parse_chat_response` for a reply already read as JSON (a Batch output line's body)."""
+    def bad(why: str) -> LLMError:
+        return LLMError("bad_response", f"{why}: {json.dumps(data, default=str)[:200]!r}")
+
     if not isinstance(data, dict):
         raise bad("not a chat completion object")
     choices = data.get("choices")
@@ -340,6 +346,47 @@ def _count(value: Any) -> int:
     except (TypeError, ValueError):
         return 0  # a server's odd usage field must not fail an answer that arrived
 
+
+
+def chat_body(cfg: LLMConfig, model: str, messages: list[dict], schema: dict | None, mode: str,
+              seed: int | None = None) -> dict:
+    """The /chat/completions request body: what the client sends, and what a Batch input line holds."""
+    body: dict[str, Any] = {"model": model or "default", "messages": messages,
+                            "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "stream": False}
+    seed = seed if seed is not None else cfg.seed
+    if seed is not None:
+        body["seed"] = seed
+    rf = _response_format(mode, schema)
+    if rf is not None:
+        body["response_format"] = rf
+    body.update(cfg.extra_body)  # as the SDK's extra_body: the user's fields win
+    return body
+
+
+def completion_from_reply(parsed: tuple[dict, dict, dict], response_format_used: str, max_tokens: int,
+                          attempts: int = 1, elapsed: float = 0.0) -> Completion:
+    """A Completion from a parsed reply (:func:`parse_chat_data`); a reply cut at the token limit or
+    with no answer is an LLMError (``length``, ``empty``) carrying it."""
+    data, choice, message = parsed
+    reasoning, content = split_reasoning(message)
+    usage = data.get("usage") or {}
+    completion = Completion(
+        content=content,
+        reasoning=reasoning,
+        finish_reason=choice.get("finish_reason"),
+        usage={"prompt_tokens": _count(usage.get("prompt_tokens")),
+               "completion_tokens": _count(usage.get("completion_tokens"))},
+        model=data.get("model"),
+        raw=data,
+        response_format_used=response_format_used,
+        attempts=attempts,   # the SDK numbers its tries
+        elapsed=elapsed,
+    )
+    if completion.finish_reason == "length":
+        raise LLMError("length", f"truncated at max_tokens={max_tokens}", completion)
+    if not content:
+        raise LLMError("empty", "the answer was empty" + (" (only reasoning)" if reasoning else ""), completion)
+    return completion
 
 
 # --------------------------------------------------------------------------- client
@@ -772,15 +819,7 @@ class LLMClient:
         import openai
 
         cfg = self.config
-        body: dict[str, Any] = {"model": self.model or "default", "messages": messages,
-                                "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "stream": False}
-        seed = seed if seed is not None else cfg.seed
-        if seed is not None:
-            body["seed"] = seed
-        rf = _response_format(mode, schema)
-        if rf is not None:
-            body["response_format"] = rf
-        body.update(cfg.extra_body)  # as the SDK's extra_body: the user's fields win
+        body = chat_body(cfg, self.model, messages, schema, mode, seed)
         state = _ProbeState() if probing and schema is not None and mode != "prompt" else None
         token = _probe.set(state)
         started = time.monotonic()
@@ -810,30 +849,12 @@ class LLMClient:
         finally:
             ep.active -= 1
             _probe.reset(token)
-        data, choice, message = _parse_chat_response(resp)
+        parsed = _parse_chat_response(resp)
         if probing and schema is not None and ep.mode is None:
             ep.mode = mode  # the server accepted this response_format: remember it
-        reasoning, content = split_reasoning(message)
-        usage = data.get("usage") or {}
-        completion = Completion(
-            content=content,
-            reasoning=reasoning,
-            finish_reason=choice.get("finish_reason"),
-            usage={
-                "prompt_tokens": _count(usage.get("prompt_tokens")),
-                "completion_tokens": _count(usage.get("completion_tokens")),
-            },
-            model=data.get("model"),
-            raw=data,
-            response_format_used=mode if schema is not None else "prompt",
-            attempts=int(resp.request.headers.get("x-stainless-retry-count") or 0) + 1,  # the SDK numbers its tries
-            elapsed=time.monotonic() - started,
-        )
-        if completion.finish_reason == "length":
-            raise LLMError("length", f"truncated at max_tokens={cfg.max_tokens}", completion)
-        if not content:
-            raise LLMError("empty", "the answer was empty" + (" (only reasoning)" if reasoning else ""), completion)
-        return completion
+        return completion_from_reply(parsed, mode if schema is not None else "prompt", cfg.max_tokens,
+                                     attempts=int(resp.request.headers.get("x-stainless-retry-count") or 0) + 1,
+                                     elapsed=time.monotonic() - started)
 
     async def acomplete(self, messages: list[dict], response_schema: dict | None = None,
                         seed: int | None = None) -> Completion:
