@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,26 +51,62 @@ def assistant_content(label: dict, reasoning: str | None, keep_reasoning: bool) 
     return answer
 
 
+# Up to this many rows every new input is compared with every kept one (exact, quadratic); above it
+# near-duplicate candidates come from MinHash LSH and are then checked with the same ratio.
+EXACT_DEDUPE_MAX = 2000
+_SHINGLE = 5          # characters per shingle of the normalised text
+_NUM_PERM = 64        # MinHash permutations
+_LSH_THRESHOLD = 0.3  # Jaccard of shingle sets at which LSH proposes a pair (low: the ratio decides)
+
+
+def _shingles(norm: str) -> set[bytes]:
+    return {norm[i:i + _SHINGLE].encode("utf-8") for i in range(max(1, len(norm) - _SHINGLE + 1))}
+
+
 def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[dict]]:
-    """Drop inputs whose text is a near-duplicate (rapidfuzz ratio >= threshold) of an earlier one."""
+    """Drop inputs whose text is a near-duplicate (rapidfuzz ratio >= threshold) of an earlier one.
+
+    Exact text repeats always go. Up to :data:`EXACT_DEDUPE_MAX` rows every input is compared with
+    every kept one; above it (a 100k-item run would take hours that way) the comparison is made
+    only with the kept inputs MinHash LSH proposes (datasketch; character 5-gram shingles), so
+    nothing is dropped that the exact rule would keep, and a pair LSH does not propose is kept —
+    BENCHMARKS.md measures how many near-duplicates that misses."""
     from rapidfuzz import fuzz, process
 
     from .fields import normalize_text
 
+    norms = [normalize_text(r["text"])[:3000] for r in rows]
+    lsh = hashes = None
+    if len(rows) > EXACT_DEDUPE_MAX:
+        from datasketch import MinHash, MinHashLSH
+
+        lsh = MinHashLSH(threshold=_LSH_THRESHOLD, num_perm=_NUM_PERM)
+        # crc32: deterministic across runs (Python's hash() is salted per process), and fast
+        hashes = MinHash.bulk((list(_shingles(n)) for n in norms), num_perm=_NUM_PERM, seed=1, hashfunc=zlib.crc32)
     keep, dropped = [], []
     seen_norm: dict[str, str] = {}
     kept_texts: list[str] = []
-    for r in rows:
-        norm = normalize_text(r["text"])[:3000]
+    for k, (r, norm) in enumerate(zip(rows, norms)):
         if norm in seen_norm:
             dropped.append(r | {"duplicate_of": seen_norm[norm]})
             continue
-        if kept_texts:
+        mh = None
+        if lsh is not None:
+            mh = hashes[k]
+            candidates = sorted(lsh.query(mh))
+            best = process.extractOne(norm, [kept_texts[i] for i in candidates], scorer=fuzz.ratio,
+                                      score_cutoff=threshold) if candidates else None
+            best = None if best is None else (best[0], best[1], candidates[best[2]])
+        elif kept_texts:
             best = process.extractOne(norm, kept_texts, scorer=fuzz.ratio, score_cutoff=threshold)
-            if best is not None:
-                dropped.append(r | {"duplicate_of": keep[best[2]]["id"]})
-                continue
+        else:
+            best = None
+        if best is not None:
+            dropped.append(r | {"duplicate_of": keep[best[2]]["id"]})
+            continue
         seen_norm[norm] = r["id"]
+        if lsh is not None:
+            lsh.insert(len(kept_texts), mh)
         kept_texts.append(norm)
         keep.append(r)
     return keep, dropped

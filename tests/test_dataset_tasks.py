@@ -49,6 +49,31 @@ def test_dedupe_drops_near_duplicates_only():
     assert {r["id"]: r["duplicate_of"] for r in dropped} == {"b": "a", "c": "a"}
 
 
+def test_dedupe_past_the_exact_limit_finds_the_same_pairs_through_lsh(monkeypatch):
+    """Above EXACT_DEDUPE_MAX rows, candidates come from MinHash LSH and are checked with the same
+    ratio: on near-duplicates a few characters apart it drops exactly what the all-pairs rule drops."""
+    import random
+    import string
+
+    rng = random.Random(3)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(400)]
+    rows = []
+    for i in range(60):
+        if i % 4 == 3:   # a copy of an earlier post with a few characters changed
+            t = list(rows[rng.randrange(len(rows))]["text"])
+            for _ in range(len(t) // 100):
+                t[rng.randrange(len(t))] = rng.choice(string.ascii_lowercase)
+            rows.append({"id": f"r{i}", "text": "".join(t)})
+        else:
+            rows.append({"id": f"r{i}", "text": " ".join(rng.choice(words) for _ in range(120))})
+    exact = D.dedupe(rows, threshold=95)
+    monkeypatch.setattr(D, "EXACT_DEDUPE_MAX", 0)
+    lsh = D.dedupe(rows, threshold=95)
+    assert len(exact[1]) >= 10
+    assert [r["id"] for r in lsh[0]] == [r["id"] for r in exact[0]]
+    assert {r["id"]: r["duplicate_of"] for r in lsh[1]} == {r["id"]: r["duplicate_of"] for r in exact[1]}
+
+
 def test_assistant_content_keep_and_strip():
     lab = {"name": "x"}
     kept = D.assistant_content(lab, "because", keep_reasoning=True)
