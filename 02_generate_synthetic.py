@@ -118,14 +118,10 @@ def _main(args) -> int:
                     synth.write_item(out, item, task, res)
                     stats.ok(res)
         if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
-            n = client.write(args.batch_out)
-            print(f"wrote {n} requests to {args.batch_out} (OpenAI Batch input format); run them, e.g.\n"
-                  f"  vllm run-batch -i {args.batch_out} -o replies.jsonl --model {args.model}\n"
-                  f"then re-run this command with --batch-in replies.jsonl instead of --batch-out")
+            batch.report_out(client, args)
             return 0
-        if batching == "in" and client.unused():
-            print(f"note: {len(client.unused())} replies in {args.batch_in} match no pending input "
-                  f"(done already, or from another run): ignored")
+        if batching == "in":
+            batch.report_unused(client, args, "done already")
         write_jsonl(out / "failures.jsonl", failures)
         counts = {"planned": len(items), "written": stats.done + len(real), "real_pages": n_real,
                   "real_pages_written": len(real), "skipped": stats.skipped,

@@ -158,14 +158,10 @@ def _main(args) -> int:
                         stats.fail("feedback_" + rec["feedback_error"].split(":")[0])
                 labeling.write_label(out, rec)
         if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
-            n = client.write(args.batch_out)
-            print(f"wrote {n} requests to {args.batch_out} (OpenAI Batch input format); run them, e.g.\n"
-                  f"  vllm run-batch -i {args.batch_out} -o replies.jsonl --model {args.model}\n"
-                  f"then re-run this command with --batch-in replies.jsonl instead of --batch-out")
+            batch.report_out(client, args)
             return 0
-        if batching == "in" and client.unused():
-            print(f"note: {len(client.unused())} replies in {args.batch_in} match no pending input "
-                  f"(labeled already, or from another run): ignored")
+        if batching == "in":
+            batch.report_unused(client, args, "labeled already")
         report = labeling.report(out, [it.id for it in items], task)
         print(stats.summary())
         if client.endpoint_summary():

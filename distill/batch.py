@@ -170,6 +170,20 @@ class BatchReader(_BatchClient):
         return sorted(set(self.replies) - self.used)
 
 
+def report_out(writer: "BatchWriter", args) -> None:
+    """Write --batch-out's file and say how to run it and read it back."""
+    n = writer.write(args.batch_out)
+    print(f"wrote {n} requests to {args.batch_out} (OpenAI Batch input format); run them, e.g.\n"
+          f"  vllm run-batch -i {args.batch_out} -o replies.jsonl --model {args.model}\n"
+          f"then re-run this command with --batch-in replies.jsonl instead of --batch-out")
+
+
+def report_unused(reader: "BatchReader", args, done: str) -> None:
+    if reader.unused():
+        print(f"note: {len(reader.unused())} replies in {args.batch_in} match no pending input "
+              f"({done}, or from another run): ignored")
+
+
 def client_for(args, cfg: LLMConfig, mode: str | None):
     """The stage's teacher client: a live distill.llm.LLMClient, or a batch writer / reader."""
     if mode == "out":
