@@ -115,8 +115,9 @@ def verify(label: dict, task: Task, record: dict | None, text: str, style: str |
     (``not_in_text``), a paraphrased list has more items than the text has sentences
     (``too_many``), a ``required`` field is empty (``missing``), a field is empty while
     the text states its source value (``omitted``: the post was written from the record,
-    so what it states must be extracted), or a field the input's style must leave empty
-    has a value (``invented``). Otherwise ``unverified`` when nothing could be checked
+    so what it states must be extracted), a field the input's style must leave empty
+    has a value, or a time or number the record lacks has a value the text never shows
+    (``invented``). Otherwise ``unverified`` when nothing could be checked
     against a source (no source record, or none of its values): such a label is only
     trained on with 04 --include-unverified. Else ``accepted``. An empty field that the
     text does not state is recorded as ``missing`` and is not a failure.
@@ -136,6 +137,11 @@ def verify(label: dict, task: Task, record: dict | None, text: str, style: str |
                 failures.append(f"{name}_invented")
             continue
         c = _check_field(rule, value, record)
+        if (not blank and record is not None and c["status"] == "unverifiable" and "why" in c
+                and not F.value_in_text(rule.verify_method, value, text_norm)):
+            # The record has no such value and the text shows none either: the teacher made it up
+            # (a cook time for a salad whose post states only the prep and total time).
+            c = c | {"status": "invented"}
         if blank and rule.required:
             c = c | {"status": "missing", "required": True}
         elif blank and c["status"] == "missing" and any(
@@ -159,7 +165,7 @@ def verify(label: dict, task: Task, record: dict | None, text: str, style: str |
         checks[name] = c
         if c["status"] == "missing" and c.get("required"):
             failures.append(f"{name}_missing")
-        elif c["status"] in ("mismatch", "omitted"):
+        elif c["status"] in ("mismatch", "omitted", "invented"):
             failures.append(f"{name}_{c['status']}")
         if c.get("grounded") is False:
             failures.append(f"{name}_not_in_text")

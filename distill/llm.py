@@ -63,7 +63,6 @@ import random
 import re
 import threading
 import time
-import weakref
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -489,10 +488,16 @@ def _sdk_classes() -> tuple[type, type]:
                 # the server closed or reset the connection before a whole reply
                 raise httpx.RemoteProtocolError(str(cause) or type(cause).__name__, request=request) from cause
 
+        async def aclose(self) -> None:
+            _transports.discard(self)
+            await super().aclose()
+
     return _OpenAI, _AiohttpTransport
 
 
-_transports: "weakref.WeakSet[Any]" = weakref.WeakSet()   # the _AiohttpTransport instances
+# The _AiohttpTransport instances not closed yet, held until exit: a stage's client may be dropped
+# before the process ends, and a session collected unclosed prints "Unclosed client session".
+_transports: set[Any] = set()
 
 
 @atexit.register

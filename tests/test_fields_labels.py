@@ -79,6 +79,16 @@ def test_verify_missing_fields_the_text_does_not_state_are_not_guesses():
     assert checks["prepTime"]["status"] == "missing" and checks["recipeYield"]["status"] == "missing"
 
 
+def test_a_value_the_record_lacks_and_the_text_never_shows_is_invented():
+    record = {k: v for k, v in RECORD.items() if k != "cook_minutes"}
+    checks, verdict, reason = verify(GOOD | {"cookTime": "PT25M"}, TASK, record, TEXT)
+    assert (verdict, reason) == ("rejected", "cookTime_invented")
+    assert checks["cookTime"]["status"] == "invented"
+    # the text does say "1 hour": a value the reader can find is left unverifiable, not rejected
+    checks, verdict, _ = verify(GOOD, TASK, record, TEXT)
+    assert verdict == "accepted" and checks["cookTime"]["status"] == "unverifiable"
+
+
 def test_verify_title_mismatch():
     _, verdict, reason = verify(GOOD | {"name": "Chocolate Lava Cake"}, TASK, RECORD, TEXT)
     assert verdict == "rejected" and reason == "name_mismatch"
@@ -213,8 +223,10 @@ def test_no_source_record_is_unverified_never_accepted():
     checks, verdict, reason = verify(GOOD, TASK, None, TEXT)
     assert (verdict, reason) == ("unverified", "no_source_record")
     assert checks["name"]["status"] == "unverifiable"
-    # A record without any of the checked values verifies nothing either.
-    assert verify(GOOD, TASK, {"id": "r-2"}, TEXT)[1:] == ("unverified", "no_source_values")
+    # A record without any of the checked values verifies nothing either (the label's total time,
+    # 70 minutes, is nowhere in the text: against such a record it would be invented).
+    assert verify(GOOD | {"totalTime": None}, TASK, {"id": "r-2"}, TEXT)[1:] == ("unverified", "no_source_values")
+    assert verify(GOOD, TASK, {"id": "r-2"}, TEXT)[1:] == ("rejected", "totalTime_invented")
     # A wrong label without a record is still rejected by the checks against the text.
     bad = GOOD | {"recipeIngredient": GOOD["recipeIngredient"] + ["2 cups chocolate chips"]}
     assert verify(bad, TASK, None, TEXT)[1:] == ("rejected", "recipeIngredient_not_in_text")

@@ -137,8 +137,10 @@ def test_a_rejected_label_is_fixed_by_a_feedback_round_that_names_the_failed_che
         assert len(teacher.feedback) == 3
         cook = [json.loads(p.read_text())["source"].get("cook_minutes") for p in outputs(syn)]
         true_cook = {minutes_to_iso(c) for c in cook if c}
-        # cookTime is only checked (and named) where the record has a cook time.
-        assert sum('cookTime = "PT999M"' in fb for fb in teacher.feedback) == sum(1 for c in cook if c)
+        # cookTime is named in every feedback: a mismatch where the record has a cook time, and
+        # invented where it has none (999 minutes is nowhere in the text).
+        assert sum('cookTime = "PT999M" is not what the text says' in fb for fb in teacher.feedback) == sum(1 for c in cook if c)
+        assert sum('cookTime = "PT999M", but this text has nothing' in fb for fb in teacher.feedback) == sum(1 for c in cook if not c)
         for fb in teacher.feedback:
             assert '"1 dragon egg"' in fb
             assert not any(iso in fb for iso in true_cook), fb
