@@ -23,7 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.cli import add_llm_args, llm_config_from_args, non_negative_int, positive_int, run
+from distill import synth
+from distill.cli import add_llm_args, non_negative_int, positive_int, run
 from distill.io import SOURCE_DIR, SYNTHETIC_DIR
 
 
@@ -50,102 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: synth.run_stage(args))
 
-
-def _main(args) -> int:
-    from distill import batch, synth
-    from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_jsonl, write_manifest
-    from distill.llm import LLMError, RunStats, run_concurrently
-    from distill.source import load_records
-    from distill.tasks import load_task
-
-    batching = batch.check_flags(args)
-    check_output_dir(args.output_dir, "02_generate_synthetic", [args.input])
-    task = load_task(args.task)
-    try:
-        styles = synth.reweight_styles(task.styles, args.styles)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    records, _ = load_records(args.input, task.source.get("parser", "jsonl"))
-    records = records[args.skip:]
-    if args.limit:
-        records = records[:args.limit]
-    if not records:
-        raise StageError(f"no source records in {args.input} after --skip {args.skip}")
-
-    client = batch.client_for(args, llm_config_from_args(args, seed=args.seed), batching)
-    teacher = synth.needs_teacher(records, args.per_record)
-    if teacher and not args.model:
-        client.ping()  # resolves the server's default model: part of every cache key
-    model = client.model if teacher else args.model
-    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body}
-    items = synth.plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params,
-                       styles=styles)
-    out = args.output_dir
-    with run_lock(out):
-        clear_manifest(out)
-        todo = [it for it in items if not synth.is_done(out, it)]
-        stats = RunStats()
-        stats.skip(len(items) - len(todo))
-        failures = []
-        real = [it for it in todo if it.text is not None]
-        todo = [it for it in todo if it.text is None]
-        n_real = sum(it.text is not None for it in items)
-        where = f"batch file {args.batch_out or args.batch_in}" if batching else ", ".join(args.base_url)
-        by = f" with {model} at {where}" if teacher else " (no teacher needed)"
-        print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs, {n_real} of them real pages "
-              f"({stats.skipped} already done, {len(todo) + len(real)} to write){by}")
-        for item in real:  # passed on unchanged: no request
-            synth.write_real_item(out, item, task)
-        if todo:
-            client.ping()
-
-            async def work(item):  # on the client's event loop: --concurrency requests in flight
-                batch.current_id.set(item.id)
-                return await client.acomplete(item.messages, seed=item.seed)
-
-            for item, res in run_concurrently(todo, work, concurrency=args.concurrency, desc="02 synthesize"):
-                if isinstance(res, LLMError) and res.reason == "batched":
-                    continue
-                if isinstance(res, LLMError):
-                    stats.fail(res)
-                    failures.append({"id": item.id, "source_id": item.source_id, "reason": res.reason,
-                                     "detail": str(res)[:300]})
-                elif isinstance(res, BaseException):
-                    raise res
-                else:
-                    synth.write_item(out, item, task, res)
-                    stats.ok(res)
-        if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
-            batch.report_out(client, args)
-            return 0
-        if batching == "in":
-            batch.report_unused(client, args, "done already")
-        write_jsonl(out / "failures.jsonl", failures)
-        counts = {"planned": len(items), "written": stats.done + len(real), "real_pages": n_real,
-                  "real_pages_written": len(real), "skipped": stats.skipped,
-                  "failed": sum(stats.failed.values()), "failed_by_reason": dict(stats.failed),
-                  "requests": stats.as_dict(), "endpoints": client.endpoint_stats()}
-        by_style = {}
-        for it in items:
-            by_style[it.style.name] = by_style.get(it.style.name, 0) + 1
-        counts["planned_by_style"] = by_style
-        # The pass is finished even when some inputs failed: they are listed with a
-        # reason and a re-run retries exactly those.
-        write_manifest(out, "02_generate_synthetic", vars(args) | {"api_key": "***"}, counts,
-                       task=task.name, task_fingerprint=task.fingerprint())
-        print(stats.summary())
-        if client.endpoint_summary():
-            print(client.endpoint_summary())
-        print(f"styles: {by_style}")
-        if failures:
-            print(f"{len(failures)} inputs failed (see {out / 'failures.jsonl'}); re-run the same command to retry them.")
-        print(f"wrote {out}")
-    if stats.all_failed():
-        print(stats.all_failed() + f" (see {out / 'failures.jsonl'})", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

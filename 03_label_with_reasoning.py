@@ -39,7 +39,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.cli import add_llm_args, llm_config_from_args, non_negative_int, run
+from distill import labels
+from distill.cli import add_llm_args, non_negative_int, run
 from distill.io import LABELED_DIR, SYNTHETIC_DIR
 
 
@@ -73,120 +74,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: labels.run_stage(args))
 
-
-def _main(args) -> int:
-    from distill import batch
-    from distill import labels as labeling
-    from distill.io import StageError, check_output_dir, clear_manifest, require_manifest, run_lock, write_manifest
-    from distill.llm import LLMError, RunStats, run_concurrently
-    from distill.synth import load_synthetic
-    from distill.tasks import load_task
-
-    if args.feedback_rounds < 0:
-        raise StageError("--feedback-rounds must be 0 or more (0 = no feedback rounds)")
-    batching = batch.check_flags(args, args.feedback_rounds)
-    m = require_manifest(args.input_dir, "02_generate_synthetic.py")
-    check_output_dir(args.output_dir, "03_label_with_reasoning", [args.input_dir])
-    task = load_task(args.task or m.get("task", "recipe"))
-    rows = [r for r in load_synthetic(args.input_dir) if r.get("task", task.name) == task.name]
-    rows = rows[args.skip:]
-    if args.limit:
-        rows = rows[:args.limit]
-    if args.calibrate:
-        rows = labeling.stratified_sample(rows, args.calibrate, seed=args.seed)
-    if not rows:
-        raise StageError(f"no inputs for task {task.name} in {args.input_dir}")
-
-    if args.label_from_record and not (task.pages or {}).get("records_complete"):
-        raise StageError(f"--label-from-record: task {task.name} does not say its records are complete answers "
-                         f"(pages.records_complete: true in its task.yaml); label its pages with the teacher")
-    from_record = {r["id"] for r in rows if args.label_from_record and labeling.record_answer(r) is not None}
-    client = batch.client_for(args, llm_config_from_args(args, seed=args.seed), batching)
-    teacher_needed = len(from_record) < len(rows)
-    if teacher_needed and not args.model:
-        client.ping()  # resolves the server's default model: part of every cache key
-    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body, "seed": args.seed}
-    items = [labeling.LabelItem.from_record_answer(task, r) if r["id"] in from_record
-             else labeling.LabelItem.make(task, r, client.model, params) for r in rows]
-    out = args.output_dir
-    with run_lock(out):
-        if not args.calibrate:
-            clear_manifest(out)
-        previous = {it.id: labeling.previous_label(out, it) for it in items}
-        for it in items:  # an unverified label whose input has a source record now is verified again
-            if it.from_record:
-                continue
-            rec = labeling.reverify_unverified(previous[it.id], it, task)
-            if rec is not previous[it.id]:
-                previous[it.id] = rec
-                labeling.write_label(out, rec)
-        # A record label is finished once written with the same key (asking again gives the same answer).
-        todo = [it for it in items if not (previous[it.id] is not None if it.from_record
-                                           else labeling.is_done(previous[it.id], args.feedback_rounds))]
-        stats = RunStats()
-        stats.skip(len(items) - len(todo))
-        by_record = [it for it in todo if it.from_record]
-        todo = [it for it in todo if not it.from_record]
-        where = f"batch file {args.batch_out or args.batch_in}" if batching else ", ".join(args.base_url)
-        by = f" with {client.model} at {where}" if teacher_needed else " (no teacher needed)"
-        print(f"03: {len(items)} inputs, {len(from_record)} labeled from their record "
-              f"({stats.skipped} already labeled, {len(todo) + len(by_record)} to label){by}")
-        for it in by_record:  # distant supervision: no request
-            labeling.write_label(out, labeling.label_from_record(it, task))
-        if todo:
-            client.ping()
-
-            async def label(it):  # on the client's event loop: --concurrency labels in flight
-                batch.current_id.set(it.id)
-                return await labeling.label_item(client, task, it, args.feedback_rounds, previous=previous[it.id])
-
-            for item, res in run_concurrently(todo, label, concurrency=args.concurrency, desc="03 label"):
-                if isinstance(res, LLMError) and res.reason == "batched":
-                    continue
-                if isinstance(res, LLMError):
-                    rec = labeling.failed_label(item, res.reason, str(res))
-                    stats.fail(res)
-                elif isinstance(res, BaseException):
-                    raise res
-                else:
-                    rec, completions = res
-                    for c in completions:
-                        stats.ok(c)
-                    if rec.get("feedback_error"):
-                        stats.fail("feedback_" + rec["feedback_error"].split(":")[0])
-                labeling.write_label(out, rec)
-        if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
-            batch.report_out(client, args)
-            return 0
-        if batching == "in":
-            batch.report_unused(client, args, "labeled already")
-        report = labeling.report(out, [it.id for it in items], task)
-        print(stats.summary())
-        if client.endpoint_summary():
-            print(client.endpoint_summary())
-        print(labeling.format_report(report))
-        if args.review:
-            from distill.review import write_label_review
-            print(f"review page: {write_label_review(out, [it.row for it in items], task)}")
-        if args.calibrate:
-            print("calibration only: no manifest written. Fix the prompt if pass rates are low, then run without --calibrate.")
-            if stats.all_failed():
-                print(stats.all_failed(), file=sys.stderr)
-                return 1
-            return 0
-        write_manifest(out, "03_label_with_reasoning", vars(args) | {"api_key": "***"},
-                       {"inputs": len(items), "labeled_now": len(todo) + len(by_record), "skipped": stats.skipped,
-                        "labeled_from_record_now": len(by_record), **report["verdicts"],
-                        "rejected_by_reason": report["rejected_by_reason"], "requests": stats.as_dict(),
-                        "endpoints": client.endpoint_stats()},
-                       task=task.name, task_fingerprint=task.fingerprint(), report=report)
-        print(f"wrote {out}")
-    if stats.all_failed():
-        print(stats.all_failed() + f" (the failed labels in {out} say why; a re-run retries them)", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

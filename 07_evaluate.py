@@ -37,9 +37,8 @@ import sys
 from pathlib import Path
 
 from distill import evaluate as E
-from distill import reports as R
 from distill.cli import add_model_args, non_negative_int, run
-from distill.io import DATASET_DIR, StageError
+from distill.io import DATASET_DIR
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -86,54 +85,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: E.run_stage(args))
 
-
-def _main(args) -> int:
-    if not args.model and not args.compare:
-        raise StageError("give --model to evaluate a model, or --compare DIR... to merge earlier runs")
-    if args.concurrency < 0 or args.max_new_tokens < 1:
-        raise StageError("--concurrency must be 0 (auto) or more and --max-new-tokens at least 1")
-    if args.pages is not None and (args.dataset_dir is not None or args.split is not None):
-        raise StageError("--pages evaluates a folder of pages, not a dataset split: drop --dataset-dir/--split")
-    if args.pages is not None and not args.model:
-        raise StageError("--pages needs --model (the model to evaluate on the pages)")
-
-    if not args.model:
-        out = args.output_dir or Path("reports") / "comparison"
-        evals = E.run_compare(args.compare, out)
-        print(R.format_table(evals))
-        print(f"\nwrote {out}/report.md, review.html, fields.png, styles.png, compare.json")
-        return 0
-
-    ev = E.run_evaluation(args.model, task=args.task, model_id=args.model_id,
-                          dataset_dir=args.dataset_dir or DATASET_DIR, split=args.split or "test",
-                          pages_dir=args.pages, output_dir=args.output_dir, name=args.name, limit=args.limit,
-                          concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
-                          adversarial=args.adversarial, progress=not args.no_progress,
-                          compare_dirs=args.compare or (), constrain=args.constrain, resumes=args.resume_loops)
-    out = args.output_dir or Path("reports") / ev["name"]
-    evals = [ev] + (R.compare(args.compare) if args.compare else [])
-    print()
-    print(R.format_table(evals))
-    if ev["missing_predictions"]:
-        print(f"\nwarning: {ev['missing_predictions']} inputs have no prediction (failed requests: "
-              f"{ev['request_failures']}); they are not scored. Re-run the same command to retry them.",
-              file=sys.stderr)
-    agg = ev["aggregate"]
-    unscored = agg["n"] - agg["n_scored"]
-    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {agg['n_scored']} examples scored"
-          + (f" ({unscored} more have no reference value: only their abstentions count)" if unscored else "")
-          + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
-             if ev.get("adversarial") else ""))
-    if ev.get("pages"):
-        pg = ev["pages"]
-        skipped = pg["skipped"]
-        print(f"pages: references from .json {pg['references']['json']}, from markup {pg['references']['markup']}; "
-              f"{len(skipped)} skipped (no reference)" + (": " + ", ".join(sk["path"] for sk in skipped[:10])
-                                                         + (" …" if len(skipped) > 10 else "") if skipped else ""))
-    print(f"wrote {out}/eval.json, report.md, review.html, fields.png, styles.png, predictions.jsonl")
-    return 0
 
 
 if __name__ == "__main__":

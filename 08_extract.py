@@ -38,15 +38,11 @@ answering; answers written before it stay); 2 also when argparse rejects the fla
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 from distill import extract as X
 from distill.cli import add_model_args, non_negative_int, run
-from distill.infer import load_predictor, resolve_task
-from distill.io import StageError, check_output_dir, clear_manifest, run_lock, write_manifest
-from distill.review import check_extract_review, write_extract_review
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -92,58 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: X.run_stage(args))
 
-
-def _main(args) -> int:
-    if args.concurrency < 1:
-        raise StageError("--concurrency must be at least 1")
-    if args.max_new_tokens < 1:
-        raise StageError("--max-new-tokens must be at least 1")
-    if args.context < 0:
-        raise StageError("--context must be 0 (automatic) or a token count")
-    if args.input_dir is not None and args.output_dir is None:
-        raise StageError("--input-dir needs --output-dir (one <stem>.json per input goes there)")
-    if args.review:
-        check_extract_review(args.output_dir, args.input_dir)
-    out = args.output_dir
-    if out is not None:
-        check_output_dir(out, "08_extract", [args.input_dir])
-    docs = X.collect_inputs(args.input_dir, args.inputs)
-    if len(docs) > 1 and out is None:
-        raise StageError(f"{len(docs)} inputs: pass --output-dir (stdout takes a single input)")
-    if not docs and args.export_ollama is None:
-        raise StageError("nothing to do: give input files, - for stdin, --input-dir, or --export-ollama DIR")
-    task = resolve_task(args.task)
-    if not docs:  # only the Modelfile: no model needs to run
-        X.export_ollama(args.model, args.export_ollama, task, args.context or None, args.max_new_tokens)
-        return 0
-
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        clear_manifest(out)  # present again only when this run finishes
-    work = X.plan(docs, out, args.overwrite)
-    with run_lock(out) if out is not None else contextlib.nullcontext():
-        with load_predictor(args.model, model_id=args.model_id, task=task, max_new_tokens=args.max_new_tokens,
-                            concurrency=args.concurrency, context=args.context or None,
-                            constrain=args.constrain, resumes=args.resume_loops) as pred:
-            if out is not None:
-                X.check_run_state(out, {"model": str(args.model), "model_id": args.model_id, "task": pred.task.name,
-                                        "task_prompt": [pred.task.student_system_prompt,
-                                                        pred.task.student_user_template]}, args.overwrite)
-            if args.export_ollama is not None:
-                X.export_ollama(args.model, args.export_ollama, pred.task, args.context or None, args.max_new_tokens)
-            print(f"model: {args.model} ({pred.info.get('backend')}, {pred.info.get('kind')}); task {pred.task.name}; "
-                  f"{len(work.todo)} to extract" + (f", {len(work.skipped)} already done" if work.skipped else "")
-                  + (f"; context {pred.info['context']} tokens" if pred.info.get("context") else ""), file=sys.stderr)
-            res = X.extract(pred, work, len(docs), out, keep_reasoning=args.keep_reasoning)
-    print(res.summary(), file=sys.stderr)
-    if args.review:
-        print(f"review page: {write_extract_review(out, docs, pred.task)}", file=sys.stderr)
-    if out is not None:
-        write_manifest(out, "08_extract", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                       res.counts, reasons=dict(res.reasons), backend=pred.info, elapsed_s=round(res.elapsed, 2))
-    return 0 if res.all_valid else 2
 
 
 if __name__ == "__main__":

@@ -19,10 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import StageError, read_json_object
+from .io import (
+    StageError,
+    check_output_dir,
+    clear_manifest,
+    read_json_object,
+    require_manifest,
+    run_lock,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from .pages import PAGE_KIND
-from .synth import text_sha256
-from .tasks import Task
+from .synth import load_synthetic, text_sha256
+from .tasks import Task, load_task
 
 SPLITS = ("train", "val", "test")
 
@@ -300,3 +310,85 @@ def length_stats(rows: list[dict], tokenizer: Any = None) -> dict:
         lens = [math.ceil(sum(len(m["content"]) for m in r["messages"]) / 4) for r in rows]
         unit = "approx_tokens_chars_div_4"
     return {"unit": unit, **percentiles(lens)}
+
+
+def run_stage(args) -> int:
+    """Stage 04 (``04_build_dataset.py``): pair accepted labels with their inputs (refusing stale pairs),
+    dedupe, split without leaks, write the chat rows and stats.json, the manifest last."""
+    fractions = parse_split(args.split)
+    require_manifest(args.synthetic_dir, "02_generate_synthetic.py")
+    lm = require_manifest(args.labeled_dir, "03_label_with_reasoning.py")
+    check_output_dir(args.output_dir, "04_build_dataset", [args.synthetic_dir, args.labeled_dir])
+    task = load_task(args.task or lm.get("task", "recipe"))
+    synthetic = {r["id"]: r for r in load_synthetic(args.synthetic_dir)}
+
+    scan = scan_labels(args.labeled_dir, synthetic, args.include_unverified)
+    verdicts, reasons, stale = scan.verdicts, scan.reasons, scan.stale
+    if stale and not args.skip_stale:
+        raise StageError(stale_message(stale, args.labeled_dir))
+    if stale:
+        print(f"04: --skip-stale: left out {len(stale)} stale label(s) ({list_ids([lab['id'] for lab in stale])}); "
+              f"re-run 03 to label their inputs' current text")
+    if not scan.trained:
+        hint = (" (pass --include-unverified to train on the unverified ones)"
+                if verdicts["unverified"] and not args.include_unverified else "")
+        raise StageError(f"no accepted labels in {args.labeled_dir} ({dict(verdicts)}; not accepted by reason: "
+                         f"{dict(reasons)}): check the teacher with 03 --calibrate{hint}")
+    accepted = scan.trained[:args.limit] if args.limit else scan.trained
+
+    rows = build_rows(task, synthetic, accepted, keep_reasoning=args.reasoning == "keep")
+    rows, dropped = dedupe(rows, args.dedupe_threshold)
+    splits, key, abstention = make_splits(task, rows, fractions, args.seed, args.abstention_share)
+    capped = set(abstention["styles"])
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer  # only for --tokenizer: seconds to import
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+
+    out = args.output_dir
+    with run_lock(out):
+        clear_manifest(out)
+        for s in SPLITS:
+            write_jsonl(out / f"{s}.jsonl", splits[s])
+        stats = {
+            "counts": {s: len(v) for s, v in splits.items()},
+            "source_records": {s: len({r["source_id"] for r in v}) for s, v in splits.items()},
+            # sites of page inputs per split (grouped: no host is in two splits)
+            "page_hosts": {s: len({group_of(r) for r in v if group_of(r).startswith("host:")})
+                           for s, v in splits.items()},
+            "by_style": {s: dict(Counter(r["style"] for r in v)) for s, v in splits.items()},
+            "stratified_by": key,
+            "labels": dict(verdicts),
+            "trained_on": dict(Counter(r["verdict"] for v in splits.values() for r in v)),
+            "not_accepted_by_reason": dict(reasons.most_common()),
+            "near_duplicates_dropped": len(dropped),
+            # rows of styles with empty fields (empty or partial labels) and --abstention-share's cap
+            "abstention": abstention,
+            "labels_without_input": scan.orphans,
+            "stale_labels_skipped": len(stale),
+            "with_reasoning": sum(r["has_reasoning"] for r in rows),
+            "length": {s: length_stats(v, tokenizer) for s, v in splits.items() if v},
+        }
+        write_json(out / "stats.json", stats)
+        write_jsonl(out / "dropped_duplicates.jsonl",
+                    [{"id": r["id"], "duplicate_of": r["duplicate_of"]} for r in dropped])
+        write_manifest(out, "04_build_dataset", vars(args), stats["counts"], task=task.name,
+                       system_prompt=task.student_system_prompt, user_template=task.student_user_template,
+                       reasoning=args.reasoning, stats=stats)
+    n_unverified = stats["trained_on"].get("unverified", 0)
+    unverified = f" (of them {n_unverified} unverified)" if n_unverified else ""
+    print(f"04: {sum(stats['counts'].values())} examples{unverified} from {len(accepted)} labels "
+          f"({len(dropped)} near-duplicates dropped; labels: {dict(verdicts)})")
+    for s in SPLITS:
+        hosts = f"  {stats['page_hosts'][s]:>3} sites" if any(stats["page_hosts"].values()) else ""
+        print(f"  {s:<5} {len(splits[s]):>5} examples  {stats['source_records'][s]:>4} records{hosts}  "
+              f"styles {stats['by_style'][s]}  length {stats['length'].get(s, {})}")
+    if capped:
+        cap = (f", capped at {args.abstention_share:g}: {abstention['dropped_by_cap']} dropped"
+               if args.abstention_share < 1 else "")
+        print(f"  empty/partial labels ({', '.join(sorted(capped))}): {abstention['by_split']}{cap}")
+    if reasons:
+        print(f"not accepted, by reason: {dict(reasons.most_common())}")
+    print(f"wrote {out}")
+    return 0

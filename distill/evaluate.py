@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from .constrain import STOP_REASONS
 from .documents import document_from_bytes, output_names
 from .infer import closed_stopped_answer, load_predictor, resolve_task, task_for_config
 from .io import (
+    DATASET_DIR,
     StageError,
     check_output_dir,
     clear_manifest,
@@ -34,7 +36,7 @@ from .io import (
 )
 from .labels import stratified_sample
 from .pages import list_pages, load_page
-from .reports import EVAL_FILE, compare, table_rows, write_eval, write_report
+from .reports import EVAL_FILE, compare, format_table, table_rows, write_eval, write_report
 from .review import write_eval_review
 from .scoring import aggregate, aggregate_adversarial, load_adversarial, score_case, score_example, scored_fields
 from .spec import ModelSpec, parse_model
@@ -400,3 +402,52 @@ def run_compare(dirs: list[str | Path], output_dir: str | Path) -> list[dict]:
                                                      if k != "cases"} for e in evals}})
     write_manifest(output_dir, "07_evaluate_compare", {"compare": [str(d) for d in dirs]}, {"runs": len(evals)})
     return evals
+
+
+def run_stage(args) -> int:
+    """``07_evaluate.py``: evaluate --model (a split, --pages or the adversarial cases) and/or put
+    --compare runs side by side; print the table and the summary."""
+    if not args.model and not args.compare:
+        raise StageError("give --model to evaluate a model, or --compare DIR... to merge earlier runs")
+    if args.concurrency < 0 or args.max_new_tokens < 1:
+        raise StageError("--concurrency must be 0 (auto) or more and --max-new-tokens at least 1")
+    if args.pages is not None and (args.dataset_dir is not None or args.split is not None):
+        raise StageError("--pages evaluates a folder of pages, not a dataset split: drop --dataset-dir/--split")
+    if args.pages is not None and not args.model:
+        raise StageError("--pages needs --model (the model to evaluate on the pages)")
+
+    if not args.model:
+        out = args.output_dir or Path("reports") / "comparison"
+        evals = run_compare(args.compare, out)
+        print(format_table(evals))
+        print(f"\nwrote {out}/report.md, review.html, fields.png, styles.png, compare.json")
+        return 0
+
+    ev = run_evaluation(args.model, task=args.task, model_id=args.model_id,
+                          dataset_dir=args.dataset_dir or DATASET_DIR, split=args.split or "test",
+                          pages_dir=args.pages, output_dir=args.output_dir, name=args.name, limit=args.limit,
+                          concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
+                          adversarial=args.adversarial, progress=not args.no_progress,
+                          compare_dirs=args.compare or (), constrain=args.constrain, resumes=args.resume_loops)
+    out = args.output_dir or Path("reports") / ev["name"]
+    evals = [ev] + (compare(args.compare) if args.compare else [])
+    print()
+    print(format_table(evals))
+    if ev["missing_predictions"]:
+        print(f"\nwarning: {ev['missing_predictions']} inputs have no prediction (failed requests: "
+              f"{ev['request_failures']}); they are not scored. Re-run the same command to retry them.",
+              file=sys.stderr)
+    agg = ev["aggregate"]
+    unscored = agg["n"] - agg["n_scored"]
+    print(f"\n07: {ev['name']} on {ev['task']}/{ev['split']}: {agg['n_scored']} examples scored"
+          + (f" ({unscored} more have no reference value: only their abstentions count)" if unscored else "")
+          + (f", {ev['adversarial']['passed']}/{ev['adversarial']['n']} adversarial cases passed"
+             if ev.get("adversarial") else ""))
+    if ev.get("pages"):
+        pg = ev["pages"]
+        skipped = pg["skipped"]
+        print(f"pages: references from .json {pg['references']['json']}, from markup {pg['references']['markup']}; "
+              f"{len(skipped)} skipped (no reference)" + (": " + ", ".join(sk["path"] for sk in skipped[:10])
+                                                         + (" …" if len(skipped) > 10 else "") if skipped else ""))
+    print(f"wrote {out}/eval.json, report.md, review.html, fields.png, styles.png, predictions.jsonl")
+    return 0

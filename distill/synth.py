@@ -17,12 +17,28 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import read_json, read_json_object, stable_hash, write_json
+from . import batch
+from .cli import llm_config_from_args
+from .io import (
+    StageError,
+    check_output_dir,
+    clear_manifest,
+    read_json,
+    read_json_object,
+    run_lock,
+    stable_hash,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
+from .llm import LLMError, RunStats, run_concurrently
 from .pages import REAL_STYLE, real_text, without_text
-from .tasks import Style, Task
+from .source import load_records
+from .tasks import Style, Task, load_task
 
 # The style an input that is a record's own real text carries (never drawn: it has no weight).
 REAL = Style(REAL_STYLE, 0.0, "the page's own readable text, passed on unchanged")
@@ -191,3 +207,94 @@ def load_synthetic(in_dir: Path) -> list[dict]:
         if "text" in row and "id" in row:
             rows.append(row)
     return rows
+
+
+def run_stage(args) -> int:
+    """Stage 02 (``02_generate_synthetic.py``): plan the inputs, write each as its reply arrives, skip
+    finished ones, list failures with a reason, write the manifest last. Returns the exit code."""
+    batching = batch.check_flags(args)
+    check_output_dir(args.output_dir, "02_generate_synthetic", [args.input])
+    task = load_task(args.task)
+    try:
+        styles = reweight_styles(task.styles, args.styles)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    records, _ = load_records(args.input, task.source.get("parser", "jsonl"))
+    records = records[args.skip:]
+    if args.limit:
+        records = records[:args.limit]
+    if not records:
+        raise StageError(f"no source records in {args.input} after --skip {args.skip}")
+
+    client = batch.client_for(args, llm_config_from_args(args, seed=args.seed), batching)
+    teacher = needs_teacher(records, args.per_record)
+    if teacher and not args.model:
+        client.ping()  # resolves the server's default model: part of every cache key
+    model = client.model if teacher else args.model
+    params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "extra_body": args.extra_body}
+    items = plan(task, records, per_record=args.per_record, seed=args.seed, model=model, params=params,
+                       styles=styles)
+    out = args.output_dir
+    with run_lock(out):
+        clear_manifest(out)
+        todo = [it for it in items if not is_done(out, it)]
+        stats = RunStats()
+        stats.skip(len(items) - len(todo))
+        failures = []
+        real = [it for it in todo if it.text is not None]
+        todo = [it for it in todo if it.text is None]
+        n_real = sum(it.text is not None for it in items)
+        where = f"batch file {args.batch_out or args.batch_in}" if batching else ", ".join(args.base_url)
+        by = f" with {model} at {where}" if teacher else " (no teacher needed)"
+        print(f"02: {len(records)} records x {args.per_record} -> {len(items)} inputs, {n_real} of them real pages "
+              f"({stats.skipped} already done, {len(todo) + len(real)} to write){by}")
+        for item in real:  # passed on unchanged: no request
+            write_real_item(out, item, task)
+        if todo:
+            client.ping()
+
+            async def work(item):  # on the client's event loop: --concurrency requests in flight
+                batch.current_id.set(item.id)
+                return await client.acomplete(item.messages, seed=item.seed)
+
+            for item, res in run_concurrently(todo, work, concurrency=args.concurrency, desc="02 synthesize"):
+                if isinstance(res, LLMError) and res.reason == "batched":
+                    continue
+                if isinstance(res, LLMError):
+                    stats.fail(res)
+                    failures.append({"id": item.id, "source_id": item.source_id, "reason": res.reason,
+                                     "detail": str(res)[:300]})
+                elif isinstance(res, BaseException):
+                    raise res
+                else:
+                    write_item(out, item, task, res)
+                    stats.ok(res)
+        if batching == "out":   # nothing was asked: the stage stays unfinished until its replies come back
+            batch.report_out(client, args)
+            return 0
+        if batching == "in":
+            batch.report_unused(client, args, "done already")
+        write_jsonl(out / "failures.jsonl", failures)
+        counts = {"planned": len(items), "written": stats.done + len(real), "real_pages": n_real,
+                  "real_pages_written": len(real), "skipped": stats.skipped,
+                  "failed": sum(stats.failed.values()), "failed_by_reason": dict(stats.failed),
+                  "requests": stats.as_dict(), "endpoints": client.endpoint_stats()}
+        by_style = {}
+        for it in items:
+            by_style[it.style.name] = by_style.get(it.style.name, 0) + 1
+        counts["planned_by_style"] = by_style
+        # The pass is finished even when some inputs failed: they are listed with a
+        # reason and a re-run retries exactly those.
+        write_manifest(out, "02_generate_synthetic", vars(args) | {"api_key": "***"}, counts,
+                       task=task.name, task_fingerprint=task.fingerprint())
+        print(stats.summary())
+        if client.endpoint_summary():
+            print(client.endpoint_summary())
+        print(f"styles: {by_style}")
+        if failures:
+            print(f"{len(failures)} inputs failed (see {out / 'failures.jsonl'}); re-run the same command to retry them.")
+        print(f"wrote {out}")
+    if stats.all_failed():
+        print(stats.all_failed() + f" (see {out / 'failures.jsonl'})", file=sys.stderr)
+        return 1
+    return 0
