@@ -16,13 +16,19 @@ Usage:
 
 --backend auto uses Unsloth wherever it imports (CUDA GPU, or its CPU mode), else
 transformers+PEFT+TRL (Apple MPS, or Unsloth not installed).
+
+Several GPUs (DDP): accelerate launch --num_processes N 05_finetune.py ... (or torchrun
+--nproc_per_node N). --batch-size is per process, so one update sees N x batch x accumulation
+examples; --backend auto then takes the plain backend, and only rank 0 writes --save-dir.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from distill.cli import check_train_dirs, run
+from distill.io import StageError
 from distill.train.config import add_config_args, config_from_args
 
 
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         from distill.chain import chain_task_for, train_chain
 
         chained = chain_task_for(cfg.dataset_dir, args.chain)
+        if chained is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise StageError(f"task {chained.name} trains a chain of steps, each on the one before's outputs: "
+                             f"run it in one process, not under accelerate launch/torchrun")
         if chained is not None:
             chain = train_chain(chained, cfg, step_max_new_tokens=args.chain_max_new_tokens)
             print(f"05: chain {' -> '.join(s['name'] for s in chain['steps'])} of task {chained.name} "

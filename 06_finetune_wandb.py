@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def _main() -> int:
         check_train_dirs(config_from_args(args))  # reject bad flags and folders before anything starts
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise StageError("06 runs in one process (each would start its own W&B run): train under "
+                             "accelerate launch with 05_finetune.py")
         if args.sweep_id:
             if args.wandb_mode in ("disabled", "offline"):
                 raise StageError("--sweep-id needs W&B online (the sweep controller is on the server): "

@@ -211,3 +211,14 @@ def test_a_process_that_never_closes_its_client_exits_without_unclosed_session_n
         r = subprocess.run([sys.executable, "-c", code, srv.url], capture_output=True, text=True, timeout=60, cwd=root)
     assert r.returncode == 0 and r.stdout.strip() == "hi", r.stderr
     assert "Unclosed" not in r.stderr, r.stderr
+    # nor when the client is dropped before the exit (a stage's main returned; 02 and 03 printed
+    # it in every demo run while the sessions were only weakly held)
+    with FakeOpenAIServer() as srv:
+        code = ("import gc, sys\nfrom distill.llm import LLMClient, LLMConfig\n"
+                "def stage():\n"
+                "    c = LLMClient(LLMConfig(base_url=sys.argv[1], model='m', concurrency=4))\n"
+                "    print(c.complete([{'role': 'user', 'content': 'hi'}]).content)\n"
+                "stage()\ngc.collect()\n")
+        r = subprocess.run([sys.executable, "-c", code, srv.url], capture_output=True, text=True, timeout=60, cwd=root)
+    assert r.returncode == 0 and r.stdout.strip() == "hi", r.stderr
+    assert "Unclosed" not in r.stderr, r.stderr

@@ -32,10 +32,24 @@ def _mps() -> bool:
         and torch.backends.mps.is_available()
 
 
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: under ``accelerate launch`` or ``torchrun`` (which set
+    RANK and WORLD_SIZE) each process trains on its share of every batch and TRL's trainer syncs
+    the gradients (DDP); alone, ``(0, 1)``."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def select_backend(cfg: TrainConfig):
     """Import and return the backend module. Unsloth is imported before transformers when used."""
+    _, world = process_rank()
     if cfg.backend == "hf":
         return importlib.import_module("distill.train.hf_backend")
+    if cfg.backend == "auto" and world > 1:
+        print(f"backend: hf ({world} processes: the plain backend is the one this project tests under DDP)")
+        return importlib.import_module("distill.train.hf_backend")
+    if world > 1:
+        print(f"note: --backend unsloth in {world} processes: Unsloth documents DDP through accelerate launch, "
+              f"but this project tests DDP with --backend hf only")
     if cfg.backend == "auto" and importlib.util.find_spec("unsloth") is None:
         print("backend: hf (Unsloth is not installed)")
         return importlib.import_module("distill.train.hf_backend")
@@ -232,6 +246,13 @@ def run(cfg: TrainConfig, tracker: Tracker | None = None) -> dict:
           f"train loss {result.training_loss:.4f}" + (f", val loss {metrics['eval_loss']:.4f}" if final_eval else ""))
 
     save_dir = Path(cfg.save_dir)
+    rank, world = process_rank()
+    metrics["processes"] = world
+    if rank != 0:
+        # DDP: every process holds the same weights after the last update; one writes them.
+        print(f"rank {rank} of {world}: done; rank 0 writes {save_dir}")
+        return {"save_dir": str(save_dir), "metrics": metrics, "history": history, "backend": backend.NAME,
+                "gguf": None, "inference": [], "model": model, "tokenizer": tok, "rank": rank}
     tmp = save_dir.parent / f".{save_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
