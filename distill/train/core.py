@@ -445,6 +445,8 @@ def build_trainer(cfg, backend, model, tok, train_ds, eval_ds, optim, eval_steps
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=2,
         report_to="none",  # metrics go through the tracker callback
+        # DDP: every LoRA weight gets a gradient each step, so DDP need not search the graph for unused ones
+        ddp_find_unused_parameters=False,
         gradient_checkpointing=cfg.gradient_checkpointing,
         # Rows longer than max_seq_length are dropped when tokenized (tokenize_rows); TRL refuses
         # padding-free batches with a max_length it cannot enforce itself.
