@@ -15,7 +15,7 @@ flags printed, so the demo doubles as a worked example. Re-running resumes: stag
 skip finished work.
 
 Usage:
-    python scripts/demo.py                 # ~25 min on 2 CPU cores
+    python scripts/demo.py                 # ~30 min on 2 CPU cores
     python scripts/demo.py --small         # toy size, a few minutes (CI)
     python scripts/demo.py --run-dir my_demo --records 38 --per-record 3 --steps 300
 """
@@ -33,11 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # (records, per-record inputs, training steps, max sequence length): the full demo took
-# 25.0 minutes on 2 idle cores (the 1.5B teacher writes ~20 tokens/s there, ~35 s per input
-# for 02 + 03; 120 updates at ~3.2 s). 60 updates would save 3 minutes, but on 5 examples
-# they left the student repeating itself where 120 did not. --small runs in under 10. --small
-# has 10 records: with the stricter label checks the bundled teacher's first 5 posts gave 2
-# accepted labels (its short Instagram posts invent steps and times), and CI needs at least 2.
+# 29.4 minutes on 2 cores (2026-12-02: the 1.5B teacher writes ~14 tokens/s there, ~50 s per
+# input for 02 + 03; 120 updates at 2.0 s in bfloat16). 60 updates would save a few minutes, but
+# on 5 examples they left the student repeating itself where 120 did not. --small (10 to 30
+# records, 4 updates) runs in about 15 minutes.
 TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
 # The bundled 1.5B teacher writes ~20 tokens/s here: the demo asks it for the shorter styles
 # (a long fluffy blog post costs about twice the teacher time of a short one). Of its posts in
