@@ -61,10 +61,10 @@ def make_parser() -> argparse.ArgumentParser:
 class FakeServerProcess:
     """tests/fake_openai_server.py in a child process: its threads' CPU is not the client's."""
 
-    def __init__(self, slots: int, delay: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "fake_openai_server.py"), "--slots", str(slots), "--delay", str(delay)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, slots: int | None, delay: float, oracle: bool = False):
+        cmd = [sys.executable, str(ROOT / "tests" / "fake_openai_server.py"), "--delay", str(delay)]
+        cmd += (["--slots", str(slots)] if slots else []) + (["--oracle"] if oracle else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.url = (self.proc.stdout.readline() if self.proc.stdout else "").strip()
         if not self.url.startswith("http"):
             self.stop()

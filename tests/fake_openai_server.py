@@ -123,6 +123,7 @@ class FakeOpenAIServer:
         models_body: Any = None,
         api_key: str | None = None,
         open_models: bool = False,
+        keep_history: bool = True,
     ):
         self.handler = handler or echo_handler
         self.delay = delay
@@ -133,6 +134,7 @@ class FakeOpenAIServer:
         self.open_models = open_models
         self.script: deque[Behaviour] = deque()
         self.history: list[dict] = []  # JSON bodies of chat requests, in arrival order
+        self.keep_history = keep_history  # off for long benchmark runs (100k bodies would pile up)
         self.paths: list[str] = []  # "GET /v1/models", "POST /v1/chat/completions", ...
         self.max_active = 0  # most requests being served at the same time
         self._active = 0
@@ -194,7 +196,8 @@ class FakeOpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                server.paths.append(f"POST {self.path}")
+                if server.keep_history:
+                    server.paths.append(f"POST {self.path}")
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
                     return
@@ -203,8 +206,9 @@ class FakeOpenAIServer:
                 except ValueError:
                     self._json(400, {"error": {"message": "body is not JSON"}})
                     return
-                with server._lock:
-                    server.history.append(body)
+                if server.keep_history:
+                    with server._lock:
+                        server.history.append(body)
                 if self._refuse_key():
                     return
                 if server._slots is not None:
@@ -325,12 +329,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="the fake OpenAI-compatible server, echoing")
     p.add_argument("--slots", type=int, default=None, help="requests served at once (default: unbounded)")
     p.add_argument("--delay", type=float, default=0.0, help="seconds each request takes")
+    p.add_argument("--oracle", action="store_true",
+                   help="answer as the recipe oracle teacher (tests/fake_teacher.py: writes posts, labels them right) "
+                        "instead of echoing; keeps no request history (bench/bench_stage_scale.py)")
     args = p.parse_args(argv)
-    with FakeOpenAIServer(slots=args.slots, delay=args.delay) as srv:
+    handler = None
+    if args.oracle:
+        from fake_teacher import OracleTeacher  # deferred: fake_teacher imports this module
+        handler = OracleTeacher()
+    with FakeOpenAIServer(handler, slots=args.slots, delay=args.delay, keep_history=not args.oracle) as srv:
         print(srv.url, flush=True)
         sys.stdin.read()  # the parent closes our stdin (or exits) to stop us
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run main() in the module under its import name: fake_teacher imports fake_openai_server, and its
+    # replies must be instances of that module's Behaviour, not of a second copy loaded as __main__.
+    import fake_openai_server
+
+    raise SystemExit(fake_openai_server.main())
