@@ -198,7 +198,7 @@ def test_real_gemma3_trains_and_exports_a_gguf_with_its_own_vocabulary(workdir):
     import httpx
 
     from distill.llamacpp import LlamaServer
-    from distill.train.models import packaged_gguf
+    from distill.train.models import load_tokenizer, packaged_gguf, resolve_model
 
     original = packaged_gguf("gemma3")
     r = run_script("05_finetune.py", [
@@ -221,6 +221,10 @@ def test_real_gemma3_trains_and_exports_a_gguf_with_its_own_vocabulary(workdir):
             tokens.append(httpx.post(f"{server.url}/tokenize", json={"content": sentence, "parse_special": True},
                                      timeout=60).json()["tokens"])
     assert tokens[0] == tokens[1] and len(tokens[0]) < len(sentence) / 2  # real subwords, not bytes
+    # What training tokenizes is what the model reads in llama.cpp (transformers' own GGUF reader
+    # gave one token per character for Gemma).
+    hf = load_tokenizer(resolve_model(str(original)))
+    assert hf(sentence, add_special_tokens=False)["input_ids"] == tokens[0]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,6 +9,7 @@ already dense, so the quantizer mark is lifted before saving.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from distill.llamacpp import cache_dir, gemma3_gguf, repair_gguf_tokenizer, smol
 # Gemma 3 GGUFs of the *base* model carry no chat template; we give them Gemma 3's own.
 _GEMMA3_TEMPLATE = "gemma3.jinja"
 # Bump when the conversion below changes, so cached folders are rebuilt.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: Gemma's tokenizer.json rebuilt as BPE (was one token per character)
 
 
 def cache_root() -> Path:
@@ -121,10 +122,18 @@ def gguf_to_hf(gguf: Path) -> Path:
 
 
 def _save_sentencepiece_model(gguf: Path, tok, out: Path) -> None:
-    """Rebuild tokenizer.model for SentencePiece (llama-style) vocabularies such as Gemma's.
+    """Rebuild the tokenizer of a SentencePiece (llama-style) GGUF vocabulary such as Gemma's.
 
-    llama.cpp's converter reads Gemma's vocabulary from tokenizer.model; without it the
-    exported GGUF's vocabulary comes out wrong.
+    Two files, both from the GGUF's tokens, scores and token types:
+
+    - ``tokenizer.model``: llama.cpp's converter reads Gemma's vocabulary from it; without it
+      the exported GGUF's vocabulary comes out wrong.
+    - ``tokenizer.json``, replacing what transformers wrote: its GGUF reader builds Gemma's
+      vocabulary as a Unigram model, which transformers' GemmaTokenizer then loads as BPE
+      without merges, i.e. one token per character (1.0 characters per token instead of ~3.8:
+      every sequence ~4x longer than the model was trained on). A SentencePiece BPE vocabulary
+      merges by piece score, so the merges are the vocabulary's own pairs ordered by score,
+      as llama.cpp tokenizes it (tests/test_train_run.py compares the two).
     """
     try:
         from gguf import GGUFReader
@@ -163,6 +172,35 @@ def _save_sentencepiece_model(gguf: Path, tok, out: Path) -> None:
         p.piece, p.score = t, s
         p.type = type_map.get(ty, spm.ModelProto.SentencePiece.NORMAL)
     (out / "tokenizer.model").write_bytes(m.SerializeToString())
+    unk = reader.fields.get("tokenizer.ggml.unknown_token_id")
+    _spm_bpe_tokenizer(tokens, scores, types, int(unk.parts[-1][0]) if unk is not None else None).save(
+        str(out / "tokenizer.json"))
+    config = out / "tokenizer_config.json"
+    if config.exists():
+        # "model_type" (the GGUF's "llama") makes transformers' own SentencePiece reader fail
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        cfg.pop("model_type", None)
+        config.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _spm_bpe_tokenizer(tokens: list[str], scores: list[float], types: list[int], unk_id: int | None):
+    """A ``tokenizers`` BPE tokenizer equal to SentencePiece BPE over this vocabulary: normal pieces
+    merge by score (transformers' ``generate_merges``), bytes fall back to <0xNN> pieces, control
+    pieces are special tokens and user-defined ones (Gemma's newline runs, HTML tags) whole tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from transformers.tokenization_utils_base import generate_merges
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    normal = {t: s for t, s, ty in zip(tokens, scores, types) if ty == 1}
+    merges = generate_merges(vocab, normal, skip_tokens={t for t, ty in zip(tokens, types) if ty != 1})
+    tk = Tokenizer(BPE(vocab, merges, unk_token=tokens[unk_id] if unk_id is not None else None, fuse_unk=True,
+                       byte_fallback=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
+    tk.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
+    return tk
 
 
 def sentencepiece_model(tok) -> Path | None:
