@@ -186,9 +186,10 @@ def test_score_example_by_hand():
     assert r["missing"] == ["totalTime"] and r["spurious"] == ["recipeYield"] and r["abstained"] == []
     assert (r["ref_filled"], r["ref_empty"]) == (6, 1)
     assert r["hallucination"] == {"items": 4, "ungrounded": 1, "not_in_text": ["1 cup chocolate chips"]}
-    # against the source record (stage 03's checks): cook time disagrees, total missing
+    # against the source record (stage 03's checks): cook time disagrees, total missing, and the yield,
+    # which neither the record nor the text has, invented
     assert r["source_checks"] == {"name": "ok", "recipeIngredient": "ok", "prepTime": "ok",
-                                  "cookTime": "mismatch", "totalTime": "missing"}
+                                  "cookTime": "mismatch", "totalTime": "missing", "recipeYield": "invented"}
 
 
 def test_score_example_invalid_json_scores_zero():
