@@ -137,6 +137,8 @@ def main() -> int:
         print("error: --sizes must be >= 10 and --concurrency >= 1", file=sys.stderr)
         return 1
 
+    if args.work_dir:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     server = FakeServerProcess(slots=None, delay=0.0, oracle=True)
     rows, extras = [], []
     try:

@@ -67,7 +67,13 @@ def assistant_content(label: dict, reasoning: str | None, keep_reasoning: bool) 
 EXACT_DEDUPE_MAX = 2000
 _SHINGLE = 5          # bytes per shingle of the normalised text (characters, for ASCII)
 _NUM_PERM = 64        # MinHash permutations
-_LSH_THRESHOLD = 0.3  # Jaccard of shingle sets at which LSH proposes a pair (low: the ratio decides)
+# LSH proposes pairs from about this Jaccard of the shingle sets; a pair at fuzz.ratio >= 95 is at
+# ~0.6 or more unless its edits are spread every few characters (BENCHMARKS.md measures recall).
+# Lower thresholds propose most of a templated corpus (posts of one style share their boilerplate:
+# at 0.3, 23% of all pairs of the stage-scale benchmark's posts), and the checks grow with N squared.
+_LSH_THRESHOLD = 0.5
+_MIN_JACCARD = 0.4    # a candidate whose estimated Jaccard is below this is not compared
+_MAX_COMPARE = 64     # candidates compared per input, most similar (estimated Jaccard) first
 _U64 = np.uint64
 
 
@@ -103,25 +109,38 @@ def minhash_values(norm: str) -> np.ndarray:
     return (hashed.min(axis=1) >> _U64(32)).astype(np.uint32)
 
 
+def _closest(candidates, kept_sigs: np.ndarray, sig: np.ndarray) -> list[int]:
+    """LSH's candidates (kept indices) worth a rapidfuzz check: estimated Jaccard >= _MIN_JACCARD,
+    the _MAX_COMPARE most similar, most similar first (ties by index: the same run, the same drops)."""
+    if not candidates:
+        return []
+    idx = np.array(sorted(candidates), dtype=np.int64)
+    est = (kept_sigs[idx] == sig).mean(axis=1)
+    order = np.argsort(-est, kind="stable")[:_MAX_COMPARE]
+    return [int(i) for i in idx[order[est[order] >= _MIN_JACCARD]]]
+
+
 def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[dict]]:
     """Drop inputs whose text is a near-duplicate (rapidfuzz ratio >= threshold) of an earlier one.
 
     Exact text repeats always go. Up to :data:`EXACT_DEDUPE_MAX` rows every input is compared with
     every kept one; above it (a 100k-item run would take hours that way) the comparison is made
-    only with the kept inputs MinHash LSH proposes (datasketch; character 5-gram shingles), so
-    nothing is dropped that the exact rule would keep, and a pair LSH does not propose is kept —
-    BENCHMARKS.md measures how many near-duplicates that misses."""
+    only with the kept inputs MinHash LSH proposes (datasketch; character 5-gram shingles), at most
+    the :data:`_MAX_COMPARE` most similar of them, so the work per input stays bounded however alike
+    the posts are. Nothing is dropped that the exact rule would keep; a pair LSH does not propose is
+    kept — BENCHMARKS.md measures how many near-duplicates that misses."""
     from rapidfuzz import fuzz, process
 
     from .fields import normalize_text
 
     norms = [normalize_text(r["text"])[:3000] for r in rows]
-    lsh = hashes = None
+    lsh = sigs = kept_sigs = None
     if len(rows) > EXACT_DEDUPE_MAX:
         from datasketch import LeanMinHash, MinHashLSH
 
         lsh = MinHashLSH(threshold=_LSH_THRESHOLD, num_perm=_NUM_PERM)
-        hashes = [LeanMinHash(seed=1, hashvalues=minhash_values(n), scheme="affine32") for n in norms]
+        sigs = np.stack([minhash_values(n) for n in norms])
+        kept_sigs = np.empty_like(sigs)  # row i: the signature of kept_texts[i]
     keep, dropped = [], []
     seen_norm: dict[str, str] = {}
     kept_texts: list[str] = []
@@ -131,8 +150,8 @@ def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[
             continue
         mh = None
         if lsh is not None:
-            mh = hashes[k]
-            candidates = sorted(lsh.query(mh))
+            mh = LeanMinHash(seed=1, hashvalues=sigs[k], scheme="affine32")
+            candidates = _closest(lsh.query(mh), kept_sigs, sigs[k])
             best = process.extractOne(norm, [kept_texts[i] for i in candidates], scorer=fuzz.ratio,
                                       score_cutoff=threshold) if candidates else None
             best = None if best is None else (best[0], best[1], candidates[best[2]])
@@ -145,6 +164,7 @@ def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[
             continue
         seen_norm[norm] = r["id"]
         if lsh is not None:
+            kept_sigs[len(kept_texts)] = sigs[k]
             lsh.insert(len(kept_texts), mh)
         kept_texts.append(norm)
         keep.append(r)

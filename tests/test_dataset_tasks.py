@@ -74,6 +74,41 @@ def test_dedupe_past_the_exact_limit_finds_the_same_pairs_through_lsh(monkeypatc
     assert {r["id"]: r["duplicate_of"] for r in lsh[1]} == {r["id"]: r["duplicate_of"] for r in exact[1]}
 
 
+def test_dedupe_compares_a_bounded_number_of_candidates_on_posts_that_share_a_frame(monkeypatch):
+    """Posts of one style share their boilerplate, so LSH proposes many of them for every post: only
+    the _MAX_COMPARE most similar are compared (the work per post stays bounded) and the copies are
+    still found."""
+    import random
+    import string
+
+    from rapidfuzz import process
+
+    rng = random.Random(5)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(60)]
+    frame = "written as a typical recipe blog post, a long personal story first, tips and substitutions: "
+    rows = []
+    for i in range(200):
+        if i % 10 == 9:
+            t = list(rows[rng.randrange(len(rows))]["text"])
+            t[rng.randrange(len(t))] = "#"
+            rows.append({"id": f"r{i}", "text": "".join(t)})
+        else:
+            rows.append({"id": f"r{i}", "text": frame + " ".join(rng.choice(words) for _ in range(12)) + ". Enjoy!"})
+    sizes = []
+    real = process.extractOne
+
+    def counting(query, choices, **kw):
+        sizes.append(len(choices))
+        return real(query, choices, **kw)
+
+    monkeypatch.setattr(process, "extractOne", counting)
+    monkeypatch.setattr(D, "EXACT_DEDUPE_MAX", 0)
+    monkeypatch.setattr(D, "_MAX_COMPARE", 8)
+    keep, dropped = D.dedupe(rows, threshold=95)
+    assert max(sizes) == 8, "LSH proposed more than 8 framed posts for some post, and only 8 were compared"
+    assert {r["id"] for r in dropped} == {f"r{i}" for i in range(9, 200, 10)}
+
+
 def test_assistant_content_keep_and_strip():
     lab = {"name": "x"}
     kept = D.assistant_content(lab, "because", keep_reasoning=True)
