@@ -106,9 +106,36 @@ def llama_cpp_dir() -> Path:
     return folder
 
 
+def _relink_tools(folder: Path) -> None:
+    """Point the folder's ``llama-quantize`` / ``llama-server`` links at this environment's binaries.
+
+    The folder is shared by every venv of the machine (a second clone, CI's), and the install script
+    links the tools into whichever venv ran it last: once that venv is gone the links dangle. A link
+    (or a missing file) is replaced atomically when this environment has the binary; a real binary
+    (a llama.cpp checkout of your own) is left alone."""
+    try:
+        source = bin_dir()
+    except StageError:
+        return
+    for tool in ("llama-quantize", "llama-server"):
+        dest, target = folder / tool, source / tool
+        if not os.access(target, os.X_OK) or (dest.exists() and not dest.is_symlink()):
+            continue
+        if dest.is_symlink() and os.readlink(dest) == str(target):
+            continue
+        tmp = folder / f".{tool}.{os.getpid()}.tmp"
+        try:
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            os.replace(tmp, dest)
+        except OSError:  # a read-only folder: the check below says what is wrong
+            tmp.unlink(missing_ok=True)
+
+
 def unsloth_env() -> dict[str, str]:
     """Environment for Unsloth's ``save_pretrained_gguf`` to use our llama.cpp, offline, never installing."""
     folder = llama_cpp_dir()
+    _relink_tools(folder)
     if not os.access(folder / "llama-quantize", os.X_OK):
         raise StageError(f"{folder}/llama-quantize is missing or broken: {INSTALL_HINT}")
     return {"UNSLOTH_LLAMA_CPP_PATH": str(folder), "UNSLOTH_LLAMA_CPP_OFFLINE": "1", "UNSLOTH_AUTO_INSTALL": "0"}

@@ -4,6 +4,7 @@ SmolLM2-135M-Instruct GGUF, and a tiny Llama model converted by llama.cpp's own 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 
@@ -159,6 +160,25 @@ def test_tools_are_found():
         assert (folder / need).exists(), need
     env = llamacpp.unsloth_env()
     assert env["UNSLOTH_LLAMA_CPP_PATH"] == str(folder) and env["UNSLOTH_LLAMA_CPP_OFFLINE"] == "1"
+
+
+def test_links_into_a_venv_that_is_gone_are_repointed_at_this_one(monkeypatch, tmp_path):
+    """The llama.cpp folder is shared by every venv of the machine; the install script links the tools
+    into whichever ran it last. When that venv is deleted (another clone's, CI's), the next export here
+    must not find a dangling llama-quantize and fall back to Unsloth fetching llama.cpp from the net."""
+    for need in ("convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"):
+        (tmp_path / need).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / need).write_text("")
+    (tmp_path / "llama-quantize").symlink_to(tmp_path / "gone-venv" / "bin" / "llama-quantize")
+    (tmp_path / "llama-server").write_text("#!/bin/sh\n")  # a real file (a checkout of your own): kept
+    monkeypatch.setenv(llamacpp.LLAMA_CPP_DIR_ENV, str(tmp_path))
+    env = llamacpp.unsloth_env()
+    assert env["UNSLOTH_LLAMA_CPP_PATH"] == str(tmp_path)
+    assert os.readlink(tmp_path / "llama-quantize") == str(llamacpp.bin_dir() / "llama-quantize")
+    assert os.access(tmp_path / "llama-quantize", os.X_OK)
+    assert (tmp_path / "llama-server").read_text() == "#!/bin/sh\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convert_hf_to_gguf.py", "gguf-py", "llama-quantize",
+                                                          "llama-server"]
 
 
 def test_missing_tools_say_what_to_run(monkeypatch, tmp_path):
