@@ -77,6 +77,8 @@ def main() -> int:
     p.add_argument("--edits", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN%", "MAX%"),
                    help="characters changed in a copy, percent (2-3%% puts many copies near the ratio-95 line)")
     args = p.parse_args()
+    if not 0 <= args.edits[0] <= args.edits[1] <= 100 or not 0 <= args.dup_share <= 1 or min(args.sizes) < 1:
+        p.error("--edits needs 0 <= MIN <= MAX <= 100, --dup-share 0..1 and --sizes >= 1")
     print("| rows | method | seconds | ms/row | peak MB (Python) | dropped | of the exact rule's |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for n in args.sizes:

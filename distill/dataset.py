@@ -127,8 +127,9 @@ def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[
     every kept one; above it (a 100k-item run would take hours that way) the comparison is made
     only with the kept inputs MinHash LSH proposes (datasketch; character 5-gram shingles), at most
     the :data:`_MAX_COMPARE` most similar of them, so the work per input stays bounded however alike
-    the posts are. Nothing is dropped that the exact rule would keep; a pair LSH does not propose is
-    kept — BENCHMARKS.md measures how many near-duplicates that misses."""
+    the posts are. Every input dropped is within the ratio of a kept one, as with the exact rule
+    (which kept post that is can differ, so the two rules may keep different sets); a pair LSH does
+    not propose is kept — BENCHMARKS.md measures how many near-duplicates that misses."""
     from rapidfuzz import fuzz, process
 
     from .fields import normalize_text
