@@ -45,12 +45,16 @@ def make_parser() -> argparse.ArgumentParser:
                    help="requests in flight, one grid column each")
     g.add_argument("--delay", type=float, default=1.0, help="fake server: seconds each request takes")
     g.add_argument("--requests", type=int, default=0, help="requests per point (0 = --waves x concurrency)")
-    g.add_argument("--waves", type=int, default=2, help="with --requests 0: requests = waves x concurrency")
+    g.add_argument("--waves", type=int, default=8,
+                   help="with --requests 0: requests = waves x concurrency (a long run is many waves; 2 measures mostly the ramp-up)")
     g.add_argument("--min-requests", type=int, default=16, help="with --requests 0: at least this many per point")
     g = p.add_argument_group("server")
     g.add_argument("--base-url", default="", help="a real OpenAI-compatible server ('' = start the fake server)")
     g.add_argument("--model", default="", help="model id for --base-url ('' = the first one the server lists)")
     g.add_argument("--max-tokens", type=int, default=16, help="real server: tokens per reply (kept small)")
+    g.add_argument("--pin", action="store_true",
+                   help="fake server: run it on the last CPU and the client on the others (a server on a machine of "
+                        "its own, as vLLM would be; without it both share every core)")
     g.add_argument("--note", default="", help="real server: how it was started, written into the section")
     g = p.add_argument_group("output")
     g.add_argument("--benchmarks-file", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown file to update")
@@ -61,14 +65,20 @@ def make_parser() -> argparse.ArgumentParser:
 class FakeServerProcess:
     """tests/fake_openai_server.py in a child process: its threads' CPU is not the client's."""
 
-    def __init__(self, slots: int | None, delay: float, oracle: bool = False):
+    def __init__(self, slots: int | None, delay: float, oracle: bool = False, cpus: set[int] | None = None):
         cmd = [sys.executable, str(ROOT / "tests" / "fake_openai_server.py"), "--delay", str(delay)]
         cmd += (["--slots", str(slots)] if slots else []) + (["--oracle"] if oracle else [])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=pin)
         self.url = (self.proc.stdout.readline() if self.proc.stdout else "").strip()
         if not self.url.startswith("http"):
             self.stop()
             raise RuntimeError("the fake server did not start (see its error above)")
+
+    def cpu_seconds(self) -> float:
+        """The server process's CPU time so far (user + system, all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.stdin:
@@ -127,9 +137,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.llm import LLMClient, LLMConfig, LLMUnavailable
 
-    rows = []  # (slots, concurrency, requests, ideal s or None, wall s, cpu s, failures)
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = args.pin and not args.base_url and len(cpus) > 1
+    if args.pin and not pinned:
+        print("error: --pin needs the fake server (no --base-url) and at least 2 CPUs", file=sys.stderr)
+        return 1
+    if pinned:
+        os.sched_setaffinity(0, set(cpus[:-1]))
+    rows = []  # (slots, concurrency, requests, ideal s or None, wall s, cpu s, failures, server cpu s or None)
     for slots in args.slots:
-        server = None if args.base_url else FakeServerProcess(slots, args.delay)
+        server = None if args.base_url else FakeServerProcess(slots, args.delay, cpus={cpus[-1]} if pinned else None)
         base_url = args.base_url or server.url
         try:
             client = LLMClient(LLMConfig(base_url=base_url, model=args.model, max_tokens=args.max_tokens,
@@ -139,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             time_run(client, warm, warm)  # open the connections, import everything once
             for conc in args.concurrency:
                 n = args.requests or max(args.waves * conc, args.min_requests)
+                server_cpu0 = server.cpu_seconds() if server else 0.0
                 wall, cpu, failed = time_run(client, n, conc)
+                server_cpu = server.cpu_seconds() - server_cpu0 if server else None
                 ideal = None if args.base_url else math.ceil(n / min(conc, slots)) * args.delay
-                rows.append((slots, conc, n, ideal, wall, cpu, failed))
+                rows.append((slots, conc, n, ideal, wall, cpu, failed, server_cpu))
                 used = f", capacity used {ideal / wall:.2f}x (ideal {ideal:.2f} s)" if ideal else ""
                 print(f"slots {slots:>4}  concurrency {conc:>4}  {n:>5} requests: {wall:7.2f} s{used}, "
-                      f"client CPU {cpu / n * 1000:.2f} ms/request" + (f"  FAILED {dict(failed)}" if failed else ""),
+                      f"client CPU {cpu / n * 1000:.2f} ms/request"
+                      + (f", server CPU {server_cpu / n * 1000:.2f} ms/request" if server else "") + (f"  FAILED {dict(failed)}" if failed else ""),
                       flush=True)
             client.close()
         except LLMUnavailable as exc:
@@ -155,15 +175,19 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
 
     target = (f"server at {args.base_url} ({args.max_tokens} tokens per reply)" if args.base_url
-              else f"the fake server in its own process, {args.delay * 1000:.0f} ms per request")
-    lines = ["| slots | concurrency | requests | ideal (s) | wall (s) | capacity used | client CPU (ms/request) | failed |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for slots, conc, n, ideal, wall, cpu, failed in rows:
+              else f"the fake server in its own process, {args.delay * 1000:.0f} ms per request"
+              + (f", pinned to CPU {cpus[-1]} and the client to CPU {', '.join(map(str, cpus[:-1]))}" if pinned
+                 else ", both sharing every CPU"))
+    lines = ["| slots | concurrency | requests | ideal (s) | wall (s) | capacity used | client CPU (ms/request) "
+             "| server CPU (ms/request) | failed |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for slots, conc, n, ideal, wall, cpu, failed, server_cpu in rows:
         lines.append(f"| {slots} | {conc} | {n} | {f'{ideal:.2f}' if ideal else '-'} | {wall:.2f} | "
-                     f"{f'{ideal / wall:.2f}x' if ideal else '-'} | {cpu / n * 1000:.2f} | {sum(failed.values())} |")
+                     f"{f'{ideal / wall:.2f}x' if ideal else '-'} | {cpu / n * 1000:.2f} | "
+                     f"{f'{server_cpu / n * 1000:.2f}' if server_cpu is not None else '-'} | {sum(failed.values())} |")
     grid = " ".join(f"--{k} " + " ".join(map(str, getattr(args, k))) for k in ("slots", "concurrency"))
     reproduce = f"{grid} --delay {args.delay:g}" + (f" --requests {args.requests}" if args.requests else "") + (
-        f" --base-url {args.base_url}" if args.base_url else "")
+        f" --base-url {args.base_url}" if args.base_url else "") + (" --pin" if pinned else "")
     body = f"""
 Chat requests through `LLMClient.acomplete` in `run_concurrently` (the openai SDK's `AsyncOpenAI` on one
 event loop), {target}. Capacity used = ideal time / wall time; client CPU = the benchmark process's CPU

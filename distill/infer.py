@@ -41,7 +41,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from .answers import parse_answer, split_reasoning
 from .constrain import (
@@ -375,6 +375,9 @@ class _ServerBackend(_Backend):
         self.name, self.resumes = name, resumes
         self.schema = task.schema if constrain == "schema" else None
         self.allow_think, self.guard = allow_think, LoopGuard(task.schema)
+        # llama.cpp /completion: reuse the KV cache of the prompt prefix a slot already holds (the
+        # system turn); bench/bench_serving.py measures it against off.
+        self.cache_prompt = True
         self.client, self.task, self.max_new = client, task, max_new_tokens
         self.batch = max(1, concurrency)
         self.tok, self.server = tokenizer, server
@@ -450,7 +453,7 @@ class _ServerBackend(_Backend):
         if n_predict < 1:
             return [], "length"
         body = {"prompt": ids, "n_predict": n_predict, "temperature": 0.0, "top_k": 1,
-                "cache_prompt": True, "return_tokens": True}
+                "cache_prompt": self.cache_prompt, "return_tokens": True}
         if schema is not None:
             body["json_schema"] = schema
         tokens: list[int] = []
@@ -489,8 +492,9 @@ class _ServerBackend(_Backend):
 class _LlamaServerHandle:
     """A started distill.llamacpp.LlamaServer plus the URL helpers this module needs."""
 
-    def __init__(self, gguf: Path, n_parallel: int, ctx: int):
-        self._cm = LlamaServer(str(gguf), n_parallel=n_parallel, ctx=ctx)
+    def __init__(self, gguf: Path, n_parallel: int, ctx: int, threads: int | None = None,
+                 server_args: Sequence[str] = ()):
+        self._cm = LlamaServer(str(gguf), n_parallel=n_parallel, ctx=ctx, threads=threads, extra_args=server_args)
         self._srv = self._cm.__enter__()
         base = (getattr(self._srv, "base_url", None) or self._cm.base_url).rstrip("/")
         self.base_url = base if base.endswith("/v1") else base + "/v1"
@@ -693,8 +697,9 @@ def gguf_context_length(gguf: Path) -> int | None:
 
 def load_gguf(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
               concurrency: int = 1, context: int | None = None, constrain: str = "schema",
-              resumes: int = 2) -> Predictor:
-    """A GGUF through a llama-server started for the run (spec kind gguf)."""
+              resumes: int = 2, threads: int | None = None, server_args: Sequence[str] = ()) -> Predictor:
+    """A GGUF through a llama-server started for the run (spec kind gguf). ``threads`` and
+    ``server_args`` go to :class:`distill.llamacpp.LlamaServer` (bench/bench_serving.py sweeps them)."""
     gguf = Path(spec)
     if not gguf.is_file():
         raise StageError(f"{spec}: no such GGUF file")
@@ -710,7 +715,7 @@ def load_gguf(spec: str, *, model_id: str | None = None, task: Task | None = Non
     ctx = context or _context_default(dcfg, gguf_context_length(gguf))
     n = max(1, concurrency)
     # llama-server splits -c across its slots: give every slot the full per-input context.
-    server = _LlamaServerHandle(gguf, n_parallel=n, ctx=ctx * n)
+    server = _LlamaServerHandle(gguf, n_parallel=n, ctx=ctx * n, threads=threads, server_args=server_args)
     client = LLMClient(LLMConfig(base_url=server.base_url, model=gguf.stem, temperature=0.0,
                                  max_tokens=max_new_tokens, concurrency=n, timeout=600.0, retries=2,
                                  # a base GGUF goes through /v1/chat/completions: the schema as response_format
