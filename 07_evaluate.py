@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 from distill import evaluate as E
-from distill.cli import add_model_args, non_negative_int, run
+from distill.cli import add_model_args, non_negative_int, positive_int, run
 from distill.io import DATASET_DIR
 
 
@@ -63,6 +63,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, default=0,
                    help="requests in flight (servers) or batch size (transformers); "
                         "0 = auto: 4 for openai:, 2 for a .gguf, 1 for a local folder")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="llama-server threads for .gguf models (default: every core; fewer when other work shares "
+                        "the machine)")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="token limit per answer; a cut-off answer counts as invalid JSON")
     g.add_argument("--constrain", choices=("schema", "none"), default="schema",
                    help="decode the answer under the task's JSON Schema (default) or freely (none); see README "

@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 from distill import extract as X
-from distill.cli import add_model_args, non_negative_int, run
+from distill.cli import add_model_args, non_negative_int, positive_int, run
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -78,6 +78,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, default=1,
                    help="inputs at once: batch size for adapter/merged models, parallel slots for .gguf and "
                         "requests in flight for openai:")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="llama-server threads for a .gguf (default: every core; give fewer when other work "
+                        "shares the machine: llama.cpp's threads wait for each other after every step)")
 
     g = p.add_argument_group("Ollama")
     g.add_argument("--export-ollama", type=Path, default=None, metavar="DIR",

@@ -225,7 +225,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                    output_dir: str | Path | None = None, name: str | None = None, limit: int = 0,
                    concurrency: int = 0, max_new_tokens: int = 1024, context: int | None = None,
                    adversarial: bool | None = None, progress: bool = True,
-                   compare_dirs: Iterable[str | Path] = (), constrain: str = "schema", resumes: int = 2) -> dict:
+                   compare_dirs: Iterable[str | Path] = (), constrain: str = "schema", resumes: int = 2,
+                   threads: int | None = None) -> dict:
     """Run ``spec`` on a split (+ adversarial cases), score, and write eval.json, report.md, plots, manifest.
 
     ``pages_dir``: score on a folder of saved pages instead of a split (:func:`load_pages`: the model
@@ -296,7 +297,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
             # A chain folder (distill.chain: steps run one after another) is evaluated end to end.
             with load_predictor(spec, model_id=model_id, task=task_obj, max_new_tokens=max_new_tokens,
                                 concurrency=concurrency, context=context, constrain=constrain,
-                                resumes=resumes) as predictor:
+                                resumes=resumes, threads=threads) as predictor:
                 info = dict(predictor.info)
                 t0 = time.monotonic()   # generation only: loading the model is not in pages/min
                 for i, p in predictor.predict_iter([it["text"] for it in pending], progress=progress,
@@ -428,7 +429,8 @@ def run_stage(args) -> int:
                           pages_dir=args.pages, output_dir=args.output_dir, name=args.name, limit=args.limit,
                           concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context,
                           adversarial=args.adversarial, progress=not args.no_progress,
-                          compare_dirs=args.compare or (), constrain=args.constrain, resumes=args.resume_loops)
+                          compare_dirs=args.compare or (), constrain=args.constrain, resumes=args.resume_loops,
+                          threads=args.threads)
     out = args.output_dir or Path("reports") / ev["name"]
     evals = [ev] + (compare(args.compare) if args.compare else [])
     print()

@@ -274,7 +274,7 @@ def run_stage(args) -> int:
     with run_lock(out) if out is not None else contextlib.nullcontext():
         with load_predictor(args.model, model_id=args.model_id, task=task, max_new_tokens=args.max_new_tokens,
                             concurrency=args.concurrency, context=args.context or None,
-                            constrain=args.constrain, resumes=args.resume_loops) as pred:
+                            constrain=args.constrain, resumes=args.resume_loops, threads=args.threads) as pred:
             if out is not None:
                 check_run_state(out, {"model": str(args.model), "model_id": args.model_id, "task": pred.task.name,
                                         "task_prompt": [pred.task.student_system_prompt,

@@ -757,8 +757,11 @@ def load_openai(spec: str, *, model_id: str | None = None, task: Task | None = N
 
 def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None = None, max_new_tokens: int = 1024,
                    concurrency: int = 1, context: int | None = None, constrain: str = "schema",
-                   resumes: int = 2) -> Predictor:
+                   resumes: int = 2, threads: int | None = None) -> Predictor:
     """A Predictor for ``spec`` (trained folder, .gguf, openai:URL, or base model + task); see the module docstring.
+
+    ``threads``: llama-server's threads for a ``.gguf`` (None: :func:`distill.llamacpp.default_threads`);
+    an error for other kinds, which have no such server.
 
     ``constrain``: ``schema`` decodes under the task's JSON Schema, ``none`` decodes freely (distill.constrain).
     ``resumes``: times a local model's decoding goes on after the loop guard closed a repeating list
@@ -772,8 +775,15 @@ def load_predictor(spec: str, *, model_id: str | None = None, task: Task | None 
     if context is not None and context < 64:
         raise StageError("context must be at least 64 tokens")
     ms = parse_model(spec, model_id)
+    extra = {}
+    if threads is not None:
+        if ms.kind != "gguf":
+            raise StageError(f"--threads sets llama-server's threads: it applies to a .gguf model, not to {spec}")
+        if threads < 1:
+            raise StageError(f"--threads must be at least 1, got {threads}")
+        extra["threads"] = threads
     return ms.opener()(ms.value, model_id=model_id, task=task, max_new_tokens=max_new_tokens,
-                       concurrency=concurrency, context=context, constrain=constrain, resumes=resumes)
+                       concurrency=concurrency, context=context, constrain=constrain, resumes=resumes, **extra)
 
 
 def resolve_task(value: str | None) -> Task | None:

@@ -242,18 +242,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def default_threads() -> int:
-    """Generation threads for llama-server: all cores but one (at least one).
+    """Generation threads for llama-server: every core this process may use.
 
-    llama.cpp's threads meet at a barrier after every op; when the machine is busier than
-    its cores (the client, a training run, another test), one descheduled thread stalls
-    the rest. Measured on 2 shared cores (load ~9), SmolLM2-135M: -t 2 fell to 0.2-5 tok/s
-    while -t 1 kept 19-30 tok/s. One core left free costs far less than that collapse.
+    Measured on real pages (bench/bench_serving.py, 2 cores, otherwise idle): a student read
+    7.3 pages/min with ``-t 2`` against 4.0 with ``-t 1``, the client's own work included.
+    llama.cpp's threads meet at a barrier after every op, so when other CPU-bound work shares
+    the cores one descheduled thread stalls the rest (on 2 cores at load ~9, ``-t 2`` fell to
+    0.2-5 tok/s while ``-t 1`` kept 19-30): then give fewer (07/08 ``--threads``).
     """
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return max(1, os.cpu_count() or 1)
 
 
 def _parent_death_signal():
@@ -279,7 +279,7 @@ class LlamaServer:
 
     ``ctx`` is llama-server's ``-c``: the total KV cache, split across the ``n_parallel`` slots,
     so give ``per-request context * n_parallel``. ``threads``: None = :func:`default_threads`
-    (all cores but one), 0 = llama.cpp's own choice (all cores). ``.base_url`` is the OpenAI-compatible
+    (every core), 0 = llama.cpp's own choice. ``.base_url`` is the OpenAI-compatible
     ``http://127.0.0.1:PORT/v1``; ``.url`` the server root (``/health``, ``/completion``, ...).
     The process is stopped (SIGTERM, then SIGKILL) when the block exits, also on errors and Ctrl-C.
     """

@@ -135,6 +135,36 @@ def test_a_missing_model_is_a_clear_error(tmp_path):
         LlamaServer(tmp_path / "nope.gguf").start()
 
 
+def test_the_default_threads_are_every_core_this_process_may_use():
+    assert llamacpp.default_threads() == len(os.sched_getaffinity(0))
+
+
+def test_threads_reach_the_server_of_a_gguf_and_are_refused_for_other_models(monkeypatch):
+    from distill import infer
+    from distill.tasks import load_task
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_handle(gguf, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(infer, "_LlamaServerHandle", fake_handle)
+    with pytest.raises(Stop):
+        infer.load_predictor(str(smollm2_gguf()), task=load_task("recipe"), threads=3, concurrency=2)
+    assert seen["threads"] == 3 and seen["n_parallel"] == 2
+    with pytest.raises(Stop):
+        infer.load_predictor(str(smollm2_gguf()), task=load_task("recipe"))
+    assert seen["threads"] is None  # LlamaServer then takes default_threads()
+    with pytest.raises(StageError, match="applies to a .gguf model"):
+        infer.load_predictor("openai:http://127.0.0.1:9/v1", task=load_task("recipe"), threads=2)
+    with pytest.raises(StageError, match="at least 1"):
+        infer.load_predictor(str(smollm2_gguf()), task=load_task("recipe"), threads=0)
+
+
 def test_server_command_has_the_flags_this_build_knows():
     cmd = LlamaServer(smollm2_gguf(), n_parallel=3, ctx=3000, threads=2).command(port=8123)
     assert cmd[cmd.index("-np") + 1] == "3" and cmd[cmd.index("-c") + 1] == "3000"
