@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from .io import (
     StageError,
     check_output_dir,
     clear_manifest,
+    json_files,
     read_json_object,
     require_manifest,
     run_lock,
@@ -67,12 +70,19 @@ def assistant_content(label: dict, reasoning: str | None, keep_reasoning: bool) 
 EXACT_DEDUPE_MAX = 2000
 _SHINGLE = 5          # bytes per shingle of the normalised text (characters, for ASCII)
 _NUM_PERM = 64        # MinHash permutations
-# LSH proposes pairs from about this Jaccard of the shingle sets; a pair at fuzz.ratio >= 95 is at
-# ~0.6 or more unless its edits are spread every few characters (BENCHMARKS.md measures recall).
-# Lower thresholds propose most of a templated corpus (posts of one style share their boilerplate:
-# at 0.3, 23% of all pairs of the stage-scale benchmark's posts), and the checks grow with N squared.
-_LSH_THRESHOLD = 0.5
-_MIN_JACCARD = 0.4    # a candidate whose estimated Jaccard is below this is not compared
+# LSH bands: a pair is proposed when all _ROWS values of one of _BANDS bands agree, with probability
+# 1 - (1 - J^_ROWS)^_BANDS at Jaccard J: 0.60 at J=0.5, 0.98 at 0.7, 0.999 at 0.8 (datasketch's
+# optimum for threshold 0.5 and 64 permutations). A pair at fuzz.ratio >= 95 is at ~0.6 or more unless
+# its edits are spread every few characters (BENCHMARKS.md measures recall).
+_BANDS, _ROWS = 14, 4
+# A band value that more than this many *kept* posts share is skipped: kept posts are not
+# near-duplicates of one another, so such a value comes from boilerplate a whole style shares (its
+# minimum shingles all lie in the frame), and it would propose every post of that style for every
+# new one -- the checks would grow with N squared (100k stage-benchmark posts: 288 s in 04, 2/3 of
+# it sorting candidates). A near-duplicate pair also agrees on bands of its own text.
+_BUCKET_MAX = 64
+_MIN_JACCARD = 0.5    # a candidate whose estimated Jaccard is below this is not compared (a pair at ratio >= 95
+# keeps ~85% of its shingles: J ~0.75; with 64 permutations the estimate is within +-0.06 of it)
 _MAX_COMPARE = 64     # candidates compared per input, most similar (estimated Jaccard) first
 _U64 = np.uint64
 
@@ -95,7 +105,7 @@ def minhash_values(norm: str) -> np.ndarray:
     Vectorised (datasketch's own ``update`` hashes shingle by shingle in Python: 3-5 ms per post,
     minutes at 100k): each shingle's 5 bytes packed into one integer (exact: no two shingles
     share it), mixed, then one multiply-add hash per permutation (64-bit wraparound, top 32
-    bits) and the minimum over the set. The index and the queries stay datasketch's MinHashLSH."""
+    bits) and the minimum over the set."""
     data = np.frombuffer(norm.encode("utf-8"), dtype=np.uint8).astype(np.uint64)
     if len(data) < _SHINGLE:
         data = np.pad(data, (0, _SHINGLE - len(data)))
@@ -109,15 +119,83 @@ def minhash_values(norm: str) -> np.ndarray:
     return (hashed.min(axis=1) >> _U64(32)).astype(np.uint32)
 
 
-def _closest(candidates, kept_sigs: np.ndarray, sig: np.ndarray) -> list[int]:
+# From this many rows the texts are normalised and signed in worker processes, one per core (at 100k
+# rows 13.8 s -> 7.2 s on 2 cores; threads gain nothing: the regexes hold the GIL).
+PARALLEL_SIGN_MIN = 20_000
+_SIGN_CHUNK = 2000
+
+
+def _norm(text: str) -> str:
+    from .fields import normalize_text
+
+    return normalize_text(text)[:3000]
+
+
+def _sign_chunk(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    norms = [_norm(t) for t in texts]
+    return norms, np.stack([minhash_values(n) for n in norms])
+
+
+def sign_texts(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(normalised texts, their MinHash signatures), in worker processes for large inputs."""
+    chunks = [texts[i:i + _SIGN_CHUNK] for i in range(0, len(texts), _SIGN_CHUNK)]
+    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    parts = None
+    if len(texts) >= PARALLEL_SIGN_MIN and workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                parts = list(pool.map(_sign_chunk, chunks))
+        except (OSError, BrokenProcessPool) as exc:  # no processes here (a sandbox, a limit): do it in this one
+            print(f"04: near-duplicate signatures in this process only ({type(exc).__name__}: {exc})", file=sys.stderr)
+    if parts is None:
+        parts = [_sign_chunk(c) for c in chunks]
+    return [n for ns, _ in parts for n in ns], np.concatenate([sg for _, sg in parts])
+
+
+def band_keys(sigs: np.ndarray) -> list[list[int]]:
+    """Per signature, one 64-bit key per LSH band (its _ROWS values mixed into one integer; two
+    different bands' values giving the same key only adds a candidate the ratio check then refuses)."""
+    bands = sigs[:, :_BANDS * _ROWS].reshape(len(sigs), _BANDS, _ROWS).astype(np.uint64)
+    key = np.zeros(bands.shape[:2], dtype=np.uint64)
+    for j in range(_ROWS):
+        key = _mix64(key ^ bands[:, :, j])
+    return key.tolist()
+
+
+class BandIndex:
+    """MinHash LSH over the kept posts: per band, its value -> the kept posts that have it; values
+    shared by more than :data:`_BUCKET_MAX` kept posts are not proposed (see there)."""
+
+    def __init__(self) -> None:
+        self.tables: list[dict[int, list[int]]] = [{} for _ in range(_BANDS)]
+
+    def query(self, keys: list[int]) -> set[int]:
+        out: set[int] = set()
+        for table, key in zip(self.tables, keys):
+            bucket = table.get(key)
+            if bucket is not None and len(bucket) <= _BUCKET_MAX:
+                out.update(bucket)
+        return out
+
+    def insert(self, i: int, keys: list[int]) -> None:
+        for table, key in zip(self.tables, keys):
+            bucket = table.setdefault(key, [])
+            if len(bucket) <= _BUCKET_MAX:  # past the limit it is never read again: stop growing it
+                bucket.append(i)
+
+
+def _closest(candidates: set[int], kept_sigs: np.ndarray, sig: np.ndarray) -> list[int]:
     """LSH's candidates (kept indices) worth a rapidfuzz check: estimated Jaccard >= _MIN_JACCARD,
     the _MAX_COMPARE most similar, most similar first (ties by index: the same run, the same drops)."""
     if not candidates:
         return []
-    idx = np.array(sorted(candidates), dtype=np.int64)
-    est = (kept_sigs[idx] == sig).mean(axis=1)
+    idx = np.fromiter(sorted(candidates), dtype=np.int64, count=len(candidates))
+    est = np.count_nonzero(kept_sigs[idx] == sig, axis=1)
     order = np.argsort(-est, kind="stable")[:_MAX_COMPARE]
-    return [int(i) for i in idx[order[est[order] >= _MIN_JACCARD]]]
+    return [int(i) for i in idx[order[est[order] >= _MIN_JACCARD * _NUM_PERM]]]
 
 
 def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[dict]]:
@@ -125,23 +203,21 @@ def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[
 
     Exact text repeats always go. Up to :data:`EXACT_DEDUPE_MAX` rows every input is compared with
     every kept one; above it (a 100k-item run would take hours that way) the comparison is made
-    only with the kept inputs MinHash LSH proposes (datasketch; character 5-gram shingles), at most
-    the :data:`_MAX_COMPARE` most similar of them, so the work per input stays bounded however alike
-    the posts are. Every input dropped is within the ratio of a kept one, as with the exact rule
+    only with the kept inputs MinHash LSH proposes (:class:`BandIndex`; character 5-gram shingles),
+    at most the :data:`_MAX_COMPARE` most similar of them, so the work per input stays bounded however
+    alike the posts are. Every input dropped is within the ratio of a kept one, as with the exact rule
     (which kept post that is can differ, so the two rules may keep different sets); a pair LSH does
     not propose is kept — BENCHMARKS.md measures how many near-duplicates that misses."""
     from rapidfuzz import fuzz, process
 
-    from .fields import normalize_text
-
-    norms = [normalize_text(r["text"])[:3000] for r in rows]
-    lsh = sigs = kept_sigs = None
+    index = sigs = kept_sigs = keys = None
     if len(rows) > EXACT_DEDUPE_MAX:
-        from datasketch import LeanMinHash, MinHashLSH
-
-        lsh = MinHashLSH(threshold=_LSH_THRESHOLD, num_perm=_NUM_PERM)
-        sigs = np.stack([minhash_values(n) for n in norms])
+        index = BandIndex()
+        norms, sigs = sign_texts([r["text"] for r in rows])
+        keys = band_keys(sigs)
         kept_sigs = np.empty_like(sigs)  # row i: the signature of kept_texts[i]
+    else:
+        norms = [_norm(r["text"]) for r in rows]
     keep, dropped = [], []
     seen_norm: dict[str, str] = {}
     kept_texts: list[str] = []
@@ -149,10 +225,8 @@ def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[
         if norm in seen_norm:
             dropped.append(r | {"duplicate_of": seen_norm[norm]})
             continue
-        mh = None
-        if lsh is not None:
-            mh = LeanMinHash(seed=1, hashvalues=sigs[k], scheme="affine32")
-            candidates = _closest(lsh.query(mh), kept_sigs, sigs[k])
+        if index is not None:
+            candidates = _closest(index.query(keys[k]), kept_sigs, sigs[k])
             best = process.extractOne(norm, [kept_texts[i] for i in candidates], scorer=fuzz.ratio,
                                       score_cutoff=threshold) if candidates else None
             best = None if best is None else (best[0], best[1], candidates[best[2]])
@@ -164,9 +238,9 @@ def dedupe(rows: list[dict], threshold: float = 95.0) -> tuple[list[dict], list[
             dropped.append(r | {"duplicate_of": keep[best[2]]["id"]})
             continue
         seen_norm[norm] = r["id"]
-        if lsh is not None:
+        if index is not None:
             kept_sigs[len(kept_texts)] = sigs[k]
-            lsh.insert(len(kept_texts), mh)
+            index.insert(len(kept_texts), keys[k])
         kept_texts.append(norm)
         keep.append(r)
     return keep, dropped
@@ -289,9 +363,7 @@ def scan_labels(labeled_dir: Path, synthetic: dict[str, dict], include_unverifie
     A label without an id cannot be paired: an error naming the file."""
     trained_verdicts = ("accepted", "unverified") if include_unverified else ("accepted",)
     scan = LabelScan()
-    for p in sorted(Path(labeled_dir).glob("*.json")):
-        if p.name == "manifest.json":
-            continue
+    for p in json_files(labeled_dir, skip=("manifest.json",)):
         lab = read_json_object(p)
         if "verdict" not in lab:
             continue

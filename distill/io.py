@@ -63,14 +63,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:  # bytes: json detects UTF-8 itself, no text-layer decoding
+            return json.loads(f.read())
     except json.JSONDecodeError as exc:
         raise StageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     except UnicodeDecodeError as exc:
         raise StageError(f"{path}: not a UTF-8 text file (a binary file? byte {exc.start} is "
                          f"0x{exc.object[exc.start]:02x}): move it out of the folder") from exc
+
+
+def json_files(folder: str | os.PathLike, skip: Iterable[str] = ()) -> list[str]:
+    """The paths (strings) of the ``*.json`` files directly in ``folder``, sorted by name, without
+    the names in ``skip``. A stage folder holds one file per item: at 100k items, globbing and
+    sorting Path objects took longer than reading the files."""
+    skip = set(skip)
+    with os.scandir(folder) as it:
+        names = sorted(e.name for e in it if e.name.endswith(".json") and e.name not in skip and e.is_file())
+    return [os.path.join(folder, n) for n in names]
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

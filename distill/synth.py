@@ -27,6 +27,7 @@ from .io import (
     StageError,
     check_output_dir,
     clear_manifest,
+    json_files,
     read_json,
     read_json_object,
     run_lock,
@@ -200,9 +201,7 @@ def write_real_item(out_dir: Path, item: SynthItem, task: Task) -> Path:
 
 def load_synthetic(in_dir: Path) -> list[dict]:
     rows = []
-    for p in sorted(in_dir.glob("*.json")):
-        if p.name in ("manifest.json", "stats.json"):
-            continue
+    for p in json_files(in_dir, skip=("manifest.json", "stats.json")):
         row = read_json_object(p)
         if "text" in row and "id" in row:
             rows.append(row)

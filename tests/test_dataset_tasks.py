@@ -109,6 +109,51 @@ def test_dedupe_compares_a_bounded_number_of_candidates_on_posts_that_share_a_fr
     assert {r["id"] for r in dropped} == {f"r{i}" for i in range(9, 200, 10)}
 
 
+def test_band_values_shared_by_a_whole_style_are_skipped_and_copies_still_found(monkeypatch):
+    """Kept posts are not near-duplicates of one another, so a band value more than _BUCKET_MAX of them
+    share comes from a frame: it proposes nothing (the candidates per post stay bounded at any N), and
+    the copies, which also agree on bands of their own words, are still dropped."""
+    import random
+    import string
+
+    rng = random.Random(7)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(80)]
+    frame = ("written as a typical recipe blog post, a long personal story first, then the tips and the "
+             "substitutions you need, and at the very end the recipe card itself: ")
+    rows = []
+    for i in range(400):
+        if i % 20 == 19:
+            t = list(rows[rng.randrange(len(rows))]["text"])
+            t[rng.randrange(len(t))] = "#"
+            rows.append({"id": f"r{i}", "text": "".join(t)})
+        else:
+            rows.append({"id": f"r{i}", "text": frame + " ".join(rng.choice(words) for _ in range(10)) + "."})
+    queried = []
+    real_query = D.BandIndex.query
+
+    def counting(self, keys):
+        out = real_query(self, keys)
+        queried.append((len(out), max((len(t.get(k, ())) for t, k in zip(self.tables, keys)), default=0)))
+        return out
+
+    monkeypatch.setattr(D.BandIndex, "query", counting)
+    monkeypatch.setattr(D, "EXACT_DEDUPE_MAX", 0)
+    monkeypatch.setattr(D, "_BUCKET_MAX", 16)
+    keep, dropped = D.dedupe(rows, threshold=95)
+    assert max(b for _, b in queried) > 16, "no band value was shared by more than 16 kept posts: the test shows nothing"
+    assert max(n for n, _ in queried) <= 16 * D._BANDS
+    assert {r["id"] for r in dropped} == {f"r{i}" for i in range(19, 400, 20)}
+
+
+def test_signatures_made_in_worker_processes_equal_those_made_here(monkeypatch):
+    texts = [f"post {i}: " + "pancakes with maple syrup and a pinch of salt " * (1 + i % 5) for i in range(50)]
+    monkeypatch.setattr(D, "_SIGN_CHUNK", 7)
+    here_norms, here = D.sign_texts(texts)
+    monkeypatch.setattr(D, "PARALLEL_SIGN_MIN", 10)
+    norms, sigs = D.sign_texts(texts)
+    assert norms == here_norms and sigs.shape == (50, D._NUM_PERM) and (sigs == here).all()
+
+
 def test_assistant_content_keep_and_strip():
     lab = {"name": "x"}
     kept = D.assistant_content(lab, "because", keep_reasoning=True)
