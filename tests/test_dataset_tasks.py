@@ -74,26 +74,34 @@ def test_dedupe_past_the_exact_limit_finds_the_same_pairs_through_lsh(monkeypatc
     assert {r["id"]: r["duplicate_of"] for r in lsh[1]} == {r["id"]: r["duplicate_of"] for r in exact[1]}
 
 
-def test_dedupe_compares_a_bounded_number_of_candidates_on_posts_that_share_a_frame(monkeypatch):
-    """Posts of one style share their boilerplate, so LSH proposes many of them for every post: only
-    the _MAX_COMPARE most similar are compared (the work per post stays bounded) and the copies are
-    still found."""
+def framed_posts(*, seed: int, n: int, copy_every: int, vocabulary: int, words: int, frame: str, end: str) -> list[dict]:
+    """Posts of one style: one frame around a few random words; every ``copy_every``-th is a copy of an
+    earlier post with one character changed (ids r<i>, copies at i % copy_every == copy_every - 1)."""
     import random
     import string
 
-    from rapidfuzz import process
-
-    rng = random.Random(5)
-    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(60)]
-    frame = "written as a typical recipe blog post, a long personal story first, tips and substitutions: "
+    rng = random.Random(seed)
+    vocab = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(vocabulary)]
     rows = []
-    for i in range(200):
-        if i % 10 == 9:
+    for i in range(n):
+        if i % copy_every == copy_every - 1:
             t = list(rows[rng.randrange(len(rows))]["text"])
             t[rng.randrange(len(t))] = "#"
             rows.append({"id": f"r{i}", "text": "".join(t)})
         else:
-            rows.append({"id": f"r{i}", "text": frame + " ".join(rng.choice(words) for _ in range(12)) + ". Enjoy!"})
+            rows.append({"id": f"r{i}", "text": frame + " ".join(rng.choice(vocab) for _ in range(words)) + end})
+    return rows
+
+
+def test_dedupe_compares_a_bounded_number_of_candidates_on_posts_that_share_a_frame(monkeypatch):
+    """Posts of one style share their boilerplate, so LSH proposes many of them for every post: only
+    the _MAX_COMPARE most similar are compared (the work per post stays bounded) and the copies are
+    still found."""
+    from rapidfuzz import process
+
+    rows = framed_posts(seed=5, n=200, copy_every=10, vocabulary=60, words=12,
+                        frame="written as a typical recipe blog post, a long personal story first, tips and substitutions: ",
+                        end=". Enjoy!")
     sizes = []
     real = process.extractOne
 
@@ -113,21 +121,9 @@ def test_band_values_shared_by_a_whole_style_are_skipped_and_copies_still_found(
     """Kept posts are not near-duplicates of one another, so a band value more than _BUCKET_MAX of them
     share comes from a frame: it proposes nothing (the candidates per post stay bounded at any N), and
     the copies, which also agree on bands of their own words, are still dropped."""
-    import random
-    import string
-
-    rng = random.Random(7)
-    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(80)]
-    frame = ("written as a typical recipe blog post, a long personal story first, then the tips and the "
-             "substitutions you need, and at the very end the recipe card itself: ")
-    rows = []
-    for i in range(400):
-        if i % 20 == 19:
-            t = list(rows[rng.randrange(len(rows))]["text"])
-            t[rng.randrange(len(t))] = "#"
-            rows.append({"id": f"r{i}", "text": "".join(t)})
-        else:
-            rows.append({"id": f"r{i}", "text": frame + " ".join(rng.choice(words) for _ in range(10)) + "."})
+    rows = framed_posts(seed=7, n=400, copy_every=20, vocabulary=80, words=10,
+                        frame=("written as a typical recipe blog post, a long personal story first, then the tips and "
+                               "the substitutions you need, and at the very end the recipe card itself: "), end=".")
     queried = []
     real_query = D.BandIndex.query
 
