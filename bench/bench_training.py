@@ -115,8 +115,10 @@ def row_flops(s: dict, tokens: int, supervised: int, rank: int) -> float:
     return float(linear + lora + attention + lm_head)
 
 
-def peak(shape: dict, tokens: int, rounds: int = 3) -> dict:
-    """Median over interleaved rounds of the best-of-5 GFLOP/s, per dtype and shape; peak = best shape."""
+def peak(shape: dict, tokens: int, rounds: int = 3, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> dict:
+    """Median over interleaved rounds of the best-of-5 GFLOP/s, per dtype and shape; peak = best shape.
+    A dtype not in ``dtypes`` is not measured (bfloat16 on a CPU without it is emulated: one 2048^3
+    matmul takes seconds, the whole peak over 8 minutes)."""
     import torch
 
     from distill.train.precision import matmul_gflops
@@ -124,14 +126,15 @@ def peak(shape: dict, tokens: int, rounds: int = 3) -> dict:
     shapes = {"2048^3": (2048, 2048, 2048), f"{tokens}x{shape['hidden']}x{shape['ff']}": (tokens, shape["hidden"], shape["ff"]),
               f"{tokens}x{shape['ff']}x{shape['hidden']}": (tokens, shape["ff"], shape["hidden"]),
               f"{tokens}x{shape['hidden']}x{shape['q']}": (tokens, shape["hidden"], shape["q"])}
-    got: dict = {dt: {k: [] for k in shapes} for dt in ("fp32", "bf16")}
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    got: dict = {dt: {k: [] for k in shapes} for dt in dtypes}
     for _ in range(rounds):
         for name, (m, k, n) in shapes.items():
-            got["fp32"][name].append(matmul_gflops(torch.float32, m, k, n))
-            got["bf16"][name].append(matmul_gflops(torch.bfloat16, m, k, n))
+            for dt in dtypes:
+                got[dt][name].append(matmul_gflops(torch_dtype[dt], m, k, n))
     out = {dt: {k: round(statistics.median(v), 1) for k, v in per.items()} for dt, per in got.items()}
     for dt in ("fp32", "bf16"):
-        out[f"{dt}_peak"] = max(out[dt].values())
+        out[f"{dt}_peak"] = max(out[dt].values()) if dt in out else None
     out["threads"] = torch.get_num_threads()
     return out
 
@@ -201,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     auto = resolve("auto")
     print(f"--precision auto here: {auto.compute} ({auto.reason})", flush=True)
     results, peaks, flops = [], {}, {}
+    from distill.train.precision import cpu_bf16_instructions
+
+    has_bf16, why = cpu_bf16_instructions()
+    peak_dtypes = ("fp32", "bf16") if has_bf16 or "bf16" in args.precisions.split(",") else ("fp32",)
+    if peak_dtypes == ("fp32",):
+        print(f"bfloat16 peak not measured: {why}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         ds = Path(tmp) / "ds"
         ds.mkdir()
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             shape = model_shape(path)
             n_flops, mean_tokens = _dataset_flops(lines, path, shape, args.lora_rank, args.max_seq_length)
             flops[model] = n_flops
-            peaks[model] = {"shape": shape, "before": peak(shape, mean_tokens)}
+            peaks[model] = {"shape": shape, "before": peak(shape, mean_tokens, dtypes=peak_dtypes)}
             print(model, "peak before its cases", peaks[model]["before"], flush=True)
             backends = dict(x.split("=", 1) for x in args.backends_for).get(model, args.backends).split(",")
             cases = [(b, pr, False) for b in backends for pr in args.precisions.split(",")]
@@ -247,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                            setting="Unsloth's own CPU dtype (bf16 weights, no autocast)" if own else f"--precision {prec}")
                 results.append(res)
                 print(res, flush=True)
-            peaks[model]["after"] = peak(shape, mean_tokens)
+            peaks[model]["after"] = peak(shape, mean_tokens, dtypes=peak_dtypes)
             print(model, "peak after its cases", peaks[model]["after"], flush=True)
     if not results:
         return 1
@@ -293,6 +302,9 @@ def _table(results, peaks, flops, rows_desc, args, auto) -> str:
     for m, pk in peaks.items():
         for dt in ("fp32", "bf16"):
             b, a = pk["before"], pk["after"]
+            if dt not in a:
+                lines.append(f"| {m} | {dt} | " + " | ".join("–" for _ in a["fp32"]) + " | not measured (no bf16 in this CPU) |")
+                continue
             lines.append(f"| {m} | {dt} | " + " | ".join(f"{b[dt][k]} / {a[dt][k]}" for k in a[dt])
                          + f" | {b[f'{dt}_peak']} / {a[f'{dt}_peak']} |")
     lines += ["", "(before / after the model's training cases; the fraction of peak below uses the higher.)"]
@@ -305,11 +317,12 @@ def _table(results, peaks, flops, rows_desc, args, auto) -> str:
               "% of fp32 peak | % of bf16 peak | final loss | peak RSS (MB) |",
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        pk = {k: max(peaks[r["model"]]["before"][k], peaks[r["model"]]["after"][k]) for k in ("fp32_peak", "bf16_peak")}
+        pk = {k: max(peaks[r["model"]]["before"][k] or 0, peaks[r["model"]]["after"][k] or 0) for k in ("fp32_peak", "bf16_peak")}
         g = flops[r["model"]] / r["train_s"] / 1e9
+        of_bf16 = f"{100 * g / pk['bf16_peak']:.0f}%" if pk["bf16_peak"] else "–"
         lines.append(f"| {r['model']} | {r['backend']} | {r['setting']} | {'bf16' if r['own'] else r['precision']} | "
                      f"{r['s_per_update']} | {r['tokens'] / r['train_s']:.0f} | {r['supervised_tokens'] / r['train_s']:.0f} | "
-                     f"{g:.0f} | {100 * g / pk['fp32_peak']:.0f}% | {100 * g / pk['bf16_peak']:.0f}% | "
+                     f"{g:.0f} | {100 * g / pk['fp32_peak']:.0f}% | {of_bf16} | "
                      f"{r['train_loss']:.4f} | {r['peak_rss_mb']} |")
     return "\n".join(lines) + "\n"
 
