@@ -68,14 +68,13 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pick_pages(pages_dir: Path, n: int) -> list[tuple[str, str]]:
+def pick_pages(pages_dir: Path, n: int) -> list[str]:
     from distill.documents import read_document
     from distill.pages import list_pages
 
     paths = list_pages(pages_dir, "--pages-dir")
     step = max(1, len(paths) // n)
-    docs = [read_document(p) for p in paths[::step][:n]]
-    return [(d.name, d.text) for d in docs]
+    return [read_document(p).text for p in paths[::step][:n]]
 
 
 def measure(gguf: Path, texts: list[str], cfg: dict, max_new: int, context: int) -> dict:
@@ -141,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or cache_dir() / "bench-extract"
         work.mkdir(parents=True, exist_ok=True)
         _, gguf, _ = build_student(work)
-    pages = pick_pages(args.pages_dir, args.pages)
-    texts = [t for _, t in pages]
+    texts = pick_pages(args.pages_dir, args.pages)
     rows = []
     for cfg in args.configs:
         r = measure(gguf, texts, cfg, args.max_new_tokens, args.context)

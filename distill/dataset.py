@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 from collections import Counter, defaultdict
@@ -30,6 +29,7 @@ from .io import (
     read_json_object,
     require_manifest,
     run_lock,
+    usable_cores,
     write_json,
     write_jsonl,
     write_manifest,
@@ -139,7 +139,7 @@ def _sign_chunk(texts: list[str]) -> tuple[list[str], np.ndarray]:
 def sign_texts(texts: list[str]) -> tuple[list[str], np.ndarray]:
     """(normalised texts, their MinHash signatures), in worker processes for large inputs."""
     chunks = [texts[i:i + _SIGN_CHUNK] for i in range(0, len(texts), _SIGN_CHUNK)]
-    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = min(8, usable_cores())
     parts = None
     if len(texts) >= PARALLEL_SIGN_MIN and workers > 1:
         from concurrent.futures import ProcessPoolExecutor

@@ -73,6 +73,14 @@ def read_json(path: str | os.PathLike) -> Any:
                          f"0x{exc.object[exc.start]:02x}): move it out of the folder") from exc
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; the CPU count where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def json_files(folder: str | os.PathLike, skip: Iterable[str] = ()) -> list[str]:
     """The paths (strings) of the ``*.json`` files directly in ``folder``, sorted by name, without
     the names in ``skip``. A stage folder holds one file per item: at 100k items, globbing and

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from distill.io import StageError
+from distill.io import StageError, usable_cores
 
 INSTALL_HINT = "run scripts/install_llama_cpp.sh (inside the project venv)"
 # Optional override for the checkout-like folder (a real llama.cpp checkout works too).
@@ -250,10 +250,7 @@ def default_threads() -> int:
     the cores one descheduled thread stalls the rest (on 2 cores at load ~9, ``-t 2`` fell to
     0.2-5 tok/s while ``-t 1`` kept 19-30): then give fewer (07/08 ``--threads``).
     """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _parent_death_signal():

@@ -136,7 +136,7 @@ def test_a_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_the_default_threads_are_every_core_this_process_may_use():
-    assert llamacpp.default_threads() == len(os.sched_getaffinity(0))
+    assert llamacpp.default_threads() == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_threads_reach_the_server_of_a_gguf_and_are_refused_for_other_models(monkeypatch):
