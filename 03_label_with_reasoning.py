@@ -23,7 +23,10 @@ the output schema, instead of asking the teacher (distant supervision; only for 
 pages.records_complete is true). That label is verified like a teacher's against the text the
 model reads: items the text does not show are dropped from it and counted per field, and it
 is rejected when a required field ends empty. Other inputs go to the teacher as before; with
-page inputs only, no teacher is needed.
+page inputs only, no teacher is needed. --label-from-record all labels the synthetic variants
+of page records the same way (the teacher only writes them): the record's answer with the
+fields the variant's style must lack emptied, so "no recipe" reviews and "no times" posts
+become abstention examples without a teacher label.
 
 Usage:
     python 03_label_with_reasoning.py                         # LM Studio on localhost:1234
@@ -32,6 +35,7 @@ Usage:
     python 03_label_with_reasoning.py --feedback-rounds 1      # rejected labels get one chance to be fixed
     python 03_label_with_reasoning.py --calibrate 20 --review  # ... and review.html to see why labels failed
     python 03_label_with_reasoning.py --label-from-record      # page inputs labeled by their own markup
+    python 03_label_with_reasoning.py --label-from-record all  # ... and the synthetic variants of their records
 """
 from __future__ import annotations
 
@@ -60,10 +64,13 @@ def make_parser() -> argparse.ArgumentParser:
                         "(0 = never). Each round costs one more request per rejected label; re-running with "
                         "more rounds continues the rejected labels from their last answer. Worth it with a "
                         "strong teacher: the bundled 1.5B one fixed 1 of 14 and repeated itself in 7")
-    p.add_argument("--label-from-record", action="store_true",
+    p.add_argument("--label-from-record", nargs="?", const="real", choices=("real", "all"), default=None,
                    help="label each real_page input (01 --from-pages) with its record's answer (the page's markup) "
                         "instead of the teacher; items not in the page's text are dropped and counted, a label "
-                        "left without a required field is rejected. Needs the task's pages.records_complete")
+                        "left without a required field is rejected. 'all': synthetic variants of page records "
+                        "too (02 --per-record > 1), with the fields their style must lack emptied (a 'no recipe' "
+                        "review: every field) and rejected if the text states them after all. Needs the task's "
+                        "pages.records_complete")
     p.add_argument("--review", action="store_true",
                    help="also write review.html in --output-dir: each input with its label, the source record and "
                         "every failed check, to open in a browser")

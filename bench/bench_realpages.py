@@ -12,7 +12,10 @@ host with a fixed seed (default 200 train / 100 test). Every case is scored on t
   synthetic a student trained on synthetic posts only (--synthetic-student DIR: e.g. the demo's)
   real      a student trained on the train pages, labels from their own schema.org markup:
             01 --from-pages -> 02 (real_page inputs) -> 03 --label-from-record -> 04 -> 05 --save-gguf
-  mixed     real + the synthetic dataset of --synthetic-dataset DIR (04's folder, e.g. the demo's)
+  mixed     real + synthetic: the synthetic dataset of --synthetic-dataset DIR (04's folder, e.g. the
+            demo's), and/or --variants N: the first N train records also get one post the bundled
+            teacher writes in --variant-styles (default: the abstention styles, "no recipe" reviews,
+            "no times" posts, two recipes), labeled from the record (03 --label-from-record all)
   teacher   the bundled teacher (Qwen2.5-Coder-1.5B-Instruct) zero-shot, same prompt (--teacher-limit pages)
   trained   an existing trained folder (--trained DIR, e.g. --out/best), as it is: for ablations of
             decoding settings on the same model (--resume-loops 0, --constrain none; --tag names the row)
@@ -45,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CASES = ("base", "synthetic", "real", "mixed", "teacher", "trained")
+# The recipe task's styles whose answer is empty or partial (its task.yaml), weighted for --variants.
+VARIANT_STYLES = "no_recipe_review=1,no_recipe_product=1,no_recipe_menu=1,two_recipes=1.5,no_times=0.5"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -69,6 +74,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=2, help="llama-server slots for 07")
     p.add_argument("--synthetic-student", type=Path, default=None, help="a trained synthetic-only student folder")
     p.add_argument("--synthetic-dataset", type=Path, default=None, help="04's folder of synthetic rows (mixed)")
+    p.add_argument("--variants", type=int, default=0,
+                   help="mixed: the first N train records also get one synthetic post by the bundled teacher")
+    p.add_argument("--variant-styles", default=VARIANT_STYLES, help="02 --styles of those posts")
+    p.add_argument("--adversarial", action="store_true",
+                   help="also run the task's adversarial cases (07 --adversarial): the 'adversarial' column")
     p.add_argument("--constrain", choices=("schema", "none"), default="schema")
     p.add_argument("--resume-loops", type=int, default=2, help="07 --resume-loops (0: end an answer at its loop)")
     p.add_argument("--trained", type=Path, default=None, help="the trained folder of --cases trained")
@@ -164,19 +174,38 @@ def evaluate(model: str, test_dir: Path, out: Path, log: Path, args, *, limit: i
         cmd += ["--task", task]
     if limit:
         cmd += ["--limit", str(limit)]
+    if args.adversarial:
+        cmd += ["--adversarial"]
     secs = run(cmd + (extra or []), log)
     ev = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     ev["bench_seconds"] = round(secs, 1)
     return ev
 
 
-def train_real(train_dir: Path, work: Path, log: Path, args, extra_dataset: Path | None = None) -> tuple[Path, float]:
-    """01 --from-pages -> 02 -> 03 --label-from-record -> 04 -> 05 --save-gguf; (student folder, training seconds)."""
+def write_variants(src: Path, syn: Path, log: Path, n: int, styles: str) -> None:
+    """02 --per-record 2 on the first ``n`` page records: one teacher-written post each besides the page
+    (02 keeps the page inputs it wrote already), with the bundled teacher on a local llama-server."""
+    from distill.llamacpp import LlamaServer, qwen_coder_gguf
+
+    with LlamaServer(qwen_coder_gguf(), n_parallel=2, ctx=8192, alias="teacher") as server:
+        run(py("02_generate_synthetic.py") + [
+            "--input", src, "--output-dir", syn, "--per-record", "2", "--limit", str(n), "--styles", styles,
+            "--max-tokens", "900", "--temperature", "0.7", "--base-url", server.base_url, "--model", "teacher",
+            "--concurrency", "2", "--timeout", "900"], log)
+
+
+def train_real(train_dir: Path, work: Path, log: Path, args, extra_dataset: Path | None = None,
+               variants: int = 0) -> tuple[Path, float]:
+    """01 --from-pages -> 02 (+ teacher variants) -> 03 --label-from-record -> 04 -> 05 --save-gguf;
+    (student folder, training seconds)."""
     src, syn, lab, ds = work / "01_source", work / "02_synthetic", work / "03_labeled", work / "04_dataset"
     student = work / "student"
     run(py("01_download_dataset.py") + ["--from-pages", train_dir, "--output-dir", src], log)
     run(py("02_generate_synthetic.py") + ["--input", src, "--output-dir", syn, "--per-record", "1", "--limit", "0"], log)
-    run(py("03_label_with_reasoning.py") + ["--input-dir", syn, "--output-dir", lab, "--label-from-record"], log)
+    if variants:
+        write_variants(src, syn, log, variants, args.variant_styles)
+    run(py("03_label_with_reasoning.py") + ["--input-dir", syn, "--output-dir", lab,
+                                            "--label-from-record", "all" if variants else "real"], log)
     run(py("04_build_dataset.py") + ["--synthetic-dir", syn, "--labeled-dir", lab, "--output-dir", ds,
                                      "--split", "0.95,0.05,0", "--reasoning", "strip"], log)
     dataset = ds
@@ -233,6 +262,7 @@ def row(name: str, ev: dict, train_s: float | None = None) -> dict:
         "yield": score("recipeYield"), "json_valid": a.get("json_valid"), "schema_valid": a.get("schema_valid"),
         "hallucination": a.get("hallucination_rate"), "stopped": a.get("stopped_rate"),
         "resumed": a.get("resumed_rate"),
+        "adversarial": (f"{adv['passed']}/{adv['n']}" if (adv := ev.get("adversarial")) else None),
         "pages_per_min": (ev.get("throughput") or {}).get("per_min"),
         "train_min": round(train_s / 60, 1) if train_s else None,
     }
@@ -318,11 +348,12 @@ def main() -> int:
             ev = evaluate(str(gguf_of(args.synthetic_student)), test_dir, ev_dir, log, args)
             rows[key] = row(key, ev)
         elif case in ("real", "mixed"):
-            if case == "mixed" and args.synthetic_dataset is None:
-                raise SystemExit("--cases mixed needs --synthetic-dataset DIR")
+            if case == "mixed" and args.synthetic_dataset is None and not args.variants:
+                raise SystemExit("--cases mixed needs --synthetic-dataset DIR or --variants N")
             work = out / f"work_{case}_{tag.replace(':', '_')}"
             student, secs = train_real(train_dir, work, log, args,
-                                       args.synthetic_dataset if case == "mixed" else None)
+                                       args.synthetic_dataset if case == "mixed" else None,
+                                       args.variants if case == "mixed" else 0)
             ev = evaluate(str(gguf_of(student)), test_dir, ev_dir, log, args)
             rows[key] = row(key, ev, secs)
             best = results.get("best")

@@ -205,7 +205,9 @@ def _example_record(item: dict, rec: dict, scored: dict) -> dict:
 
 def _throughput(generated: int, wall_s: float, out_dir: Path) -> dict:
     """Inputs per minute over this run's generation wall time; a run that generated nothing (all
-    resumed) keeps the rate measured by the run that did."""
+    resumed) keeps the rate measured by the run that did. With adversarial cases beside a split
+    or pages, only the split's inputs count, up to the last of their answers (the cases are
+    queued after them), so pages/min is the pages' own rate."""
     if generated and wall_s > 0:
         return {"generated": generated, "wall_s": round(wall_s, 3), "per_min": generated / wall_s * 60}
     prev = out_dir / EVAL_FILE
@@ -284,6 +286,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
     failures: Counter = Counter()
     info: dict = {}
     generated, wall_s = 0, 0.0
+    main_done, main_wall = 0, 0.0   # answers to the split's (or the pages') inputs, and when the last came
     with run_lock(out_dir):
         clear_manifest(out_dir)
         saved = read_predictions(pred_path)
@@ -307,6 +310,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                         failures[p.parse_error or "unknown"] += 1
                         continue
                     generated += 1
+                    if it["set"] != "adversarial":   # the rate is the split's or the pages': the
+                        main_done, main_wall = main_done + 1, time.monotonic() - t0   # cases come last
                     rec = {"key": it["key"], "set": it["set"], "id": it["id"], "model": spec, "model_id": model_id,
                            "prompt_hash": it["prompt_hash"], "raw": p.raw, "reasoning": p.reasoning,
                            "answer": p.answer, "output": p.output, "parse_error": p.parse_error,
@@ -318,6 +323,8 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                     append_prediction(pred_path, rec)
                     saved[it["key"]] = rec
                 wall_s = time.monotonic() - t0
+                if main_done:
+                    generated, wall_s = main_done, main_wall
 
         examples, scored_cases = [], []
         cases_by_id = {c["id"]: c for c in cases}

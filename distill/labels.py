@@ -149,6 +149,14 @@ def verify(label: dict, task: Task, record: dict | None, text: str, style: str |
             checks[name] = {"status": "ok" if blank else "invented", "expected": "empty"}
             if not blank:
                 failures.append(f"{name}_invented")
+            elif rule.verify_method in _LEAK_METHODS and any(
+                    F.stated_in_text(rule.verify_method, src, text_norm, rule.verify_keywords, rule.verify_tolerance)
+                    for src in _source_values(rule, record)):
+                # ... but the text states the record's value after all (a "no recipe" review
+                # that lists the ingredients, a "no times" post with "prep: 20 min"): the input
+                # is not of its style, so an empty answer would teach the wrong thing.
+                checks[name] = {"status": "stated", "expected": "empty"}
+                failures.append(f"{name}_stated")
             continue
         c = _check_field(rule, value, record)
         if (not blank and record is not None and c["status"] == "unverifiable" and "why" in c
@@ -194,6 +202,11 @@ def verify(label: dict, task: Task, record: dict | None, text: str, style: str |
     return checks, "accepted", "ok"
 
 
+# Rules whose record value can be recognised in a text (a dish name is not one: a "no recipe"
+# review names the dish on purpose).
+_LEAK_METHODS = ("set_f1", "minutes", "count", "number")
+
+
 def _source_values(rule, record: dict | None) -> list:
     """The record's non-empty values for a rule's source field(s)."""
     if rule.verify_method is None or record is None:
@@ -229,7 +242,7 @@ class LabelItem:
     @classmethod
     def from_record_answer(cls, task: Task, row: dict) -> "LabelItem":
         """An input labeled with its record's own answer (``record_answer``): no teacher, no messages."""
-        key = stable_hash("label_from_record", record_answer(row), text_sha256(row["text"]), task.schema,
+        key = stable_hash("label_from_record", record_answer(row, task), text_sha256(row["text"]), task.schema,
                           [r.__dict__ for r in task.fields.values()], list(task.style_empty(row.get("style"))))
         return cls(id=row["id"], row=row, messages=[], key=key, model=RECORD_MODEL, from_record=True)
 
@@ -238,14 +251,28 @@ class LabelItem:
 RECORD_MODEL = "record"
 
 
-def record_answer(row: dict) -> dict | None:
-    """The answer a real input's record holds (a saved page's markup mapped to the output schema),
-    or None: only an input of style ``real_page`` is the text that answer belongs to; a synthetic
-    variant of the same record is the teacher's rewriting and gets a teacher label."""
+def record_answer(row: dict, task: Task | None = None) -> dict | None:
+    """The answer an input's record holds (a saved page's markup mapped to the output schema), or None.
+
+    For an input of style ``real_page`` that is the page's own answer. A synthetic variant of
+    the same record (the teacher's rewriting, 02 --per-record > 1) gets it only when ``task`` is
+    given (03 ``--label-from-record all``): the post was written from that record, so its answer
+    is the record's, with the fields its style must lack (``empty:``) emptied — all of them for
+    a "no recipe" review, the times and yield for a "no times" post, nothing for the first of
+    two recipes. :func:`label_from_record` then keeps only what the post's text shows.
+    """
     src = row.get("source") or {}
-    if row.get("style") != REAL_STYLE or not isinstance(src.get("answer"), dict):
+    answer = src.get("answer")
+    if not isinstance(answer, dict):
         return None
-    return src["answer"]
+    if row.get("style") == REAL_STYLE:
+        return answer
+    if task is None:
+        return None
+    out = dict(answer)
+    for name in task.style_empty(row.get("style")):
+        out[name] = [] if (task.schema.get("properties") or {}).get(name, {}).get("type") == "array" else None
+    return out
 
 
 def drop_ungrounded(output: dict, checks: dict, task: Task, text: str) -> tuple[dict, dict[str, list]]:
@@ -307,7 +334,7 @@ def label_from_record(item: LabelItem, task: Task) -> dict:
     sentences). Single values (times, yield) the text never shows are nulled and listed under
     ``dropped`` too (:func:`drop_unreadable_values`).
     """
-    answer = record_answer(item.row)
+    answer = record_answer(item.row, task)
     record, text, style = item.row.get("source"), item.row["text"], item.row.get("style")
     rec = _base(item) | {"label_from": "record", "reasoning": None, "raw_content": None, "usage": None,
                          "output": None, "repaired": False, "schema_errors": [], "checks": {}, "dropped": {}}
@@ -611,7 +638,8 @@ def run_stage(args) -> int:
     if args.label_from_record and not (task.pages or {}).get("records_complete"):
         raise StageError(f"--label-from-record: task {task.name} does not say its records are complete answers "
                          f"(pages.records_complete: true in its task.yaml); label its pages with the teacher")
-    from_record = {r["id"] for r in rows if args.label_from_record and record_answer(r) is not None}
+    variants = task if args.label_from_record == "all" else None
+    from_record = {r["id"] for r in rows if args.label_from_record and record_answer(r, variants) is not None}
     client = batch.client_for(args, llm_config_from_args(args, seed=args.seed), batching)
     teacher_needed = len(from_record) < len(rows)
     if teacher_needed and not args.model:

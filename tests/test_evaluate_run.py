@@ -102,6 +102,8 @@ def test_fake_server_end_to_end(tmp_path, dataset, capsys):
         assert a["hallucination_rate"] == 0.0 and set(a["by_style"]) == set(STYLES)
         assert ev["adversarial"]["n"] == 8 and ev["adversarial"]["passed"] == 8
         assert ev["adversarial"]["by_kind"]["no_recipe"] == {"n": 3, "passed": 3, "pass_rate": 1.0}
+        # the rate is the split's: its 5 answers (the 8 cases are not inputs of the split)
+        assert ev["throughput"]["generated"] == 5 and ev["throughput"]["per_min"] > 0
         # every request had the exact student prompt, greedy
         sent = srv.history[-1]
         assert sent["temperature"] == 0.0

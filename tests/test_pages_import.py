@@ -207,6 +207,71 @@ def test_a_record_label_left_without_a_required_field_is_rejected():
     assert L.record_answer(row | {"style": "minimal_organized"}) is None
 
 
+def _variant(style: str, text: str) -> dict:
+    """A synthetic variant (02 --per-record 2) of the lentil soup page's record, with a text of our own."""
+    records, _ = import_pages(PAGES, TASK)
+    rec = next(r for r in records if r["host"] == "herb-garden.example")
+    return {"id": "v", "source_id": rec["id"], "task": "recipe", "style": style, "text": text,
+            "source": {k: v for k, v in rec.items() if k != "text"}}
+
+
+def test_label_from_record_all_empties_what_the_variants_style_must_lack():
+    review = _variant("no_recipe_review", "Dinner at Luigi's on Friday. The Red Lentil Soup was warming, "
+                                          "$9, four stars. Service was slow but friendly.")
+    # Only with the task (03 --label-from-record all) does a variant take its record's answer.
+    assert L.record_answer(review) is None
+    assert L.record_answer(review, TASK)["recipeIngredient"] == []
+    lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, review), TASK)
+    assert lab["verdict"] == "accepted", lab["reason"]
+    out = lab["output"]
+    assert out["name"] is None and out["recipeIngredient"] == [] and out["recipeInstructions"] == []
+    assert all(out[k] is None for k in ("prepTime", "cookTime", "totalTime", "recipeYield"))
+    # A "no recipe" review that lists the recipe after all is not of its style: rejected, not labeled empty.
+    leaky = _variant("no_recipe_review", "Luigi's Red Lentil Soup: 1 cup red lentils, rinsed; 1 onion, chopped; "
+                                         "4 cups vegetable stock. Four stars.")
+    lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, leaky), TASK)
+    assert lab["verdict"] == "rejected" and lab["reason"] == "recipeIngredient_stated"
+    # A "no times" post keeps the recipe and loses the times and the yield ...
+    steps = "Soften the onion in a little oil with the cumin.\nAdd the lentils and stock and simmer, then blend."
+    body = ("Red Lentil Soup\n1 cup red lentils, rinsed\n1 onion, chopped\n4 cups vegetable stock\n"
+            "1 teaspoon ground cumin\n" + steps)
+    lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, _variant("no_times", body)), TASK)
+    assert lab["verdict"] == "accepted", lab["reason"]
+    assert lab["output"]["name"] == "Red Lentil Soup" and len(lab["output"]["recipeIngredient"]) == 4
+    assert all(lab["output"][k] is None for k in ("prepTime", "cookTime", "totalTime", "recipeYield"))
+    # ... and one that states the record's prep time is rejected for it.
+    lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, _variant("no_times", body + "\nPrep: 10 minutes")),
+                              TASK)
+    assert lab["verdict"] == "rejected" and lab["reason"] == "prepTime_stated"
+    # The same rule holds for a teacher's empty label of such a text.
+    checks, verdict, reason = L.verify(L.record_answer(leaky, TASK), TASK, leaky["source"], leaky["text"],
+                                       "no_recipe_review")
+    assert (verdict, reason, checks["recipeIngredient"]["status"]) == ("rejected", "recipeIngredient_stated", "stated")
+
+
+def _no_recipe_post(record: dict, style: str) -> str:
+    return f"Dinner out on Friday. The {record.get('name') or 'special'} was lovely, $12, four stars."
+
+
+def test_label_from_record_all_needs_the_teacher_only_to_write(tmp_path):
+    src, syn, lab = (tmp_path / d for d in ("01", "02", "03"))
+    assert S01.main(["--from-pages", str(PAGES), "--output-dir", str(src)]) == 0
+    teacher = OracleTeacher(write=_no_recipe_post)
+    with FakeOpenAIServer(teacher) as srv:
+        assert S02.main(["--input", str(src), "--output-dir", str(syn), "--limit", "0", "--per-record", "2",
+                         "--styles", "no_recipe_review=1", "--base-url", srv.url, "--model", "teacher",
+                         "--retries", "0", "--timeout", "5"]) == 0
+    assert teacher.calls["write"] == 4
+    # No teacher for the labels: nothing listens at NO_SERVER.
+    assert S03.main(["--input-dir", str(syn), "--output-dir", str(lab), "--base-url", NO_SERVER, "--retries", "0",
+                     "--label-from-record", "all"]) == 0
+    labels = inputs(lab)
+    assert len(labels) == 8 and {l["label_from"] for l in labels} == {"record"}
+    reviews = [l for l in labels if l["style"] == "no_recipe_review"]
+    assert len(reviews) == 4 and all(l["verdict"] == "accepted" for l in reviews)
+    assert all(l["output"]["name"] is None and l["output"]["recipeIngredient"] == [] for l in reviews)
+
+
 def test_real_page_is_a_style_no_one_draws():
     with pytest.raises(ValueError, match="real_page is not drawn"):
         synth.reweight_styles(TASK.styles, "real_page=1")
