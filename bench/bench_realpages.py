@@ -53,6 +53,8 @@ VARIANT_STYLES = "no_recipe_review=1,no_recipe_product=1,no_recipe_menu=1,two_re
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from distill.cli import non_negative_int
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pages-dir", type=Path, required=True, help="saved pages: <host>/<name>.html + <name>.json")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "realpages", help="work and result folder")
@@ -74,7 +76,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=2, help="llama-server slots for 07")
     p.add_argument("--synthetic-student", type=Path, default=None, help="a trained synthetic-only student folder")
     p.add_argument("--synthetic-dataset", type=Path, default=None, help="04's folder of synthetic rows (mixed)")
-    p.add_argument("--variants", type=int, default=0,
+    p.add_argument("--variants", type=non_negative_int, default=0,
                    help="mixed: the first N train records also get one synthetic post by the bundled teacher")
     p.add_argument("--variant-styles", default=VARIANT_STYLES, help="02 --styles of those posts")
     p.add_argument("--adversarial", action="store_true",
