@@ -7,8 +7,10 @@ verify         per-field checks against the source record and the input text,
                declared in the task's ``fields:`` rules, giving a verdict
 label_from_record
                distant supervision (03 --label-from-record): a page record's own answer
-               (its schema.org markup) as the label of the page's text, checked by the
-               same verify; items the text does not show are dropped (see its docstring)
+               (its schema.org markup) as the label of the page's text — with ``all`` also
+               of the teacher's variants of that record, minus what their style must lack
+               (:func:`record_answer`) — checked by the same verify; items the text does
+               not show are dropped (see its docstring)
 """
 from __future__ import annotations
 
