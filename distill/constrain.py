@@ -28,9 +28,12 @@ newlines) or that writes more items into an array than the schema's ``maxItems``
 prediction records ``stopped`` = ``repetition`` | ``max_items`` | ``length`` (token limit). An
 answer the guard stopped is closed where its last complete field or list item ends
 (:func:`close_stopped`: the JSON text is cut back to that point and its open brackets are
-closed; a list that ends in the loop keeps one copy of the repeated items), then validated
-like any answer: it is a result only if it fits the schema. An answer cut by the token limit
-is never repaired into a result: nothing says where it went wrong.
+closed; a list that ends in the loop keeps one copy of the repeated items), its required
+fields never reached are given the value that says nothing (:func:`complete_required`: null,
+``[]``, the schema's ``const``), and it is validated like any answer: a result only if it fits
+the schema. An answer cut by the token limit is closed the same way (``stopped`` =
+``length``). Scoring counts an empty field as omitted, so closing never scores what the model
+did not write; an adversarial case answered by a stopped answer never passes.
 
 Decoding resumes after a loop (:func:`resume_loops`, GGUF and transformers backends): the
 stopped answer is closed with its loop kept once, and the model goes on from there with its
@@ -259,6 +262,53 @@ def close_stopped(answer: str) -> dict | None:
         parent = node
         key = (len(node) - 1 if node else None) if isinstance(node, list) else \
             (next(reversed(node), None) if isinstance(node, dict) else None)
+    return obj
+
+
+_NO_VALUE = object()
+
+
+def _empty_value(schema: Any) -> Any:
+    """The value that says nothing which ``schema`` admits: its ``const``, null, an empty list, an
+    object of its required properties' empty values; ``_NO_VALUE`` when it admits none (a required
+    string or number has no empty value to give)."""
+    if not isinstance(schema, dict):
+        return _NO_VALUE
+    if "const" in schema:
+        return schema["const"]
+    for branch in schema.get("anyOf") or schema.get("oneOf") or []:
+        value = _empty_value(branch)
+        if value is not _NO_VALUE:
+            return value
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    if "null" in types:
+        return None
+    if "array" in types and not schema.get("minItems"):
+        return []
+    if "object" in types or "properties" in schema:
+        return complete_required({}, schema)
+    return _NO_VALUE
+
+
+def complete_required(obj: dict, schema: Any) -> dict:
+    """``obj`` (a stopped answer closed by :func:`close_stopped`) with every required property it
+    never reached given the value that says nothing (:func:`_empty_value`: the schema's ``const``,
+    null, ``[]``), down the objects it holds: the shortest way to finish the answer that the
+    schema accepts. Items it wrote are kept as written; a property with no empty value (a
+    required string) stays missing, so the answer stays invalid. Scoring counts an empty field
+    as omitted, never as a match, and the prediction keeps ``stopped``."""
+    if not isinstance(schema, dict) or not isinstance(obj, dict):
+        return obj
+    props = schema.get("properties") or {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            complete_required(value, props.get(key))
+    for key in schema.get("required") or []:
+        if key not in obj:
+            value = _empty_value(props.get(key))
+            if value is not _NO_VALUE:
+                obj[key] = value
     return obj
 
 

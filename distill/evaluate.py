@@ -184,8 +184,9 @@ def _pred_output(rec: dict, task: Task) -> tuple[Any, str | None]:
     """What to score for a saved prediction, and the upstream parse error to report."""
     if isinstance(rec.get("output"), dict):
         return rec["output"], None
-    if rec.get("stopped") in STOP_REASONS and rec.get("answer"):
-        # saved before stopped answers were closed: closed here as distill.infer closes them now
+    if (rec.get("stopped") in STOP_REASONS or rec.get("stopped") == "length") and rec.get("answer"):
+        # saved before stopped answers were closed (or before they were finished to the schema and
+        # the token limit's were closed too): closed here as distill.infer closes them now
         obj, _ = closed_stopped_answer(rec["answer"], task.schema)
         if obj is not None:
             return obj, None
@@ -337,7 +338,7 @@ def run_evaluation(spec: str, *, task: "Task | str | None" = None, model_id: str
                 s = score_example(pred, it["reference"], task_obj, it["text"], it.get("source"))
             else:
                 c = cases_by_id[it["id"]]
-                s = score_case(c, pred, task_obj) | {"kind": c["kind"]}
+                s = score_case(c, pred, task_obj, stopped=rec.get("stopped")) | {"kind": c["kind"]}
             if upstream_error:
                 s["parse_error"] = upstream_error
             (examples if it["set"] != "adversarial" else scored_cases).append(_example_record(it, rec, s))

@@ -144,6 +144,8 @@ class Result:
         return (f"extracted {c['valid']}/{ran} valid"
                 + (f"; no valid answer for {no_answer} ({', '.join(f'{k} {v}' for k, v in self.reasons.items())})"
                    if self.reasons else "")
+                + (f" ({c['stopped']} of them stopped by the loop guard or the token limit and closed at "
+                   f"their last complete item)" if c.get("stopped") else "")
                 + f"; {c['truncated']} truncated to fit the context; {c['skipped']} skipped (done before)"
                 + (f"; {c['empty']} empty" if c["empty"] else "")
                 + (f"; {c['unreadable']} not text (binary)" if c["unreadable"] else "")
@@ -156,7 +158,8 @@ def extract(pred, work: Plan, n_inputs: int, out: Path | None, *, keep_reasoning
     empty and binary inputs get their error record without a request."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     res = Result(counts={"inputs": n_inputs, "skipped": len(work.skipped), "empty": len(work.empty),
-                         "unreadable": len(work.unreadable), "valid": 0, "invalid": 0, "truncated": 0, "repaired": 0})
+                         "unreadable": len(work.unreadable), "valid": 0, "invalid": 0, "truncated": 0, "repaired": 0,
+                         "stopped": 0})
     t0 = time.monotonic()
     page_chars = pred.task.pages.get("max_chars")
     if page_chars:
@@ -182,6 +185,10 @@ def extract(pred, work: Plan, n_inputs: int, out: Path | None, *, keep_reasoning
                   f"characters", file=stderr)
         if p.valid:
             res.counts["valid"] += 1
+            if p.stopped:
+                res.counts["stopped"] += 1
+                print(f"{doc.source}: stopped ({p.stopped}); the answer keeps what was complete before the stop",
+                      file=stderr)
         else:
             res.counts["invalid"] += 1
             res.reasons[(p.parse_error or "schema").split(":")[0]] += 1

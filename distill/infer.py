@@ -50,6 +50,7 @@ from .constrain import (
     THINK_CLOSE,
     LoopGuard,
     close_stopped,
+    complete_required,
     is_think_prefix,
     resume_loops,
     stream_post,
@@ -124,12 +125,14 @@ def task_for_config(dcfg: dict, task: Task | None = None) -> Task:
 # ------------------------------------------------------------------ answers
 
 def closed_stopped_answer(answer: str, schema: dict) -> tuple[dict | None, list[str]]:
-    """An answer the loop guard stopped, closed at its last complete field or list item
-    (distill.constrain.close_stopped): (the object if it fits ``schema``, else None; its schema
-    errors). What is left of a loop counts only if it is a valid answer by itself."""
+    """An answer that was stopped (the loop guard or the token limit), closed at its last complete
+    field or list item (distill.constrain.close_stopped) and finished the shortest way the schema
+    accepts (distill.constrain.complete_required: required fields it never reached are null or
+    empty): (the object if it fits ``schema``, else None; its schema errors)."""
     obj = close_stopped(answer)
     if obj is None:
         return None, []
+    obj = complete_required(obj, schema)
     errors = validate(obj, schema)
     return (None if errors else obj), errors
 
@@ -137,19 +140,18 @@ def closed_stopped_answer(answer: str, schema: dict) -> tuple[dict | None, list[
 def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: str | None) -> Prediction:
     """Split reasoning, parse, validate: the end of every backend's answer.
 
-    A reply cut off by the token limit is never repaired into a result. One the loop guard
-    stopped (``repetition``, ``max_items``) is closed at its last complete field or list item
-    (:func:`closed_stopped_answer`) and is a result when that closed answer fits the schema;
-    either way ``stopped`` records the reason, and an answer that does not close into a valid
-    one keeps ``parse_error`` = the reason (with the closed answer's schema errors).
+    An answer that was stopped — by the loop guard (``repetition``, ``max_items``) or by the
+    token limit (``length``) — is closed at its last complete field or list item, its required
+    fields never reached left empty (:func:`closed_stopped_answer`), and is a result when that
+    fits the schema: what the model wrote before the stop is kept, nothing is added that says
+    anything. ``stopped`` records the reason either way (07 reports the rate; an adversarial
+    case answered by a stopped answer never passes), and an answer that does not close into a
+    valid one keeps ``parse_error`` = the reason (with the closed answer's schema errors).
     """
     pred.raw = raw
     pred.finish_reason = finish_reason
     pred.reasoning, pred.answer = split_reasoning(raw or "")
-    if finish_reason == "length":
-        pred.parse_error = pred.stopped = finish_reason
-        return pred
-    if finish_reason in STOP_REASONS:
+    if finish_reason in STOP_REASONS or finish_reason == "length":
         pred.stopped = finish_reason
         pred.output, pred.schema_errors = closed_stopped_answer(pred.answer, task.schema)
         if pred.output is None:

@@ -338,7 +338,8 @@ def write_report(out_dir: str | Path, evals: list[dict], title: str = "Evaluatio
                     why = "; ".join(f"`{k}` {ch.get('why', '')}, got `{_short(ch['got'], 60)}`"
                                     for k, ch in (c.get("expect") or {}).items() if not ch["passed"])
                     lines.append(f"- {c['id']} ({c['kind']}): "
-                                 + (why or (f"no valid JSON ({c.get('parse_error')})" if not c["json_valid"]
+                                 + (f"stopped ({c['stopped']}) before it finished" if c.get("stopped")
+                                    else why or (f"no valid JSON ({c.get('parse_error')})" if not c["json_valid"]
                                             else f"invented {', '.join(c.get('spurious') or [])}"
                                             if c.get("score") is None else f"score {c['score']:.2f}")))
                 lines.append("")

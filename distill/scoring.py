@@ -545,8 +545,12 @@ def load_adversarial(path: str | Path, task: Task) -> list[dict]:
     return cases
 
 
-def score_case(case: dict, pred_output: Any, task: Task) -> dict:
-    """Score an adversarial case: like a test example (if it has a reference) plus its expectations."""
+def score_case(case: dict, pred_output: Any, task: Task, stopped: str | None = None) -> dict:
+    """Score an adversarial case: like a test example (if it has a reference) plus its expectations.
+
+    An answer that was stopped (``stopped``: the loop guard or the token limit) never passes, even
+    when what was closed of it meets the expectations: a loop cut short on a text with no recipe
+    leaves empty fields by accident, not because the model abstained."""
     res = score_example(pred_output, case.get("reference"), task, case["text"])
     if "expect" in case:
         exp = check_expectations(pred_output, case["expect"], task)
@@ -556,6 +560,8 @@ def score_case(case: dict, pred_output: Any, task: Task) -> dict:
         res["passed"] = bool(res["json_valid"]) and not res["spurious"]
     else:
         res["passed"] = bool(res["json_valid"]) and res["score"] >= PASS_SCORE
+    if stopped:
+        res["passed"] = False
     return res
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.constrain import LoopGuard, close_stopped, over_max_items, repeated_tail
+from distill.constrain import LoopGuard, close_stopped, complete_required, over_max_items, repeated_tail
 from distill.infer import Prediction, complete_prediction, load_predictor
 from distill.io import StageError
 from distill.labels import validate
@@ -166,9 +166,13 @@ def test_openai_backend_marks_a_repeating_reply_as_stopped():
         srv.push(reply(loop, finish_reason="length"), reply('{"name": "cut', finish_reason="length"))
         with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
             looped_to_limit, cut, p = pred.predict(TEXTS[:1] * 3, progress=False)
-    assert p.stopped == "repetition" and p.parse_error == "repetition" and not p.valid and p.output is None
+    assert p.stopped == "repetition" and p.valid and p.output["recipeIngredient"] == ["salt"]
+    assert p.output["recipeInstructions"] == []   # never reached: empty, scored as omitted
     assert looped_to_limit.stopped == "repetition"  # ran to the limit because it looped: counted as the loop
-    assert cut.stopped == "length" and cut.parse_error == "length"
+    # Cut by the token limit inside its first string: closed to the answer that says nothing.
+    assert cut.stopped == "length" and cut.parse_error is None and cut.valid
+    assert cut.output == {"@context": "https://schema.org", "@type": "Recipe", "name": None,
+                          "recipeIngredient": [], "recipeInstructions": []}
     # A loop that closes into a schema-valid answer (after its last complete step) is one, marked stopped.
     with FakeOpenAIServer(lambda body: LOOPING_STEPS) as srv:
         with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
@@ -211,15 +215,35 @@ def test_complete_prediction_keeps_a_closed_answer_only_if_it_fits_the_schema():
     assert p.valid and p.stopped == "repetition" and p.parse_error is None
     assert [s["text"] for s in p.output["recipeInstructions"]] == ["Whisk the flour, eggs and milk.",
                                                                    "Fry 2 minutes a side."]
-    # Looping inside the ingredients: what closes lacks the required steps, so it is no answer.
+    # Looping inside the ingredients: the steps it never reached are left empty (scored as omitted).
     loop = HEAD + '"recipeIngredient": [' + '"salt", ' * 30
     p = complete(loop, "repetition")
-    assert not p.valid and p.output is None and p.parse_error == "repetition" and p.stopped == "repetition"
-    assert any("recipeInstructions" in e for e in p.schema_errors)
-    # A max_items stop closes the same way; the token limit never does (nothing says where it went wrong).
+    assert p.valid and p.parse_error is None and p.stopped == "repetition"
+    assert p.output == json.loads(HEAD + '"recipeIngredient": ["salt"], "recipeInstructions": []}')
+    # A max_items stop and the token limit close the same way; the stop is recorded.
     assert complete(LOOPING_STEPS, "max_items").valid
     p = complete(LOOPING_STEPS, "length")
-    assert p.output is None and p.parse_error == p.stopped == "length"
+    assert p.valid and p.stopped == "length" and len(p.output["recipeInstructions"]) == 2
+    # What cannot close into the schema stays no answer: a key the schema forbids, prose.
+    p = complete('{"@name": "Pancakes", "recipeIngredient": ["fl', "length")
+    assert p.output is None and p.parse_error == "length" and any("@name" in e for e in p.schema_errors)
+    p = complete("Sure! Here is", "length")
+    assert p.output is None and p.parse_error == "length"
+
+
+def test_complete_required_gives_only_values_that_say_nothing():
+    schema = {"type": "object", "required": ["kind", "a", "b", "c", "inner"],
+              "properties": {"kind": {"const": "Order"}, "a": {"type": ["string", "null"]},
+                             "b": {"type": "array", "items": {"type": "string"}},
+                             "c": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                             "inner": {"type": "object", "required": ["x"], "properties": {"x": {"type": "array"}}}}}
+    assert complete_required({"b": ["kept"]}, schema) == {"b": ["kept"], "kind": "Order", "a": None, "c": None,
+                                                          "inner": {"x": []}}
+    assert complete_required({"inner": {}}, schema)["inner"] == {"x": []}
+    # A required string, a list that must have items: no empty value, so they stay missing (invalid).
+    strict = {"type": "object", "required": ["s", "l"],
+              "properties": {"s": {"type": "string"}, "l": {"type": "array", "minItems": 1}}}
+    assert complete_required({}, strict) == {}
 
 
 def test_07_scores_a_stopped_prediction_saved_before_answers_were_closed_as_it_closes_now():
@@ -229,8 +253,13 @@ def test_07_scores_a_stopped_prediction_saved_before_answers_were_closed_as_it_c
     old = {"answer": LOOPING_STEPS, "output": None, "parse_error": "repetition", "stopped": "repetition"}
     out, upstream = _pred_output(old, task)
     assert upstream is None and len(out["recipeInstructions"]) == 2
-    old_invalid = old | {"answer": HEAD + '"recipeIngredient": [' + '"salt", ' * 30}
-    assert _pred_output(old_invalid, task) == (None, "repetition")
+    # Saved before required fields were finished empty and the token limit's answers closed.
+    old_loop = old | {"answer": HEAD + '"recipeIngredient": [' + '"salt", ' * 30}
+    assert _pred_output(old_loop, task)[0]["recipeInstructions"] == []
+    old_cut = old | {"stopped": "length", "parse_error": "length"}
+    assert len(_pred_output(old_cut, task)[0]["recipeInstructions"]) == 2
+    old_prose = old_cut | {"answer": "Sure! Here is"}
+    assert _pred_output(old_prose, task) == (None, "length")
 
 
 @pytest.mark.slow
@@ -300,7 +329,10 @@ def test_07_reports_the_stop_rate_and_keeps_constrained_and_free_predictions_apa
         assert ev["constrain"] == "schema" and set(srv.formats()) == {"json_schema"}
         a = ev["aggregate"]
         assert a["stopped_rate"] == pytest.approx(0.5) and a["stopped"] == {"repetition": 2}
-        assert a["parse_errors"] == {"repetition": 2} and a["schema_valid"] == pytest.approx(0.5)
+        # The loops close (one "salt", the steps never reached left empty): schema-valid, still stopped.
+        assert a["parse_errors"] == {} and a["schema_valid"] == pytest.approx(1.0)
+        looped = [e for e in ev["examples"] if e["stopped"]]
+        assert sorted(e["id"] for e in looped) == ["ex0", "ex1"] and all(e["score"] < 0.5 for e in looped)
         assert "stopped (loop guard / limit)" in (out / "report.md").read_text()
         # The same folder with --constrain none: new predictions (another decoding), sent without a schema.
         sent = len(srv.history)

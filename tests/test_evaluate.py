@@ -373,6 +373,12 @@ def test_no_recipe_case(cases):
     assert {k for k, ch in r["expect"].items() if not ch["passed"]} == {"name", "recipeIngredient",
                                                                           "recipeInstructions"}
     assert not S.score_case(c, "no recipe here", RECIPE)["passed"]   # prose is not an answer
+    # A loop stopped and closed to nothing says nothing by accident: no pass.
+    closed = {"@context": "https://schema.org", "@type": "Recipe", "name": None,
+              "recipeIngredient": [], "recipeInstructions": []}
+    for reason in ("repetition", "max_items", "length"):
+        r = S.score_case(c, closed, RECIPE, stopped=reason)
+        assert not r["passed"] and all(ch["passed"] for ch in r["expect"].values()), reason
 
 
 def test_two_recipes_case_mixing_fails(cases):

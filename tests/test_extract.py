@@ -115,7 +115,11 @@ def test_invalid_answers_are_reported_not_accepted():
             a, b, c = pred.predict(["a", "b", "c"], progress=False)
     assert not a.valid and a.output == bad_schema and any("prepTime" in e for e in a.schema_errors)
     assert not b.valid and b.parse_error == "no_json" and b.output is None
-    assert not c.valid and c.parse_error == "length" and c.output is None  # never repaired into a result
+    # Cut by the token limit: closed at its last complete field, the required ones it never reached
+    # left empty; a result that says it was stopped.
+    assert c.valid and c.stopped == "length" and c.output == {
+        "@context": "https://schema.org", "@type": "Recipe", "name": None, "recipeIngredient": [],
+        "recipeInstructions": []}
 
 
 def test_long_input_keeps_its_head_within_the_context():
@@ -191,7 +195,7 @@ def test_cli_directory_writes_per_input_reports_invalid_and_resumes(tmp_path, ca
         assert json.loads((out / "empty.error.json").read_text())["error"] == "empty_input"
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"] == {"inputs": 4, "skipped": 0, "empty": 1, "unreadable": 0, "valid": 2,
-                                      "invalid": 1, "truncated": 0, "repaired": 0}
+                                      "invalid": 1, "truncated": 0, "repaired": 0, "stopped": 0}
 
         # Re-run: finished inputs are skipped, the invalid one is retried (and now succeeds).
         srv.handler = student_handler
@@ -203,6 +207,23 @@ def test_cli_directory_writes_per_input_reports_invalid_and_resumes(tmp_path, ca
         capsys.readouterr()
         assert extract.main(args[:2] + ["--model-id", "other"] + args[2:]) == 1
         assert "another run" in capsys.readouterr().err
+
+
+def test_cli_a_stopped_answer_is_written_closed_and_reported_as_stopped(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "long.txt").write_text("Banana bread: 3 bananas, 2 eggs. Bake.")
+    cut = '{"@context": "https://schema.org", "@type": "Recipe", "name": "Banana Bread", "recipeIngredient": ["3 bananas", "2 e'
+    out = tmp_path / "out"
+    with FakeOpenAIServer() as srv:
+        srv.push(reply(cut, finish_reason="length"))
+        assert extract.main(["--model", f"openai:{srv.url}", "--task", "recipe", "--input-dir", str(tmp_path / "in"),
+                             "--output-dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert json.loads((out / "long.json").read_text()) == {
+        "@context": "https://schema.org", "@type": "Recipe", "name": "Banana Bread",
+        "recipeIngredient": ["3 bananas"], "recipeInstructions": []}
+    assert "long.txt: stopped (length)" in err and "1 of them stopped" in err
+    assert json.loads((out / "manifest.json").read_text())["counts"]["stopped"] == 1
 
 
 def test_cli_usage_errors(tmp_path, capsys):
