@@ -192,6 +192,24 @@ def test_a_model_answering_nothing_scores_zero(tmp_path, dataset, capsys):
     assert "6 examples scored" in table
 
 
+def test_a_model_that_only_loops_scores_zero_and_passes_no_adversarial_case(tmp_path, dataset):
+    """Every answer loops inside its title: the guard stops it and it closes to the answer that
+    says nothing (schema-valid, stopped). It scores 0, and the no-recipe cases a {} model passes
+    are failed: empty by accident is not an abstention."""
+    ds, _ = dataset
+    loop = '{"@context": "https://schema.org", "@type": "Recipe", "name": "' + "yum " * 100
+    out = tmp_path / "loops"
+    with FakeOpenAIServer(lambda body: loop) as srv:
+        assert run07("--model", f"openai:{srv.url}", "--task", "recipe", "--dataset-dir", ds, "--output-dir", out,
+                     "--no-progress") == 0
+    ev = json.loads((out / "eval.json").read_text())
+    a = ev["aggregate"]
+    assert a["score"] == 0.0 and a["schema_valid"] == 1.0 and a["stopped_rate"] == 1.0
+    assert (ev["adversarial"]["n"], ev["adversarial"]["passed"]) == (8, 0)
+    report = (out / "report.md").read_text()
+    assert "no-recipe-review (no_recipe): stopped (repetition) before it finished" in report
+
+
 def test_nothing_to_score_is_an_error(tmp_path, dataset, capsys):
     """n=0 is an error: one clear line, exit 1, no eval.json (the saved predictions stay)."""
     ds, rows = dataset
