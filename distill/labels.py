@@ -8,9 +8,10 @@ verify         per-field checks against the source record and the input text,
 label_from_record
                distant supervision (03 --label-from-record): a page record's own answer
                (its schema.org markup) as the label of the page's text — with ``all`` also
-               of the teacher's variants of that record, minus what their style must lack
-               (:func:`record_answer`) — checked by the same verify; items the text does
-               not show are dropped (see its docstring)
+               of the teacher's variants of that record, minus what their style must lack,
+               and of the "no recipe" posts of any record (every field empty; :func:`record_answer`)
+               — checked by the same verify; items the text does not show are dropped (see
+               its docstring)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from . import batch
 from . import fields as F
 from .answers import parse_answer
 from .cli import llm_config_from_args
+from .constrain import complete_required
 from .io import (
     StageError,
     check_output_dir,
@@ -261,10 +263,16 @@ def record_answer(row: dict, task: Task | None = None) -> dict | None:
     given (03 ``--label-from-record all``): the post was written from that record, so its answer
     is the record's, with the fields its style must lack (``empty:``) emptied — all of them for
     a "no recipe" review, the times and yield for a "no times" post, nothing for the first of
-    two recipes. :func:`label_from_record` then keeps only what the post's text shows.
+    two recipes. A style that empties every field needs no record answer: its posts of any record
+    (a CSV row too) get the all-empty answer. :func:`label_from_record` then keeps only what the
+    post's text shows.
     """
     src = row.get("source") or {}
     answer = src.get("answer")
+    if task is not None and not isinstance(answer, dict) and src and _empties_everything(task, row.get("style")):
+        # A "no recipe" post needs no record answer: every field is empty, whatever the record held
+        # (verify still rejects the label if the post states the record's values: <field>_stated).
+        answer = {}
     if not isinstance(answer, dict):
         return None
     if row.get("style") == REAL_STYLE:
@@ -272,9 +280,15 @@ def record_answer(row: dict, task: Task | None = None) -> dict | None:
     if task is None:
         return None
     out = dict(answer)
+    props = task.schema.get("properties") or {}
     for name in task.style_empty(row.get("style")):
-        out[name] = [] if (task.schema.get("properties") or {}).get(name, {}).get("type") == "array" else None
-    return out
+        out[name] = [] if props.get(name, {}).get("type") == "array" else None
+    return complete_required(out, task.schema)
+
+
+def _empties_everything(task: Task, style: str | None) -> bool:
+    """Whether inputs of ``style`` must leave every field of the task empty (a "no recipe" text)."""
+    return bool(task.fields) and set(task.fields) <= set(task.style_empty(style))
 
 
 def drop_ungrounded(output: dict, checks: dict, task: Task, text: str) -> tuple[dict, dict[str, list]]:

@@ -50,6 +50,9 @@ SMALL_STYLES = "minimal_organized=1"
 # recipes (the adversarial kinds 07 tests): with seed 42 over the 24 sample records, 6 of 24
 # (2 no_recipe_menu, 1 no_recipe_review, 1 no_times, 2 two_recipes; tests/test_abstention.py).
 # --small keeps the complete posts only: its 10 records must give CI 2 accepted labels.
+# 03 runs with --label-from-record all: a "no recipe" post's label is every field empty, checked
+# against its record (a post that states the record's recipe is rejected, <field>_stated), with no
+# teacher call; before, the 1.5B teacher's labels of them never passed, so the student never saw one.
 DEMO_ABSTENTION_STYLES = "no_recipe_review=0.3,no_recipe_menu=0.2,no_times=0.3,two_recipes=0.3"
 # When 03 accepts fewer than --min-train labels, the demo imports --more-records further sample
 # records and runs 02 and 03 on them too (finished items are skipped), up to --max-records: with
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--max-tokens", "900", "--temperature", "0.7", *style_args, *llm])
             step("03 the teacher labels them, every label verified", ["03_label_with_reasoning.py",
                  "--input-dir", str(d["syn"]), "--output-dir", str(d["lab"]), "--max-tokens", "768",
-                 "--temperature", "0.1", *llm])
+                 "--temperature", "0.1", "--label-from-record", "all", *llm])
             counts = json.loads((d["lab"] / "manifest.json").read_text())["counts"]
             more = min(args.more_records, max(0, size["max_records"] - records))
             if counts.get("accepted", 0) >= args.min_train or more <= 0:

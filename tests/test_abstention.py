@@ -216,3 +216,44 @@ def test_the_full_demo_draws_a_few_abstention_inputs_and_the_small_one_none():
     assert 3 <= sum(kinds.values()) <= sum(full.values()) // 4, full   # a few: most posts stay complete
     small = drawn("small")
     assert not set(small) & ({*abstention_styles(TASK), "two_recipes"}), small
+
+
+# ------------------------------------------------------------------ labels without the teacher
+
+def test_label_from_record_all_labels_a_no_recipe_post_of_any_record_without_the_teacher():
+    """A record with no answer of its own (a CSV row, not a page's markup) still gives its "no recipe"
+    posts their label: every field empty. The post is checked against the record as a teacher's
+    empty label would be; the other styles need the record's answer, so they stay the teacher's."""
+    from distill import labels as L
+
+    def row(style, text):
+        return {"id": "x", "source_id": RECORD["id"], "task": "recipe", "style": style, "text": text,
+                "source": RECORD}
+
+    review = row("no_recipe_review", REVIEW)
+    assert L.record_answer(review) is None            # without --label-from-record all: the teacher's
+    assert L.record_answer(review, TASK) == EMPTY
+    lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, review), TASK)
+    assert lab["verdict"] == "accepted" and lab["output"] == EMPTY, lab["reason"]
+    leaky = row("no_recipe_menu", "Menu. Chicken Tacos $12: 1 lb boneless chicken thighs, 2 tsp chili powder, "
+                                  "1 lime, juiced, 8 small corn tortillas.")
+    lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, leaky), TASK)
+    assert lab["verdict"] == "rejected" and lab["reason"] == "recipeIngredient_stated"
+    assert L.record_answer(row("no_times", NO_TIMES_POST), TASK) is None
+    assert L.record_answer(row("minimal_organized", NO_TIMES_POST), TASK) is None
+    assert L.record_answer({**review, "source": None}, TASK) is None   # no record: nothing to check it against
+
+
+def test_03_label_from_record_all_on_sample_records_asks_the_teacher_only_for_recipes(tmp_path):
+    teacher = OracleTeacher(write=lambda record, style: REVIEW if style.startswith("no_recipe") else NO_TIMES_POST)
+    syn, labeled = tmp_path / "02", tmp_path / "03"
+    with FakeOpenAIServer(teacher) as srv:
+        assert run_02(srv, syn, "--limit", "4", "--per-record", "2", "--styles", "no_recipe_review=1,no_times=1") == 0
+        assert run_03(srv, syn, labeled, "--label-from-record", "all") == 0
+    labels = [json.loads(p.read_text()) for p in outputs(labeled)]
+    by_style = Counter((lab["style"], lab.get("label_from") or "teacher") for lab in labels)
+    assert by_style["no_recipe_review", "record"] >= 1 and not by_style["no_times", "record"], by_style
+    assert not by_style["no_recipe_review", "teacher"], by_style
+    assert teacher.calls["label"] == by_style["no_times", "teacher"], (teacher.calls, by_style)
+    reviews = [lab for lab in labels if lab["style"] == "no_recipe_review"]
+    assert all(lab["output"] == EMPTY and lab["verdict"] == "accepted" for lab in reviews), reviews
