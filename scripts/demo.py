@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (records, per-record inputs, training steps, max sequence length): the full demo took
 # 29.4 minutes on 2 cores (2026-12-02: the 1.5B teacher writes ~14 tokens/s there, ~50 s per
-# input for 02 + 03; 120 updates at 2.0 s in bfloat16). 60 updates would save a few minutes, but
+# input for 02 + 03; 120 updates at 2.0 s in bfloat16); 40.8 minutes on 2 cores without
+# bfloat16 (2026-12-04: 02 10 min, 03 18 min, 120 float32 updates 9.6 min). 60 updates would
+# save a few minutes, but
 # on 5 examples they left the student repeating itself where 120 did not. --small (10 to 30
 # records, 4 updates) runs in about 15 minutes.
 TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
