@@ -22,7 +22,9 @@ and the check after training (:func:`distill.train.core.inference_test`)::
   ``object_or_null`` (JSON null is the empty answer ``{}``); anything else is ``not_object``.
 
 A reply cut off by the token limit is never handed to the parser: the callers check
-``finish_reason`` first (json-repair would close it into an answer nothing vouches for).
+``finish_reason`` first (json-repair would close it into an answer nothing vouches for). 03
+rejects such a teacher reply; 07 and 08 close a student's at its last complete item instead
+(distill.constrain.close_stopped, recorded as ``stopped``), never inside a value.
 
 Also here: :func:`drop_reasoning_block`, the inverse of 04's assistant turn
 (``<think>...</think>`` then the JSON; :func:`distill.dataset.assistant_content`).
