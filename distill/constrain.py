@@ -326,8 +326,8 @@ def resume_prefix(answer: str) -> str | None:
     return json.dumps(obj, ensure_ascii=False)[:-1]
 
 
-def resume_loops(text: str, finish: str | None, budget: int, count, cont, max_resumes: int = 2
-                 ) -> tuple[str, str | None, dict]:
+def resume_loops(text: str, finish: str | None, budget: int, count, cont, max_resumes: int = 2,
+                 fits=None) -> tuple[str, str | None, dict]:
     """Decoding that goes on past a loop instead of ending the answer there.
 
     When the guard stops an answer (``finish`` in :data:`STOP_REASONS`), the answer is closed at
@@ -340,10 +340,15 @@ def resume_loops(text: str, finish: str | None, budget: int, count, cont, max_re
     ``budget``, the answer's token limit).
 
     Never worse than stopping: if a continuation runs to the token limit or the result does not
-    parse, the answer is the last prefix closed, as the guard alone would have left it.
+    parse, the answer is the last prefix closed, as the guard alone would have left it. With
+    ``fits(text, finish) -> bool`` (the answer as it would be read: a stopped one closed, a
+    finished one parsed, then checked against the schema), a result that does not fit — a free
+    continuation that wrote keys the schema forbids — gives way to the latest state before it
+    that does, down to the answer as the guard stopped it.
     Returns (text, finish, info); info: ``resumed`` (times) and ``guard`` (the first stop reason).
     """
     info = {"resumed": 0, "guard": finish if finish in STOP_REASONS else None}
+    states = [(text, finish)]   # what each resume started from
     last = None
     while finish in STOP_REASONS and info["resumed"] < max_resumes:
         prefix = resume_prefix(text)
@@ -355,8 +360,11 @@ def resume_loops(text: str, finish: str | None, budget: int, count, cont, max_re
         more, finish, _ = cont(prefix, left)
         text, last = prefix + more, prefix
         info["resumed"] += 1
+        states.append((text, finish))
     if info["resumed"] and (finish == "length" or (finish not in STOP_REASONS and not _parses(text))):
         text, finish = last + "}", info["guard"]   # the continuation went wrong: keep what was closed
+    if info["resumed"] and fits is not None and not fits(text, finish):
+        text, finish = next(((t, f) for t, f in reversed(states[:-1]) if fits(t, f)), states[0])
     return text, finish, info
 
 

@@ -168,6 +168,18 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
     return pred
 
 
+def answer_fits(schema: dict):
+    """``fits(text, finish)`` for :func:`distill.constrain.resume_loops`: whether the answer, read
+    as :func:`complete_prediction` reads it (a stopped one closed and finished, a finished one
+    parsed), fits ``schema``."""
+    def fits(text: str, finish: str | None) -> bool:
+        if finish in STOP_REASONS or finish == "length":
+            return closed_stopped_answer(text, schema)[0] is not None
+        answer = parse_answer(text, expect="object")
+        return answer.ok and not validate(answer.value, schema)
+    return fits
+
+
 def _guarded(pred: Prediction, usage: dict) -> Prediction:
     """A prediction whose decoding resumed after a loop still says the guard stopped it once."""
     pred.resumed = usage.get("resumed", 0)
@@ -177,10 +189,11 @@ def _guarded(pred: Prediction, usage: dict) -> Prediction:
 
 
 def _resume_after_loop(tok, max_new: int, ids: list[int], text: str, finish: str, usage: dict,
-                       generate, max_resumes: int = 2) -> tuple[str, str | None, dict]:
+                       generate, max_resumes: int = 2, schema: dict | None = None) -> tuple[str, str | None, dict]:
     """distill.constrain.resume_loops for a local backend: ``generate(prefix_ids, tokens_left)`` ->
     (new token ids, finish) continues the answer after the closed prefix; usage gets ``resumed``,
-    ``guard``, the tokens spent and the answer's tokens."""
+    ``guard``, the tokens spent and the answer's tokens. With ``schema``, a continuation whose
+    result does not fit it is undone (:func:`answer_fits`)."""
     spent, last = [0], [usage["tokens"]]
 
     def text_ids(t: str) -> list[int]:
@@ -193,7 +206,8 @@ def _resume_after_loop(tok, max_new: int, ids: list[int], text: str, finish: str
         last[0] = pids + more
         return tok.decode(more, skip_special_tokens=True, clean_up_tokenization_spaces=False), fin, len(more)
 
-    text, finish, info = resume_loops(text, finish, max_new, lambda t: len(text_ids(t)), cont, max_resumes)
+    text, finish, info = resume_loops(text, finish, max_new, lambda t: len(text_ids(t)), cont, max_resumes,
+                                      fits=answer_fits(schema) if schema is not None else None)
     return text, finish, usage | info | {"completion_tokens": usage["completion_tokens"] + spent[0],
                                          "tokens": last[0]}
 
@@ -365,7 +379,8 @@ class _HFBackend(_Backend):
     def _resume(self, ids: list[int], text: str, finish: str, usage: dict) -> tuple[str, str | None, dict]:
         """Past a loop, one row at a time, under the schema when constrained."""
         return _resume_after_loop(self.tok, self.max_new, ids, text, finish, usage,
-                                  lambda pids, left: self._generate_one(ids, left, pids), self.resumes)
+                                  lambda pids, left: self._generate_one(ids, left, pids), self.resumes,
+                                  self.task.schema)
 
 
 class _ServerBackend(_Backend):
@@ -446,7 +461,8 @@ class _ServerBackend(_Backend):
         """Past a loop: a free continuation (llama.cpp cannot start a grammar in the middle of an
         object), validated after like every answer."""
         return _resume_after_loop(self.tok, self.max_new, ids, text, finish, usage,
-                                  lambda pids, left: self._stream(ids + pids, left, None), self.resumes)
+                                  lambda pids, left: self._stream(ids + pids, left, None), self.resumes,
+                                  self.task.schema)
 
     def _stream(self, ids: list[int], n_predict: int, schema: dict | None, think: bool = False) -> tuple[list[int], str]:
         """One streamed /completion: (generated tokens without EOS, finish). finish: stop | length |

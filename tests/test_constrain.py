@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.constrain import LoopGuard, close_stopped, complete_required, over_max_items, repeated_tail
+from distill.constrain import LoopGuard, close_stopped, complete_required, over_max_items, repeated_tail, resume_loops
 from distill.infer import Prediction, complete_prediction, load_predictor
 from distill.io import StageError
 from distill.labels import validate
@@ -394,6 +394,41 @@ def test_resume_loops_goes_on_after_the_loop_and_is_never_worse_than_stopping():
     # Not a loop, or no room left: nothing to resume.
     assert resume_loops('{"a": 1}', "stop", 1000, count, cont_with())[2] == {"resumed": 0, "guard": None}
     assert resume_loops(LOOPING_INGREDIENTS, "repetition", count(RESUMED_AT) + 1, count, cont_with())[2]["resumed"] == 0
+
+
+def test_a_resumed_answer_that_breaks_the_schema_gives_way_to_what_the_guard_closed():
+    """llama-server resumes free: a continuation may write keys the schema forbids. With the
+    schema's fits check the answer falls back to the latest state that fits."""
+    from distill.infer import answer_fits
+
+    task = load_task("recipe")
+    fits = answer_fits(task.schema)
+
+    def count(t):
+        return len(t) // 4
+
+    def cont(*replies):
+        it = iter(replies)
+        return lambda prefix, left: next(it)
+
+    bad_rest = ', "@media": "all", "recipeInstructions": ["Whisk and fry."]}'
+    assert fits(LOOPING_INGREDIENTS, "repetition") and not fits(RESUMED_AT + bad_rest, "stop")
+    # Without the check the broken answer would be the result; with it, the guard's stopped answer.
+    assert resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count, cont((bad_rest, "stop", 9)))[0] == \
+        RESUMED_AT + bad_rest
+    text, finish, info = resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count, cont((bad_rest, "stop", 9)),
+                                      fits=fits)
+    assert (text, finish, info) == (LOOPING_INGREDIENTS, "repetition", {"resumed": 1, "guard": "repetition"})
+    p = complete_prediction(Prediction(text="t", prompt_messages=[]), text, task, finish)
+    assert p.valid and p.output["recipeIngredient"] == ["2 cups flour", "2 eggs"]
+    # A first resume that fits and a second that breaks: the first one's answer stays.
+    loop_steps = ', "recipeInstructions": ["Whisk.", ' + '"Fry.", ' * 8
+    text, finish, info = resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count,
+                                      cont((loop_steps, "repetition", 30), (', "@url": "x"}', "stop", 5)), fits=fits)
+    assert info["resumed"] == 2 and finish == "repetition" and text == RESUMED_AT + loop_steps
+    # A continuation that fits is kept as before.
+    assert resume_loops(LOOPING_INGREDIENTS, "repetition", 1000, count, cont((REST, "stop", 12)), fits=fits)[0] == \
+        RESUMED_AT + REST
 
 
 def test_complete_prediction_of_a_resumed_answer_keeps_the_guards_stop():
