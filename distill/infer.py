@@ -128,10 +128,12 @@ def closed_stopped_answer(answer: str, schema: dict) -> tuple[dict | None, list[
     """An answer that was stopped (the loop guard or the token limit), closed at its last complete
     field or list item (distill.constrain.close_stopped) and finished the shortest way the schema
     accepts (distill.constrain.complete_required: required fields it never reached are null or
-    empty): (the object if it fits ``schema``, else None; its schema errors)."""
+    empty): (the object if it fits ``schema``, else None; its schema errors). An answer cut before
+    its first complete member (``{"name": "Pan``, or prose with a stray ``{``) is None: finishing it
+    would make an answer of nothing the model wrote."""
     obj = close_stopped(answer)
-    if obj is None:
-        return None, []
+    if not obj:
+        return None, []   # nothing the model wrote survives the cut: no answer, not an empty one
     obj = complete_required(obj, schema)
     errors = validate(obj, schema)
     return (None if errors else obj), errors

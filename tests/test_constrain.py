@@ -169,10 +169,8 @@ def test_openai_backend_marks_a_repeating_reply_as_stopped():
     assert p.stopped == "repetition" and p.valid and p.output["recipeIngredient"] == ["salt"]
     assert p.output["recipeInstructions"] == []   # never reached: empty, scored as omitted
     assert looped_to_limit.stopped == "repetition"  # ran to the limit because it looped: counted as the loop
-    # Cut by the token limit inside its first string: closed to the answer that says nothing.
-    assert cut.stopped == "length" and cut.parse_error is None and cut.valid
-    assert cut.output == {"@context": "https://schema.org", "@type": "Recipe", "name": None,
-                          "recipeIngredient": [], "recipeInstructions": []}
+    # Cut by the token limit inside its first string: nothing it wrote is left, so no answer at all.
+    assert cut.stopped == "length" and cut.parse_error == "length" and not cut.valid and cut.output is None
     # A loop that closes into a schema-valid answer (after its last complete step) is one, marked stopped.
     with FakeOpenAIServer(lambda body: LOOPING_STEPS) as srv:
         with load_predictor(f"openai:{srv.url}", model_id="m", task=task) as pred:
@@ -229,6 +227,10 @@ def test_complete_prediction_keeps_a_closed_answer_only_if_it_fits_the_schema():
     assert p.output is None and p.parse_error == "length" and any("@name" in e for e in p.schema_errors)
     p = complete("Sure! Here is", "length")
     assert p.output is None and p.parse_error == "length"
+    # Cut before its first complete member: nothing of the model's is left to finish.
+    for raw in ('{"name": "Pan', "noise { noise noise noise", "{"):
+        p = complete(raw, "repetition")
+        assert p.output is None and p.parse_error == "repetition", raw
 
 
 def test_complete_required_gives_only_values_that_say_nothing():

@@ -174,6 +174,6 @@ def test_base_gguf_with_a_task_uses_its_own_chat_template():
         server = pred.backend.server
         rendered = httpx.post(server.root + "/apply-template", json={"messages": p.prompt_messages},
                               timeout=60, trust_env=False).json()["prompt"]
-    assert p.raw and p.completion_tokens == 24 and p.parse_error == "length"
+    assert p.raw and p.completion_tokens == 24 and p.stopped == "length"
     tok = AutoTokenizer.from_pretrained(resolve_model(str(smollm2_gguf())))
     assert rendered == tok.apply_chat_template(p.prompt_messages, tokenize=False, add_generation_prompt=True)
