@@ -283,7 +283,10 @@ def record_answer(row: dict, task: Task | None = None) -> dict | None:
     props = task.schema.get("properties") or {}
     for name in task.style_empty(row.get("style")):
         out[name] = [] if props.get(name, {}).get("type") == "array" else None
-    return complete_required(out, task.schema)
+    out = complete_required(out, task.schema)
+    # In the schema's order, as the teacher's labels and the constrained decoder write it (a label
+    # with "@context" last taught a student an answer the schema's grammar cannot start).
+    return {k: out[k] for k in [*props, *out] if k in out}
 
 
 def _empties_everything(task: Task, style: str | None) -> bool:

@@ -233,6 +233,8 @@ def test_label_from_record_all_labels_a_no_recipe_post_of_any_record_without_the
     review = row("no_recipe_review", REVIEW)
     assert L.record_answer(review) is None            # without --label-from-record all: the teacher's
     assert L.record_answer(review, TASK) == EMPTY
+    # In the schema's order: the constrained decoder writes "@context" first, so must the label.
+    assert list(L.record_answer(review, TASK)) == [k for k in TASK.schema["properties"] if k in EMPTY]
     lab = L.label_from_record(L.LabelItem.from_record_answer(TASK, review), TASK)
     assert lab["verdict"] == "accepted" and lab["output"] == EMPTY, lab["reason"]
     leaky = row("no_recipe_menu", "Menu. Chicken Tacos $12: 1 lb boneless chicken thighs, 2 tsp chili powder, "
