@@ -51,6 +51,7 @@ from typing import Any
 CONSTRAIN_MODES = ("schema", "none")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 STOP_REASONS = ("repetition", "max_items")  # guard stops; "length" is the token limit
+CLOSED_STOPS = (*STOP_REASONS, "length")      # stops whose answer is closed at its last complete item
 
 
 # ------------------------------------------------------------------ loop guard

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .answers import drop_reasoning_block
-from .constrain import STOP_REASONS
+from .constrain import CLOSED_STOPS
 from .documents import document_from_bytes, output_names
 from .infer import closed_stopped_answer, load_predictor, resolve_task, task_for_config
 from .io import (
@@ -184,7 +184,7 @@ def _pred_output(rec: dict, task: Task) -> tuple[Any, str | None]:
     """What to score for a saved prediction, and the upstream parse error to report."""
     if isinstance(rec.get("output"), dict):
         return rec["output"], None
-    if (rec.get("stopped") in STOP_REASONS or rec.get("stopped") == "length") and rec.get("answer"):
+    if rec.get("stopped") in CLOSED_STOPS and rec.get("answer"):
         # saved before stopped answers were closed (or before they were finished to the schema and
         # the token limit's were closed too): closed here as distill.infer closes them now
         obj, _ = closed_stopped_answer(rec["answer"], task.schema)

@@ -45,6 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from .answers import parse_answer, split_reasoning
 from .constrain import (
+    CLOSED_STOPS,
     CONSTRAIN_MODES,
     STOP_REASONS,
     THINK_CLOSE,
@@ -153,7 +154,7 @@ def complete_prediction(pred: Prediction, raw: str, task: Task, finish_reason: s
     pred.raw = raw
     pred.finish_reason = finish_reason
     pred.reasoning, pred.answer = split_reasoning(raw or "")
-    if finish_reason in STOP_REASONS or finish_reason == "length":
+    if finish_reason in CLOSED_STOPS:
         pred.stopped = finish_reason
         pred.output, pred.schema_errors = closed_stopped_answer(pred.answer, task.schema)
         if pred.output is None:
@@ -175,7 +176,7 @@ def answer_fits(schema: dict):
     as :func:`complete_prediction` reads it (a stopped one closed and finished, a finished one
     parsed), fits ``schema``."""
     def fits(text: str, finish: str | None) -> bool:
-        if finish in STOP_REASONS or finish == "length":
+        if finish in CLOSED_STOPS:
             return closed_stopped_answer(text, schema)[0] is not None
         answer = parse_answer(text, expect="object")
         return answer.ok and not validate(answer.value, schema)
